@@ -1,0 +1,313 @@
+"""The prototype memory bank of DMW-LA: state, warm-up sampling, k-means start, read, update.
+
+The bank keeps, for each of ``num_k`` categories, a block of ``pool_size`` remembered feature
+vectors (the "similarity memory prior") and a prototype per category.  Everything it knows lives
+in buffers, so it is saved in ``state_dict`` and follows ``.to()``.  It changes only through
+:meth:`PrototypeMemory.warmup_write`, :meth:`PrototypeMemory.initialise_from_kmeans` and
+:meth:`PrototypeMemory.update`, which the attention block calls in training mode only.
+
+Nothing here loops in Python over categories, samples or positions: categories are handled by
+sorting positions by category and working on fixed-size chunks of one category each.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PrototypeMemory", "kmeans"]
+
+
+@torch.no_grad()
+def _kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding.  Random draws come from a CPU generator, so the seeds do not depend
+    on the device the points live on."""
+    n = points.shape[0]
+    first = int(torch.randint(n, (1,), generator=generator))
+    centroids = points[first : first + 1]
+    closest = torch.cdist(points, centroids).squeeze(1).square()
+    for _ in range(1, k):
+        weights = closest.double().cpu()
+        if float(weights.sum()) <= 0.0:  # every point coincides with a centroid already
+            weights = torch.ones(n, dtype=torch.float64)
+        nxt = int(torch.multinomial(weights, 1, generator=generator))
+        centroids = torch.cat([centroids, points[nxt : nxt + 1]])
+        closest = torch.minimum(closest, torch.cdist(points, points[nxt : nxt + 1]).squeeze(1).square())
+    return centroids
+
+
+@torch.no_grad()
+def kmeans(
+    points: torch.Tensor,
+    k: int,
+    max_iter: int = 100,
+    n_init: int = 3,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means with k-means++ seeding, in torch on the points' device.
+
+    Args:
+        points: ``(n, d)`` float tensor.
+        k: number of clusters, ``1 <= k <= n``.
+        max_iter: Lloyd iterations per restart (stops early once assignments are stable).
+        n_init: restarts; the one with the lowest inertia wins.
+        seed: seed of the CPU generator used for seeding, for repeatable results.
+
+    Returns:
+        ``(centroids (k, d), labels (n,))``.  An empty cluster is re-seeded with the point
+        farthest from its centroid, so every cluster keeps at least one member whenever the
+        points hold at least ``k`` distinct values.
+    """
+    if points.ndim != 2:
+        raise ValueError(f"kmeans expects points of shape (n, d), got {tuple(points.shape)}")
+    n = points.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"kmeans needs 1 <= k <= n, got k={k}, n={n}")
+    points = points.float()
+    generator = torch.Generator().manual_seed(seed)
+    best: tuple[float, torch.Tensor, torch.Tensor] | None = None
+    for _ in range(n_init):
+        centroids = _kmeans_plus_plus(points, k, generator)
+        labels = torch.full((n,), -1, dtype=torch.long, device=points.device)
+        for _ in range(max_iter):
+            dist = torch.cdist(points, centroids)
+            new_labels = dist.argmin(1)
+            counts = torch.bincount(new_labels, minlength=k)
+            empty = (counts == 0).nonzero().squeeze(1)
+            if empty.numel():
+                far = dist.gather(1, new_labels[:, None]).squeeze(1).topk(empty.numel()).indices
+                new_labels[far] = empty
+                counts = torch.bincount(new_labels, minlength=k)
+            sums = torch.zeros_like(centroids).index_add_(0, new_labels, points)
+            centroids = sums / counts.clamp(min=1)[:, None].to(points.dtype)
+            if torch.equal(new_labels, labels):
+                break
+            labels = new_labels
+        inertia = float((points - centroids[labels]).square().sum())
+        if best is None or inertia < best[0]:
+            best = (inertia, centroids, labels)
+    assert best is not None
+    return best[1], best[2]
+
+
+class PrototypeMemory(nn.Module):
+    """Category-structured memory bank with prototypes (SPEC section 3).
+
+    Args:
+        feature_dim: width ``d`` of the stored vectors.
+        num_k: number of categories ``n_k``.
+        pool_size: slots per category ``P``.
+        warmup_iters: training forwards ``T_w`` of warm-up before the k-means start.
+        memory_momentum: ``m``; a rewritten slot becomes ``(1 - m) old + m new``.
+        update_count: ``K``, slots rewritten per category and update (W-LD changes it).
+        kmeans_iters: Lloyd iterations of the k-means start.
+        kmeans_restarts: restarts of the k-means start.
+        seed: seed of the k-means start.
+
+    Buffers:
+        ``bank`` ``(d, num_k * P)``: block ``c`` is columns ``c*P .. (c+1)*P - 1``.
+        ``prototypes`` ``(d, num_k)``; ``warmup_counter`` (training forwards seen during
+        warm-up); ``update_count`` (``K``).
+    """
+
+    bank: torch.Tensor
+    prototypes: torch.Tensor
+    warmup_counter: torch.Tensor
+    update_count: torch.Tensor
+
+    def __init__(
+        self,
+        feature_dim: int,
+        num_k: int,
+        pool_size: int = 100,
+        warmup_iters: int = 2000,
+        memory_momentum: float = 0.3,
+        update_count: int = 50,
+        kmeans_iters: int = 100,
+        kmeans_restarts: int = 3,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if feature_dim < 1 or num_k < 1 or pool_size < 1:
+            raise ValueError(
+                f"feature_dim, num_k and pool_size must be positive, got {feature_dim}, {num_k}, {pool_size}"
+            )
+        if warmup_iters < 0:
+            raise ValueError(f"warmup_iters must be >= 0, got {warmup_iters}")
+        if not 0.0 <= memory_momentum <= 1.0:
+            raise ValueError(f"memory_momentum must lie in [0, 1], got {memory_momentum}")
+        self.feature_dim = feature_dim
+        self.num_k = num_k
+        self.pool_size = pool_size
+        self.warmup_iters = warmup_iters
+        self.memory_momentum = memory_momentum
+        self.kmeans_iters = kmeans_iters
+        self.kmeans_restarts = kmeans_restarts
+        self.seed = seed
+        self.register_buffer("bank", torch.rand(feature_dim, num_k * pool_size))
+        self.register_buffer("prototypes", torch.rand(feature_dim, num_k))
+        self.register_buffer("warmup_counter", torch.zeros((), dtype=torch.long))
+        self.register_buffer("update_count", torch.tensor(update_count, dtype=torch.long))
+
+    def extra_repr(self) -> str:
+        return (
+            f"feature_dim={self.feature_dim}, num_k={self.num_k}, pool_size={self.pool_size}, "
+            f"warmup_iters={self.warmup_iters}, memory_momentum={self.memory_momentum}"
+        )
+
+    @property
+    def in_warmup(self) -> bool:
+        """True until ``warmup_iters`` training forwards have run (or :meth:`initialise_from_kmeans`)."""
+        return int(self.warmup_counter) < self.warmup_iters
+
+    @property
+    def total_slots(self) -> int:
+        return self.num_k * self.pool_size
+
+    # ------------------------------------------------------------------ warm-up
+    @torch.no_grad()
+    def warmup_write(self, features: torch.Tensor) -> None:
+        """One warm-up step: write random feature columns into random slots.
+
+        Args:
+            features: ``(B, d, N)`` features of one batch (the ``phi`` projection).
+
+        The share of sampled columns that is written grows linearly to one half at the last
+        warm-up step.  When the counter reaches ``warmup_iters`` the k-means start runs.
+        """
+        if not self.in_warmup:
+            raise RuntimeError("warmup_write called after the warm-up has ended")
+        b, d, n = features.shape
+        device = features.device
+        per_image = max(self.total_slots // b, 1)
+        positions = torch.randint(n, (b, 1, per_image), device=device).expand(b, d, per_image)
+        columns = features.gather(2, positions).transpose(0, 1).reshape(d, b * per_image)
+        share = (int(self.warmup_counter) + 1) / self.warmup_iters * 0.5
+        count = min(max(1, int(share * columns.shape[1])), self.total_slots)
+        picked = torch.randint(columns.shape[1], (count,), device=device)
+        slots = torch.randperm(self.total_slots, device=device)[:count]
+        self.bank[:, slots] = columns[:, picked].to(self.bank.dtype)
+        self.warmup_counter += 1
+        if int(self.warmup_counter) == self.warmup_iters:
+            self.initialise_from_kmeans()
+
+    @torch.no_grad()
+    def initialise_from_kmeans(self) -> None:
+        """End the warm-up now: cluster the bank's columns into ``num_k`` groups, rebuild the
+        bank so that block ``c`` holds ``P`` members of cluster ``c`` (members repeat when the
+        cluster is smaller than ``P``) and set the prototypes to the unit-norm centroids."""
+        points = self.bank.t().float()
+        centroids, labels = kmeans(
+            points, self.num_k, max_iter=self.kmeans_iters, n_init=self.kmeans_restarts, seed=self.seed
+        )
+        counts = torch.bincount(labels, minlength=self.num_k)
+        order = torch.argsort(labels, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(self.pool_size, device=points.device)
+        member = starts[:, None] + slot[None, :] % counts.clamp(min=1)[:, None]
+        rebuilt = points[order[member.clamp(max=points.shape[0] - 1)]]  # (num_k, P, d)
+        # A cluster can only be empty when the bank holds fewer than num_k distinct vectors;
+        # its block then holds copies of its centroid.
+        rebuilt = torch.where((counts == 0)[:, None, None], centroids[:, None, :], rebuilt)
+        self.bank.copy_(rebuilt.reshape(self.total_slots, -1).t())
+        self.prototypes.copy_(F.normalize(centroids, dim=1).t())
+        self.warmup_counter.fill_(max(int(self.warmup_counter), self.warmup_iters))
+        sizes = counts.tolist()
+        logger.info("memory bank structured by k-means: cluster sizes %s", sizes)
+
+    # --------------------------------------------------------------------- read
+    def assign(self, queries: torch.Tensor) -> torch.Tensor:
+        """Category of each query: ``argmax_c cos(query, prototype_c)``.  ``(R, d) -> (R,)``."""
+        with torch.no_grad():
+            protos = F.normalize(self.prototypes.float(), dim=0)
+            return (queries.detach().float() @ protos).argmax(1)
+
+    def read(self, queries: torch.Tensor) -> torch.Tensor:
+        """Memory read: each query attends (softmax of dot products, no scale) over the ``P``
+        slots of its own category.
+
+        Args:
+            queries: ``(R, d)`` (the ``theta`` projection of every position of the batch).
+
+        Returns:
+            ``(R, d)``: ``softmax(q . M_c) M_c^T`` row by row; differentiable w.r.t. ``queries``.
+        """
+        rows, d = queries.shape
+        category = self.assign(queries)
+        counts = torch.bincount(category, minlength=self.num_k)
+        # Positions are sorted by category and cut into chunks of `chunk` rows that all belong
+        # to one category; at most num_k chunks are partly padding.  Chunks of a quarter of an
+        # even share keep the padding below a quarter of the rows.
+        chunk = max(8, math.ceil(rows / (4 * self.num_k)))
+        chunks_per_cat = torch.div(counts + chunk - 1, chunk, rounding_mode="floor")
+        n_chunks = int(chunks_per_cat.sum())
+        first_chunk = torch.cumsum(chunks_per_cat, 0) - chunks_per_cat
+        first_row = torch.cumsum(counts, 0) - counts
+        order = torch.argsort(category, stable=True)
+        sorted_cat = category[order]
+        rank = torch.arange(rows, device=queries.device) - first_row[sorted_cat]
+        padded_row = (first_chunk[sorted_cat] + torch.div(rank, chunk, rounding_mode="floor")) * chunk + rank % chunk
+        destination = torch.empty_like(padded_row)
+        destination[order] = padded_row
+
+        padded = queries.new_zeros(n_chunks * chunk, d).index_copy(0, destination, queries)
+        chunk_cat = torch.repeat_interleave(
+            torch.arange(self.num_k, device=queries.device), chunks_per_cat, output_size=n_chunks
+        )
+        blocks = self.bank.view(d, self.num_k, self.pool_size).permute(1, 2, 0)  # (num_k, P, d)
+        slots = blocks[chunk_cat].to(queries.dtype)  # (n_chunks, P, d)
+        weights = torch.softmax(padded.view(n_chunks, chunk, d) @ slots.transpose(1, 2), dim=-1)
+        return (weights @ slots).reshape(n_chunks * chunk, d)[destination]
+
+    # ------------------------------------------------------------------- update
+    @torch.no_grad()
+    def update(self, keys: torch.Tensor) -> None:
+        """One memory update from the momentum keys of a batch (SPEC section 3).
+
+        Args:
+            keys: ``(R, d)`` keys ``phi_k(x)`` of every position of the batch (of every rank,
+                in distributed training).
+
+        Per category ``c``: the ``K`` slots with the lowest score (sum over rows of the
+        softmax of ``M_c`` over its slots) are blended with the ``K`` positions of ``c`` with
+        the highest score (sum over rows of the softmax of the keys over the positions of
+        ``c``), lowest slot with best position.  A category with fewer than ``K`` positions
+        reuses its positions in score order, cyclically; one with none is left unchanged.
+        Then the prototypes become the block means.
+        """
+        keys = keys.float()
+        rows, d = keys.shape
+        k = min(int(self.update_count), self.pool_size)
+        if rows == 0 or k < 1:
+            return
+        category = (keys @ self.prototypes.float()).argmax(1)
+        counts = torch.bincount(category, minlength=self.num_k)
+
+        blocks = self.bank.view(d, self.num_k, self.pool_size)
+        slot_score = torch.softmax(blocks, dim=2).sum(0)  # (num_k, P)
+        weakest = slot_score.topk(k, dim=1, largest=False).indices  # (num_k, K)
+
+        # Softmax over the positions of each category, separately for every row of the keys.
+        index = category[:, None].expand(rows, d)
+        seg_max = keys.new_full((self.num_k, d), float("-inf")).scatter_reduce(0, index, keys, "amax")
+        expo = torch.exp(keys - seg_max[category])
+        seg_sum = keys.new_zeros(self.num_k, d).index_add_(0, category, expo)
+        position_score = (expo / seg_sum[category]).sum(1)  # (R,)
+
+        per_category = keys.new_full((self.num_k, rows), float("-inf"))
+        per_category[category, torch.arange(rows, device=keys.device)] = position_score
+        ranked = per_category.topk(min(k, rows), dim=1).indices  # best first
+        cycle = torch.arange(k, device=keys.device)[None, :] % counts.clamp(min=1)[:, None]
+        best = ranked.gather(1, cycle)  # (num_k, K)
+
+        slots = (torch.arange(self.num_k, device=keys.device)[:, None] * self.pool_size + weakest).reshape(-1)
+        old = self.bank[:, slots]
+        new = (1.0 - self.memory_momentum) * old + self.memory_momentum * keys[best.reshape(-1)].t()
+        filled = (counts > 0).repeat_interleave(k)
+        self.bank[:, slots] = torch.where(filled[None, :], new, old)
+        self.prototypes.copy_(blocks.mean(2))

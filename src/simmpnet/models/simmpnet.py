@@ -1,0 +1,322 @@
+"""Sim-MPNet: assembly of the two encoders, the fusion, the decoder and the four heads, and its
+named variants (SPEC section 2)."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..errors import CheckpointError, InputError
+from .decoder import MemoryDecoder
+from .dmwla import DMWLA
+from .dsgim import DSGIM, decay_coefficient
+from .encoders import MaxViTEncoder, MemoryEncoder, resize
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MemoryConfig", "SimMPNetConfig", "SimMPNet", "VARIANTS"]
+
+CHECKPOINT_FORMAT = "simmpnet-model"
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Hyper-parameters of the DMW-LA blocks of one part of the network (SPEC section 3)."""
+
+    num_k: int = 9
+    feature_dim: int = 256
+    pool_size: int = 100
+    warmup_iters: int = 2000
+    memory_momentum: float = 0.3
+    key_momentum: float = 0.95
+    update_count: int = 50
+
+
+@dataclass(frozen=True)
+class SimMPNetConfig:
+    """Architecture of a Sim-MPNet.  Widths of encoder B follow those of the backbone.
+
+    Attributes:
+        backbone: timm MaxViT name of encoder A.
+        img_size_a: input side of encoder A (paper 256).
+        img_size_b: input side of encoder B (paper 224).
+        depths: DMW-LA blocks per stage of encoder B.
+        encoder_memory: DMW-LA settings of encoder B (the per-dataset n_k and d).
+        decoder_memory: DMW-LA settings of the decoder (n_k 10, d 128).
+        attention_scale: factor of the global-read logits (the authors use 1: no scaling).
+        dsgim_window, dsgim_top_windows, dsgim_gamma: DS-GIM window side, coherent windows, decay.
+        share_dsgim: one DS-GIM for all blocks of stage 3 (the authors' code) or one per block.
+    """
+
+    backbone: str = "maxxvit_rmlp_small_rw_256"
+    img_size_a: int = 256
+    img_size_b: int = 224
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    encoder_memory: MemoryConfig = field(default_factory=lambda: MemoryConfig(num_k=9, feature_dim=256))
+    decoder_memory: MemoryConfig = field(default_factory=lambda: MemoryConfig(num_k=10, feature_dim=128))
+    attention_scale: float = 1.0
+    dsgim_window: int = 7
+    dsgim_top_windows: int = 2
+    dsgim_gamma: float = decay_coefficient()
+    share_dsgim: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["depths"] = list(self.depths)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SimMPNetConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise InputError(f"unknown Sim-MPNet config keys: {sorted(unknown)}")
+        values = dict(data)
+        for key in ("encoder_memory", "decoder_memory"):
+            if key in values and isinstance(values[key], dict):
+                values[key] = _memory_config(values[key])
+        if "depths" in values:
+            values["depths"] = tuple(int(d) for d in values["depths"])
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> SimMPNetConfig:
+        """A copy with fields replaced.  Besides the fields of this class, memory settings may
+        be given as ``encoder_<name>`` / ``decoder_<name>`` (e.g. ``encoder_num_k=4``) or as a
+        bare :class:`MemoryConfig` name (e.g. ``warmup_iters=50``), which sets both parts."""
+        memory_fields = {f.name for f in dataclasses.fields(MemoryConfig)}
+        top: dict[str, Any] = {}
+        part: dict[str, dict[str, Any]] = {"encoder_memory": {}, "decoder_memory": {}}
+        for key, value in overrides.items():
+            if key in ("encoder_memory", "decoder_memory") and isinstance(value, dict):
+                part[key].update(value)
+            elif key in memory_fields:
+                part["encoder_memory"][key] = value
+                part["decoder_memory"][key] = value
+            elif key.startswith(("encoder_", "decoder_")) and key.split("_", 1)[1] in memory_fields:
+                side, name = key.split("_", 1)
+                part[f"{side}_memory"][name] = value
+            else:
+                top[key] = value
+        config = SimMPNetConfig.from_dict({**self.to_dict(), **top})
+        for key, changes in part.items():
+            if changes:
+                merged = {**dataclasses.asdict(getattr(config, key)), **changes}
+                config = dataclasses.replace(config, **{key: _memory_config(merged)})
+        return config
+
+
+def _memory_config(values: dict[str, Any]) -> MemoryConfig:
+    known = {f.name for f in dataclasses.fields(MemoryConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise InputError(f"unknown memory config keys: {sorted(unknown)}")
+    return MemoryConfig(**values)
+
+
+VARIANTS: dict[str, SimMPNetConfig] = {
+    # The paper's network (SPEC sections 2-4): 256/224 inputs, MaxxViT-small, 96..768.
+    "paper": SimMPNetConfig(),
+    # For CPUs: the smallest timm MaxViT (pico, 32..256 channels), one DMW-LA block per stage
+    # (two in stage 3), narrower memories and 128 px inputs.
+    "tiny": SimMPNetConfig(
+        backbone="maxvit_rmlp_pico_rw_256",
+        img_size_a=128,
+        img_size_b=112,
+        depths=(1, 1, 2, 1),
+        encoder_memory=MemoryConfig(num_k=9, feature_dim=64),
+        decoder_memory=MemoryConfig(num_k=10, feature_dim=32),
+    ),
+}
+
+
+class SimMPNet(nn.Module):
+    """Sim-MPNet for 2D (slice-wise) segmentation.
+
+    Args:
+        n_classes: output classes, background included (>= 2).
+        in_channels: image channels; anything but 3 first goes through conv1x1(->3)+BN+ReLU.
+        config: the architecture (see :data:`VARIANTS`).
+        pretrained: backbone weights: ``False``, ``True`` (timm's, needs network) or a path to
+            a local timm checkpoint of the backbone.
+
+    Shapes:
+        input ``(B, in_channels, H, W)``, any ``H, W`` (it is resized to the encoders' sizes).
+        ``train()`` mode: a tuple of four ``(B, n_classes, H, W)`` head logits (deepest head
+        first).  ``eval()`` mode: their sum, one ``(B, n_classes, H, W)`` tensor.
+
+    Example:
+        >>> model = SimMPNet.from_variant("tiny", n_classes=9)
+        >>> model.eval()(torch.randn(1, 1, 128, 128)).shape
+        torch.Size([1, 9, 128, 128])
+    """
+
+    def __init__(
+        self,
+        n_classes: int,
+        in_channels: int = 1,
+        config: SimMPNetConfig | None = None,
+        pretrained: bool | str | os.PathLike = False,
+    ) -> None:
+        super().__init__()
+        if n_classes < 2:
+            raise InputError(f"n_classes must be at least 2 (background and one class), got {n_classes}")
+        if in_channels < 1:
+            raise InputError(f"in_channels must be positive, got {in_channels}")
+        self.config = config = config or SimMPNetConfig()
+        if len(config.depths) != 4:
+            raise InputError(f"depths needs four stages, got {config.depths}")
+        self.n_classes = n_classes
+        self.in_channels = in_channels
+        self.stem = (
+            None
+            if in_channels == 3
+            else nn.Sequential(nn.Conv2d(in_channels, 3, 1), nn.BatchNorm2d(3), nn.ReLU(inplace=True))
+        )
+        self.encoder_a = MaxViTEncoder(config.backbone, config.img_size_a, pretrained)
+        widths = self.encoder_a.channels
+        self.gate = nn.Conv2d(widths[-1], 1, 1)
+
+        def make_block(memory: MemoryConfig, channels: int) -> DMWLA:
+            return DMWLA(channels, scale=config.attention_scale, **dataclasses.asdict(memory))
+
+        self.encoder_b = MemoryEncoder(
+            widths,
+            config.depths,
+            make_block=partial(make_block, config.encoder_memory),
+            make_dsgim=partial(
+                DSGIM, window=config.dsgim_window, top_windows=config.dsgim_top_windows, gamma=config.dsgim_gamma
+            ),
+            share_dsgim=config.share_dsgim,
+        )
+        self.decoder = MemoryDecoder(widths, make_block=partial(make_block, config.decoder_memory))
+        self.heads = nn.ModuleList(nn.Conv2d(c, n_classes, 1) for c in reversed(widths))
+
+    # ----------------------------------------------------------------- building
+    @classmethod
+    def from_variant(
+        cls,
+        name: str,
+        n_classes: int,
+        in_channels: int = 1,
+        pretrained: bool | str | os.PathLike = False,
+        **overrides: Any,
+    ) -> SimMPNet:
+        """Build a named variant (``"paper"`` or ``"tiny"``), optionally with config overrides
+        (see :meth:`SimMPNetConfig.with_overrides`)."""
+        if name not in VARIANTS:
+            raise InputError(f"unknown Sim-MPNet variant {name!r}; choose one of {sorted(VARIANTS)}")
+        config = VARIANTS[name].with_overrides(**overrides) if overrides else VARIANTS[name]
+        return cls(n_classes, in_channels, config, pretrained)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if x.ndim != 4:
+            raise InputError(f"Sim-MPNet expects a (B, C, H, W) batch, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise InputError(
+                f"Sim-MPNet was built for {self.in_channels} input channel(s), got {x.shape[1]} "
+                f"(shape {tuple(x.shape)})"
+            )
+        if not x.is_floating_point():
+            raise InputError(f"Sim-MPNet expects a floating-point image, got {x.dtype}")
+        out_size = x.shape[-2:]
+        if self.stem is not None:
+            x = self.stem(x)
+        size_a, size_b = self.config.img_size_a, self.config.img_size_b
+        image = resize(x, (size_a, size_a))
+        features_a = self.encoder_a(image)
+        gated = image * resize(torch.sigmoid(self.gate(features_a[-1])), (size_a, size_a))
+        features_b = self.encoder_b(resize(gated, (size_b, size_b)), gated)
+        fused = [e + resize(f, e.shape[-2:]) for e, f in zip(features_b, features_a)]
+        logits = tuple(resize(head(d), out_size) for head, d in zip(self.heads, self.decoder(fused)))
+        if self.training:
+            return logits
+        return torch.stack(logits).sum(0)
+
+    # ----------------------------------------------------------------- memory
+    def dmwla_blocks(self, part: str = "all") -> list[DMWLA]:
+        """The DMW-LA blocks of ``"encoder"`` (encoder B, shallow to deep), ``"decoder"``
+        (deep to shallow) or ``"all"`` (both, in that order)."""
+        encoder = [block for stage in self.encoder_b.stages for block in stage]
+        decoder = list(self.decoder.blocks)
+        parts = {"encoder": encoder, "decoder": decoder, "all": encoder + decoder}
+        if part not in parts:
+            raise ValueError(f"part must be one of {sorted(parts)}, got {part!r}")
+        return parts[part]
+
+    @property
+    def in_warmup(self) -> bool:
+        """True while any DMW-LA block is still in warm-up."""
+        return any(block.in_warmup for block in self.dmwla_blocks())
+
+    def end_warmup(self) -> None:
+        """Run the k-means start of every block that is still in warm-up."""
+        for block in self.dmwla_blocks():
+            if block.in_warmup:
+                block.end_warmup()
+
+    def parameter_breakdown(self) -> dict[str, int]:
+        """Trainable-parameter counts per part (input stem and gate count with encoder A)."""
+
+        def count(*modules: nn.Module | None) -> int:
+            return sum(p.numel() for m in modules if m is not None for p in m.parameters())
+
+        dsgim = count(self.encoder_b.dsgims)
+        return {
+            "encoder_a": count(self.stem, self.encoder_a, self.gate),
+            "encoder_b": count(self.encoder_b) - dsgim,
+            "dsgim": dsgim,
+            "decoder": count(self.decoder),
+            "heads": count(self.heads),
+        }
+
+    # ----------------------------------------------------------------- saving
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write config and weights (memory banks included) to ``path`` atomically."""
+        return save_checkpoint(self.checkpoint_payload(), path)
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": 1,
+            "n_classes": self.n_classes,
+            "in_channels": self.in_channels,
+            "config": self.config.to_dict(),
+            "state_dict": self.state_dict(),
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], source: str = "checkpoint") -> SimMPNet:
+        if payload.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{source}: not a Sim-MPNet model checkpoint")
+        try:
+            config = SimMPNetConfig.from_dict(payload["config"])
+            model = cls(int(payload["n_classes"]), int(payload["in_channels"]), config)
+        except (KeyError, TypeError, InputError) as err:
+            raise CheckpointError(f"{source}: malformed Sim-MPNet checkpoint ({err})") from err
+        model.load_weights(payload["state_dict"], source)
+        return model
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> SimMPNet:
+        """Rebuild a model written by :meth:`save`."""
+        return cls.from_payload(load_checkpoint(path, map_location), str(path))
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor], source: str = "state_dict") -> None:
+        """``load_state_dict`` (strict) with a clear error when the weights belong to another
+        configuration."""
+        try:
+            self.load_state_dict(state_dict, strict=True)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()
+            raise CheckpointError(
+                f"{source}: the weights were written for another configuration ({' '.join(first[:3])[:400]})"
+            ) from err

@@ -1,0 +1,135 @@
+import pytest
+import torch
+
+import oracle
+from simmpnet.errors import InputError
+from simmpnet.models import DMWLA
+
+
+def make_block(warmup_iters=3, **kwargs):
+    defaults = dict(feature_dim=16, num_k=3, pool_size=12, warmup_iters=warmup_iters, update_count=5)
+    defaults.update(kwargs)
+    return DMWLA(8, **defaults)
+
+
+def non_local(block, x):
+    t = block.theta(x).flatten(2)
+    q = block.phi(x).flatten(2)
+    v = block.g(x).flatten(2)
+    weights = torch.softmax(block.scale * t.transpose(1, 2) @ q, dim=-1)
+    read = (weights @ v.transpose(1, 2)).transpose(1, 2).reshape(x.shape[0], -1, *x.shape[2:])
+    return x + block.o(read)
+
+
+def test_warmup_block_is_plain_non_local_attention():
+    block = make_block()
+    x = torch.randn(2, 8, 5, 6)
+    torch.testing.assert_close(block.eval()(x), non_local(block, x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(block.train()(x), non_local(block, x), atol=1e-5, rtol=1e-5)
+
+
+def test_after_warmup_block_adds_the_memory_read():
+    block = make_block(warmup_iters=0).eval()
+    x = torch.randn(2, 8, 4, 5)
+    t = block.theta(x).flatten(2).transpose(1, 2).reshape(-1, 16)
+    memory = oracle.memory_read(t, block.memory.bank, block.memory.prototypes, 12).view(2, 20, 16)
+    expected = non_local(block, x) + block.o(memory.transpose(1, 2).reshape(2, 16, 4, 5))
+    torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_warmup_counts_training_forwards_only_and_ends_exactly():
+    block = make_block(warmup_iters=3)
+    x = torch.randn(2, 8, 6, 6)
+    block.eval()
+    for _ in range(5):
+        block(x)
+    assert block.in_warmup and int(block.memory.warmup_counter) == 0
+    block.train()
+    for step in range(3):
+        assert block.in_warmup
+        block(x)
+    assert not block.in_warmup
+    structured = block.memory.bank.clone()
+    # the first forward after warm-up reads and updates the bank, it does not sample into it
+    block(x)
+    rewritten = (block.memory.bank != structured).any(0).sum()
+    assert 0 < rewritten <= 3 * 5
+
+
+def test_end_warmup_runs_kmeans_now():
+    block = make_block(warmup_iters=1000)
+    block.train()(torch.randn(2, 8, 6, 6))
+    block.end_warmup()
+    assert not block.in_warmup
+    torch.testing.assert_close(block.memory.prototypes.norm(dim=0), torch.ones(3))
+
+
+def test_eval_never_changes_the_block_and_is_repeatable():
+    block = make_block(warmup_iters=0).eval()
+    x = torch.randn(3, 8, 7, 7)
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    first, second = block(x), block(x)
+    assert torch.equal(first, second)
+    with torch.no_grad():
+        block(x)
+    for key, value in block.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_training_updates_memory_and_momentum_keys():
+    block = make_block(warmup_iters=0).train()
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        block.phi.weight.add_(1.0)  # make phi and its momentum copy differ
+    key_before = block.key_weight.clone()
+    bank_before = block.memory.bank.clone()
+    block(x)
+    assert not torch.equal(block.memory.bank, bank_before)
+    expected_key = 0.95 * key_before + 0.05 * block.phi.weight.detach()
+    torch.testing.assert_close(block.key_weight, expected_key)
+    assert "key_weight" in block.state_dict()
+    assert all(p is not block.key_weight for p in block.parameters())
+
+
+def test_state_dict_round_trip_keeps_memory_and_counters():
+    block = make_block(warmup_iters=2).train()
+    for _ in range(4):
+        block(torch.randn(2, 8, 5, 5))
+    block.update_count = 7
+    clone = make_block(warmup_iters=2)
+    clone.load_state_dict(block.state_dict())
+    for key, value in block.state_dict().items():
+        assert torch.equal(clone.state_dict()[key], value), key
+    assert not clone.in_warmup and clone.update_count == 7
+    x = torch.randn(1, 8, 5, 5)
+    assert torch.equal(clone.eval()(x), block.eval()(x))
+
+
+def test_buffers_follow_to():
+    block = make_block().to(torch.float64)
+    assert block.memory.bank.dtype == torch.float64 and block.key_weight.dtype == torch.float64
+    meta = make_block().to("meta")
+    assert all(b.device.type == "meta" for b in meta.buffers())
+
+
+def test_gradients_reach_every_parameter_after_warmup():
+    block = make_block(warmup_iters=0).train()
+    block(torch.randn(2, 8, 5, 5)).square().sum().backward()
+    for name, p in block.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_autocast_bf16_keeps_memory_in_fp32():
+    block = make_block(warmup_iters=0).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(torch.randn(2, 8, 5, 5))
+    assert out.shape == (2, 8, 5, 5)
+    assert block.memory.bank.dtype == torch.float32 and torch.isfinite(block.memory.bank).all()
+
+
+def test_bad_input_and_bad_update_count():
+    block = make_block()
+    with pytest.raises(InputError, match=r"\(B, 8, H, W\)"):
+        block(torch.randn(2, 4, 5, 5))
+    with pytest.raises(ValueError, match="update_count"):
+        block.update_count = 13

@@ -1,0 +1,170 @@
+import pytest
+import timm
+import torch
+
+from simmpnet import SimMPNet
+from simmpnet.errors import CheckpointError, InputError
+from simmpnet.models import DMWLA, SimMPNetConfig
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return SimMPNet.from_variant("tiny", n_classes=4, warmup_iters=2)
+
+
+def test_paper_variant_parameter_count():
+    model = SimMPNet.from_variant("paper", n_classes=9, in_channels=1)
+    total = sum(p.numel() for p in model.parameters())
+    # 93.57 M is what the authors' code counts at these settings (SPEC; the paper says 91.30 M)
+    assert abs(total - 93.57e6) / 93.57e6 < 0.01
+    assert sum(model.parameter_breakdown().values()) == total
+    assert len(model.dmwla_blocks("encoder")) == 12 and len(model.dmwla_blocks("decoder")) == 4
+    assert [b.memory.num_k for b in model.dmwla_blocks()] == [9] * 12 + [10] * 4
+    assert [b.feature_dim for b in model.dmwla_blocks()] == [256] * 12 + [128] * 4
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 256, 256)).shape == (1, 9, 256, 256)
+
+
+def test_tiny_variant_is_small():
+    model = SimMPNet.from_variant("tiny", n_classes=9)
+    assert sum(p.numel() for p in model.parameters()) < 12e6
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+@pytest.mark.parametrize("batch, size", [(1, (128, 128)), (3, (96, 150)), (1, (257, 61))])
+def test_output_shapes(in_channels, batch, size):
+    torch.manual_seed(0)
+    model = SimMPNet.from_variant("tiny", n_classes=5, in_channels=in_channels, warmup_iters=1)
+    x = torch.randn(batch, in_channels, *size)
+    heads = model.train()(x)
+    assert isinstance(heads, tuple) and len(heads) == 4
+    assert all(h.shape == (batch, 5, *size) for h in heads)
+    assert not model.in_warmup
+    heads = model(x)  # a forward after warm-up, with the memory read
+    with torch.no_grad():
+        out = model.eval()(x)
+    assert out.shape == (batch, 5, *size)
+
+
+def test_gradients_reach_every_trainable_parameter_after_warmup():
+    torch.manual_seed(0)
+    model = SimMPNet.from_variant("tiny", n_classes=4, warmup_iters=1).train()
+    x = torch.randn(2, 1, 128, 128)
+    with torch.no_grad():
+        model(x)  # the warm-up forward
+    assert not model.in_warmup
+    target = torch.randint(0, 4, (2, 128, 128))
+    loss = sum(torch.nn.functional.cross_entropy(h, target) for h in model(x))
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    assert missing == []
+
+
+def test_eval_is_repeatable_and_leaves_buffers_untouched(tiny):
+    tiny.train()
+    with torch.no_grad():
+        for _ in range(3):
+            tiny(torch.randn(2, 1, 128, 128))
+    assert not tiny.in_warmup
+    tiny.eval()
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    x = torch.randn(2, 1, 128, 128)
+    first = tiny(x)
+    second = tiny(x)
+    assert torch.equal(first, second)
+    for key, value in tiny.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_sample_output_does_not_depend_on_batch(tiny):
+    tiny.eval()
+    a, b = torch.randn(1, 1, 128, 128), torch.randn(1, 1, 128, 128)
+    with torch.no_grad():
+        alone = tiny(a)
+        first = tiny(torch.cat([a, b]))[:1]
+        second = tiny(torch.cat([b, a]))[1:]
+    torch.testing.assert_close(first, alone, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(second, alone, atol=1e-4, rtol=1e-4)
+
+
+def test_save_and_load_round_trip(tiny, tmp_path):
+    tiny.train()
+    with torch.no_grad():
+        tiny(torch.randn(2, 1, 128, 128))
+    for block in tiny.dmwla_blocks("encoder"):
+        block.update_count = 33
+    path = tiny.save(tmp_path / "model.pt")
+    loaded = SimMPNet.load(path)
+    assert loaded.config == tiny.config and loaded.n_classes == 4
+    for key, value in tiny.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert [b.update_count for b in loaded.dmwla_blocks("encoder")] == [33] * 5
+    x = torch.randn(1, 1, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), tiny.eval()(x))
+
+
+def test_checkpoint_from_another_config_is_refused(tiny, tmp_path):
+    path = tiny.save(tmp_path / "model.pt")
+    other = SimMPNet.from_variant("tiny", n_classes=4, encoder_num_k=3)
+    payload = torch.load(path, weights_only=True)
+    with pytest.raises(CheckpointError, match="another configuration"):
+        other.load_weights(payload["state_dict"], str(path))
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="broken.pt"):
+        SimMPNet.load(tmp_path / "broken.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        SimMPNet.load(tmp_path / "missing.pt")
+
+
+def test_bad_input_is_refused_clearly(tiny):
+    with pytest.raises(InputError, match="1 input channel"):
+        tiny(torch.randn(1, 3, 64, 64))
+    with pytest.raises(InputError, match=r"\(B, C, H, W\)"):
+        tiny(torch.randn(1, 64, 64))
+    with pytest.raises(InputError, match="floating-point"):
+        tiny(torch.zeros(1, 1, 64, 64, dtype=torch.long))
+    with pytest.raises(InputError, match="unknown Sim-MPNet variant"):
+        SimMPNet.from_variant("huge", n_classes=2)
+    with pytest.raises(InputError, match="n_classes"):
+        SimMPNet.from_variant("tiny", n_classes=1)
+    with pytest.raises(InputError, match="unknown Sim-MPNet config keys"):
+        SimMPNet.from_variant("tiny", n_classes=2, no_such_option=1)
+
+
+def test_overrides_reach_the_right_blocks():
+    model = SimMPNet.from_variant("tiny", n_classes=3, encoder_num_k=4, decoder_feature_dim=16, warmup_iters=7)
+    assert {b.memory.num_k for b in model.dmwla_blocks("encoder")} == {4}
+    assert {b.feature_dim for b in model.dmwla_blocks("decoder")} == {16}
+    assert {b.memory.warmup_iters for b in model.dmwla_blocks()} == {7}
+    assert all(isinstance(b, DMWLA) for b in model.dmwla_blocks())
+    assert SimMPNetConfig.from_dict(model.config.to_dict()) == model.config
+    unshared = SimMPNet.from_variant("tiny", n_classes=3, share_dsgim=False)
+    assert len(unshared.encoder_b.dsgims) == 2
+
+
+def test_pretrained_backbone_from_a_local_file(tmp_path):
+    torch.manual_seed(5)
+    reference = timm.create_model("maxvit_rmlp_pico_rw_256", pretrained=False)
+    path = tmp_path / "pico.pth"
+    torch.save(reference.state_dict(), path)
+    model = SimMPNet.from_variant("tiny", n_classes=2, pretrained=path)
+    loaded = model.encoder_a.backbone.state_dict()
+    assert torch.equal(loaded["stem.conv1.weight"], reference.state_dict()["stem.conv1.weight"])
+    stage_key = next(k for k in reference.state_dict() if k.startswith("stages.3") and k.endswith("weight"))
+    assert torch.equal(loaded[stage_key.replace("stages.3", "stages_3")], reference.state_dict()[stage_key])
+    with pytest.raises(CheckpointError, match="not found"):
+        SimMPNet.from_variant("tiny", n_classes=2, pretrained=tmp_path / "nope.pth")
+
+
+def test_autocast_bf16_forward_and_backward():
+    torch.manual_seed(0)
+    model = SimMPNet.from_variant("tiny", n_classes=3, warmup_iters=0).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        heads = model(torch.randn(2, 1, 128, 128))
+        loss = sum(h.float().mean() for h in heads)
+    loss.backward()
+    assert all(torch.isfinite(h).all() for h in heads)
+    assert all(b.memory.bank.dtype == torch.float32 for b in model.dmwla_blocks())
