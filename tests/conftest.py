@@ -11,3 +11,42 @@ sys.path.insert(0, str(Path(__file__).parent))
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def brain_data(tmp_path_factory):
+    """The real demo data (Colin27 MRI + AAL lobes) in the Synapse layout, plus a list
+    `lists/small.txt` of 16 training slices for quick training runs."""
+    from simmpnet.data import prepare_brain_demo
+
+    root = prepare_brain_demo(tmp_path_factory.mktemp("brain"))
+    names = (root / "lists" / "train.txt").read_text().split()
+    (root / "lists" / "small.txt").write_text("\n".join(names[::7][:16]) + "\n")
+    return root
+
+
+def small_train_config(data_root, output_dir, **changes):
+    """A Sim-MPNet `tiny` run shrunk to 64 px slices for tests (seconds per epoch)."""
+    config = {
+        "data_root": str(data_root),
+        "train_list": "small",
+        "val_list": "test_vol",
+        "n_classes": 9,
+        "model": "simmpnet",
+        "variant": "tiny",
+        "model_overrides": {"img_size_a": 64, "img_size_b": 56},
+        "input_size": 64,
+        "warmup_iters": 5,
+        "batch_size": 4,
+        "epochs": 3,
+        "lr": 1e-3,
+        "wld_start_epoch": 1,
+        "eval_start_epoch": 2,
+        "eval_every": 1,
+        "device": "cpu",
+        "threads": 1,
+        "progress": False,
+        "output_dir": str(output_dir),
+    }
+    config.update(changes)
+    return config

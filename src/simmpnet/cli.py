@@ -1,0 +1,260 @@
+"""The `simmpnet` command line: demo, train, evaluate, predict, compare.
+
+Every error a user can cause ends as one line on stderr naming the file and the problem, with
+exit code 2 (``--debug`` shows the traceback instead).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .errors import SimMPNetError
+
+logger = logging.getLogger("simmpnet")
+
+DEMO_CONFIG = Path(__file__).parent / "configs" / "brain_demo.yaml"
+
+
+# ---------------------------------------------------------------------- helpers
+def _parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` pairs, values parsed as YAML (``lr=1e-3``, ``model_overrides={depths: [1,1,1,1]}``)."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SimMPNetError(f"--set expects key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        values[key.strip()] = yaml.safe_load(raw)
+    return values
+
+
+def _train_config(args: argparse.Namespace, base: Path | None):
+    from .training import TrainConfig
+
+    overrides: dict[str, Any] = {
+        "data_root": getattr(args, "data", None),
+        "output_dir": getattr(args, "output", None),
+        "epochs": getattr(args, "epochs", None),
+        "time_budget_s": getattr(args, "time_budget", None),
+        "max_steps": getattr(args, "max_steps", None),
+        "batch_size": getattr(args, "batch_size", None),
+        "device": getattr(args, "device", None),
+        "model": getattr(args, "model", None),
+    }
+    overrides.update(_parse_sets(getattr(args, "set", None) or []))
+    if base is None:
+        return TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.from_yaml(base, **overrides)
+
+
+def _write_overlays(out_dir: Path, names: Sequence[str], limit: int):
+    """A callback for :func:`evaluate_volumes` that saves the slice with the most foreground
+    of each case (image | truth | prediction), up to ``limit`` cases."""
+    from .evaluation.report import save_overlay
+
+    written: list[Path] = []
+
+    def on_case(name: str, image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> None:
+        if len(written) >= limit:
+            return
+        index = int(np.argmax((truth > 0).reshape(truth.shape[0], -1).sum(1)))
+        path = out_dir / f"{name}_slice{index:03d}.png"
+        save_overlay(image[index], truth[index], prediction[index], path, class_names=list(names))
+        written.append(path)
+
+    return on_case, written
+
+
+def _evaluate(checkpoint: Path, data: Path, split: str, out_dir: Path, device: str, overlays: int) -> dict:
+    from .data.synapse import SynapseVolumeDataset
+    from .evaluation.evaluate import evaluate_volumes
+    from .evaluation.report import write_json, write_metrics_markdown
+    from .training import load_trained_model, resolve_device
+
+    dev = resolve_device(device)
+    model, input_size, config = load_trained_model(checkpoint, dev)
+    n_classes = int(getattr(model, "n_classes", config.get("n_classes", 0)) or config["n_classes"])
+    names = config.get("class_names") or ["background", *(f"class_{i}" for i in range(1, n_classes))]
+    volumes = SynapseVolumeDataset(data, split=split, n_classes=n_classes)
+    on_case, pictures = _write_overlays(out_dir / "overlays", names, overlays)
+    summary = evaluate_volumes(model, volumes, input_size, n_classes, names, dev, on_case=on_case if overlays else None)
+    summary["checkpoint"] = str(checkpoint)
+    write_json(summary, out_dir / "metrics.json")
+    write_metrics_markdown(summary, out_dir / "metrics.md")
+    summary["_pictures"] = [str(p) for p in pictures]
+    return summary
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import Trainer
+
+    config = _train_config(args, Path(args.config) if args.config else None)
+    trainer = Trainer(config)
+    if args.resume:
+        trainer.resume()
+    result = trainer.fit()
+    logger.info("training ended (%s) after %d epochs, %d steps, %.0f s", result["stop"], result["epochs"], result["steps"], result["elapsed_s"])
+    logger.info("checkpoints and log in %s", config.output_dir)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.report import format_table
+
+    summary = _evaluate(Path(args.checkpoint), Path(args.data), args.split, Path(args.output), args.device, args.overlays)
+    print(format_table(summary))
+    print(f"metrics: {Path(args.output) / 'metrics.json'}, {Path(args.output) / 'metrics.md'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict_paths
+
+    written = predict_paths(
+        Path(args.checkpoint), Path(args.input), Path(args.output), device=args.device, overlay=args.overlay
+    )
+    print(f"{len(written)} label map(s) written to {args.output}")
+    return 0
+
+
+def _run_demo(args: argparse.Namespace, model: str, output: Path) -> dict:
+    from .data.brain_demo import CLASS_NAMES, prepare_brain_demo
+    from .training import TrainConfig, Trainer
+
+    data = prepare_brain_demo(Path(args.data) if args.data else output.parent / "brain_demo_data")
+    values = yaml.safe_load(DEMO_CONFIG.read_text())
+    values.update(
+        data_root=str(data), output_dir=str(output), class_names=list(CLASS_NAMES), n_classes=len(CLASS_NAMES),
+        time_budget_s=args.budget, device=args.device, model=model,
+    )
+    values.update(_parse_sets(args.set or []))
+    trainer = Trainer(TrainConfig.from_dict(values))
+    if args.resume and (output / "last.pt").is_file():
+        trainer.resume()
+    started = time.monotonic()
+    result = trainer.fit()
+    result["wall_s"] = time.monotonic() - started
+    summary = _evaluate(output / "last.pt", data, "test_vol", output, args.device, overlays=10)
+    summary["training"] = result
+    from .evaluation.report import write_json
+
+    write_json({k: v for k, v in summary.items() if not k.startswith("_")}, output / "metrics.json")
+    return summary
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .evaluation.report import format_table
+
+    output = Path(args.output)
+    summary = _run_demo(args, args.model, output)
+    training = summary["training"]
+    print(f"\nSim-MPNet demo ({args.model}): brain lobes on the Colin27 MRI, {training['steps']} steps in {training['elapsed_s']:.0f} s")
+    print(format_table(summary))
+    print(f"\nmetrics: {output / 'metrics.json'} and {output / 'metrics.md'}")
+    print(f"curves:  {output / 'curves.png'}")
+    print(f"overlays (image | truth | prediction): {output / 'overlays'}/ ({len(summary['_pictures'])} pictures)")
+    print(f"checkpoint: {output / 'last.pt'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .evaluation.report import format_comparison
+
+    output = Path(args.output)
+    summaries = {}
+    for model in ("simmpnet", "unet"):
+        summaries[model] = _run_demo(args, model, output / model)
+    print(format_comparison(summaries))
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="simmpnet", description="Sim-MPNet medical image segmentation")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--quiet", action="store_true", help="only warnings and errors in the log")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def device(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+
+    demo_help = "train on the embedded brain-lobes MRI (Debian mricron-data) and evaluate"
+    for name, func, text in (("demo", cmd_demo, demo_help), ("compare", cmd_compare, "demo for Sim-MPNet and a U-Net, side by side")):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--output", default=f"runs/{name}", help="output folder")
+        p.add_argument("--budget", type=float, default=600.0, help="training wall-clock budget in seconds per model")
+        p.add_argument("--data", help="folder for the prepared demo data (default: next to the output)")
+        p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a training config key")
+        if name == "demo":
+            p.add_argument("--model", default="simmpnet", choices=["simmpnet", "unet"])
+        device(p)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("train", help="train on a dataset in the Synapse layout", description="train a model")
+    p.add_argument("--config", help="YAML training config (keys of simmpnet.training.TrainConfig)")
+    p.add_argument("--data", help="dataset folder (train_npz/, test_vol_h5/, lists/)")
+    p.add_argument("--output", help="output folder for checkpoints, log and curves")
+    p.add_argument("--model", choices=["simmpnet", "unet"])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--time-budget", type=float, help="seconds")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (YAML value)")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on labelled volumes", description="evaluate a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="dataset folder in the Synapse layout")
+    p.add_argument("--split", default="test_vol", help="list name under lists/ (default test_vol)")
+    p.add_argument("--output", required=True, help="folder for metrics.json, metrics.md and overlays")
+    p.add_argument("--overlays", type=int, default=5, help="cases to draw (0: none)")
+    device(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict label maps for images or volumes", description="predict label maps")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--input", required=True, help="a file or a folder (PNG, JPEG, TIFF, BMP, NIfTI, NRRD, MHA, npz, h5)")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--overlay", action="store_true", help="also write overlay PNGs")
+    device(p)
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr, force=True
+    )
+    try:
+        return args.func(args)
+    except SimMPNetError as err:
+        if args.debug:
+            raise
+        print(f"simmpnet: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if args.debug:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"simmpnet: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("simmpnet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,949 @@
+"""Validated reading of prediction inputs and writing of label maps in the input's geometry.
+
+:func:`read_image` turns one file into a :class:`LoadedImage`: a float32 array in the axis
+order the network works in, plus everything needed to write a label map back so that it
+overlays the input exactly (:func:`write_label_map`). :func:`list_inputs` expands a file or
+a folder into the files to predict.
+
+Supported formats (``kind``):
+
+* ``"image2d"`` -- PNG, JPEG, TIFF, BMP through Pillow. Grayscale -> ``H x W``, colour ->
+  ``H x W x 3`` (an alpha channel is dropped with a logged warning; palette, CMYK and other
+  colour modes are converted to RGB). Intensities: 8-bit samples are divided by 255 and
+  16-bit samples by 65535, so integer images land in ``[0, 1]`` like the training slices;
+  32-bit integer (``"I"``) and floating-point (``"F"``) images are returned unscaled.
+  Multi-frame files (multi-page TIFF, animated PNG) are refused. The stored pixel grid is
+  used as is: EXIF orientation tags are not applied, so the label PNG has the same grid.
+* ``"nifti"`` -- ``.nii`` / ``.nii.gz`` through nibabel (scl_slope/scl_inter applied).
+* ``"npz"`` -- array under key ``image`` (or ``img``, the ACDC variant), 2-D ``H x W`` or
+  3-D ``D x H x W``; an optional ``spacing`` entry gives the spacing per axis in mm.
+* ``"h5"`` -- ``.h5`` / ``.hdf5`` with dataset ``image`` (or ``img``), 2-D or 3-D as for
+  npz; an optional file attribute ``spacing`` gives the spacing per axis in mm (the layout
+  of the Synapse ``test_vol_h5`` files).
+* ``"sitk"`` -- ``.nrrd``, ``.mha``, ``.mhd`` (+ its data file) through SimpleITK, 2-D or
+  3-D scalar images.
+
+Axis convention for volumes (NIfTI and SimpleITK formats). With file voxel axes
+``(i, j, k)`` (nibabel's ``X x Y x Z`` data order, ITK's index order), the returned array
+is ``D x H x W`` with axial slices along the first axis:
+
+* ``orientation="native"`` (default): the file axes reversed, ``array[d, h, w] =
+  data[w, h, d]``, i.e. ``np.transpose(data, (2, 1, 0))`` -- slices along the last file axis,
+  as in the TransUNet / Synapse preprocessing, and exactly what SimpleITK's
+  ``GetArrayFromImage`` returns. No resampling and no reorientation.
+* ``orientation="ras"``: first reoriented to the closest RAS axes (like
+  ``nibabel.as_closest_canonical``; flips and axis permutations only, no resampling), then
+  ``D`` runs inferior -> superior, ``H`` anterior -> posterior (face up) and ``W`` from the
+  subject's left to right -- the orientation of the embedded brain demo
+  (:func:`simmpnet.data.brain_demo.to_dhw`), whatever the storage order of the file.
+
+Either way the transform is a permutation ``perm`` plus flips ``flips`` (stored on the
+:class:`LoadedImage`): ``array = flip(transpose(data, perm), flips)``. :func:`write_label_map`
+applies the exact inverse and writes with the input's affine and header (NIfTI) or origin,
+spacing and direction (SimpleITK), so label voxel ``[i, j, k]`` lies on input voxel
+``[i, j, k]`` in any viewer. A 2-D NIfTI (``X x Y``) is read as one slice ``1 x Y x X``.
+
+Every problem with an input raises :class:`simmpnet.errors.InputError` with a one-line
+message naming the file. Every write is atomic (temporary file in the same folder, then
+:func:`os.replace`); on failure the temporary file is removed and an existing target is left
+untouched. Pillow, nibabel, h5py and SimpleITK are imported only when a file needs them.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simmpnet.errors import InputError
+
+__all__ = [
+    "IMAGE2D_EXTENSIONS",
+    "MAX_PIXELS",
+    "SUPPORTED_EXTENSIONS",
+    "LoadedImage",
+    "atomic_write",
+    "default_label_path",
+    "file_extension",
+    "list_inputs",
+    "read_image",
+    "write_label_map",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Largest number of pixels/voxels accepted; checked from the file header before decoding.
+MAX_PIXELS: int = 2**28
+
+IMAGE2D_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+NIFTI_EXTENSIONS: tuple[str, ...] = (".nii", ".nii.gz")
+NPZ_EXTENSIONS: tuple[str, ...] = (".npz",)
+H5_EXTENSIONS: tuple[str, ...] = (".h5", ".hdf5")
+SITK_EXTENSIONS: tuple[str, ...] = (".nrrd", ".mha", ".mhd")
+
+#: Every extension :func:`read_image` accepts (lower case, ``.nii.gz`` as one extension).
+SUPPORTED_EXTENSIONS: tuple[str, ...] = (
+    IMAGE2D_EXTENSIONS + NIFTI_EXTENSIONS + NPZ_EXTENSIONS + H5_EXTENSIONS + SITK_EXTENSIONS
+)
+
+_KIND_OF_EXTENSION: dict[str, str] = {
+    **{ext: "image2d" for ext in IMAGE2D_EXTENSIONS},
+    **{ext: "nifti" for ext in NIFTI_EXTENSIONS},
+    **{ext: "npz" for ext in NPZ_EXTENSIONS},
+    **{ext: "h5" for ext in H5_EXTENSIONS},
+    **{ext: "sitk" for ext in SITK_EXTENSIONS},
+}
+
+#: Label-map extensions :func:`write_label_map` writes for each kind of reference.
+_OUTPUT_EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "image2d": (".png",),
+    "nifti": NIFTI_EXTENSIONS,
+    "npz": NPZ_EXTENSIONS + H5_EXTENSIONS,
+    "h5": H5_EXTENSIONS + NPZ_EXTENSIONS,
+    "sitk": (".nrrd", ".mha", ".nii", ".nii.gz"),
+}
+
+#: Keys / dataset names holding the image in npz and h5 files, in order of preference.
+_IMAGE_KEYS: tuple[str, ...] = ("image", "img")
+
+_ORIENTATIONS: tuple[str, ...] = ("native", "ras")
+
+#: nibabel spatial units -> factor to millimetres.
+_UNIT_TO_MM: dict[str, float] = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3}
+
+#: LPS (ITK world) <-> RAS (NIfTI world).
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+# --------------------------------------------------------------------------------------------
+# the loaded image
+# --------------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class LoadedImage:
+    """One input read by :func:`read_image`.
+
+    Attributes:
+        array: float32 image. 2-D images: ``H x W`` (grayscale) or ``H x W x 3`` (colour);
+            volumes: ``D x H x W`` with axial slices along the first axis (see the module
+            docstring for the axis convention); 2-D npz/h5 arrays: ``H x W``.
+        kind: ``"image2d"``, ``"nifti"``, ``"npz"``, ``"h5"`` or ``"sitk"``.
+        path: the file read.
+        spacing: spacing in mm per axis of ``array`` without the channel axis (``(D, H, W)``
+            or ``(H, W)``), or ``None`` when the file does not say (2-D pictures, npz/h5
+            without a ``spacing`` entry).
+        channel_axis: ``-1`` when ``array`` has a trailing colour axis, else ``None``.
+        file_format: the concrete format: Pillow's format name (``"PNG"``, ``"JPEG"`` ...)
+            or the file extension without the dot (``"nii.gz"``, ``"npz"``, ``"mha"`` ...).
+        key: the npz key / h5 dataset the image was read from.
+        orientation: ``"native"`` or ``"ras"`` (volumes); ``"native"`` otherwise.
+        perm: volumes: file axes taken for the axes of ``array`` (before flipping).
+        flips: volumes: which axes of ``array`` are flipped after the permutation.
+        file_shape: volumes: the data shape written back (NIfTI: the stored shape without
+            trailing singleton axes after the third; ``(X, Y)`` for a 2-D NIfTI).
+        affine: NIfTI: the image's 4 x 4 affine (nibabel's best affine).
+        header: NIfTI: a copy of the nibabel header.
+        origin, direction, file_spacing: SimpleITK: the image's origin, direction (row-major,
+            ITK/LPS convention) and spacing, in ITK index order.
+    """
+
+    array: np.ndarray
+    kind: str
+    path: Path
+    spacing: tuple[float, ...] | None = None
+    channel_axis: int | None = None
+    file_format: str = ""
+    key: str | None = None
+    orientation: str = "native"
+    perm: tuple[int, ...] | None = None
+    flips: tuple[bool, ...] | None = None
+    file_shape: tuple[int, ...] | None = None
+    affine: np.ndarray | None = None
+    header: Any = None
+    origin: tuple[float, ...] | None = None
+    direction: tuple[float, ...] | None = None
+    file_spacing: tuple[float, ...] | None = None
+
+    @property
+    def label_shape(self) -> tuple[int, ...]:
+        """Shape a label map for this image must have: ``array.shape`` without the channel axis."""
+        if self.channel_axis is None:
+            return tuple(self.array.shape)
+        return tuple(self.array.shape[:-1])
+
+    @property
+    def is_volume(self) -> bool:
+        """True for 3-D (``D x H x W``) images."""
+        return len(self.label_shape) == 3
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------------------------
+def file_extension(path: str | os.PathLike[str]) -> str:
+    """Lower-case extension of ``path``, with ``.nii.gz`` as one extension (``""`` if none)."""
+    name = Path(path).name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return Path(name).suffix
+
+
+def _one_line(text: object) -> str:
+    """Collapse a (library) message to a single line of reasonable length."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def _fail(path: Path, problem: str, exc: BaseException | None = None) -> InputError:
+    detail = f" ({type(exc).__name__}: {_one_line(exc)})" if exc is not None else ""
+    return InputError(_one_line(f"{path}: {problem}{detail}"))
+
+
+def _check_file(path: Path) -> str:
+    """Existence, type, size and extension checks; returns the extension."""
+    if not path.exists():
+        raise _fail(path, "file not found")
+    if path.is_dir():
+        raise _fail(path, "is a folder, not an image file")
+    if not path.is_file():
+        raise _fail(path, "is not a regular file")
+    ext = file_extension(path)
+    if ext not in _KIND_OF_EXTENSION:
+        raise _fail(
+            path,
+            f"unsupported file extension {ext or '(none)'!r}; supported: "
+            + ", ".join(SUPPORTED_EXTENSIONS),
+        )
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise _fail(path, "cannot be read", exc) from exc
+    if size == 0:
+        raise _fail(path, "file is empty (0 bytes)")
+    return ext
+
+
+def _check_pixels(path: Path, shape: tuple[int, ...], max_pixels: int) -> None:
+    """Refuse empty and oversized arrays from their declared shape, before decoding."""
+    if any(int(s) < 0 for s in shape):
+        raise _fail(path, f"declares a negative size {tuple(shape)}")
+    n = 1
+    for s in shape:
+        n *= int(s)
+    if n == 0:
+        raise _fail(path, f"image is empty (shape {tuple(int(s) for s in shape)})")
+    if n > max_pixels:
+        unit = "voxels" if len(shape) == 3 else "pixels"
+        raise _fail(
+            path,
+            f"declares {n} {unit} (shape {tuple(int(s) for s in shape)}), more than the limit "
+            f"of {max_pixels}; refused before decoding",
+        )
+
+
+def _finite_float32(path: Path, arr: np.ndarray) -> np.ndarray:
+    """Numeric-dtype check, conversion to float32 and NaN/Inf check."""
+    if arr.dtype.kind not in "biuf":
+        raise _fail(path, f"image data must be numeric, got dtype {arr.dtype}")
+    if arr.size == 0:
+        raise _fail(path, f"image is empty (shape {arr.shape})")
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(out).all():
+        bad = int(np.count_nonzero(~np.isfinite(out)))
+        raise _fail(path, f"image holds {bad} NaN or infinite value(s) (or values beyond float32)")
+    return out
+
+
+def _check_spacing(path: Path, raw: Any, ndim: int) -> tuple[float, ...]:
+    try:
+        sp = np.asarray(raw, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise _fail(path, "spacing entry is not numeric", exc) from exc
+    if sp.shape != (ndim,) or not np.isfinite(sp).all() or (sp <= 0).any():
+        raise _fail(path, f"spacing must be {ndim} positive numbers, got {sp.tolist()}")
+    return tuple(float(s) for s in sp)
+
+
+def _require(module: str, path: Path) -> Any:
+    """Import an optional dependency or explain which one is missing."""
+    try:
+        if module == "PIL":
+            from PIL import Image
+
+            return Image
+        if module == "nibabel":
+            import nibabel
+
+            return nibabel
+        if module == "h5py":
+            import h5py
+
+            return h5py
+        if module == "SimpleITK":
+            import SimpleITK
+
+            return SimpleITK
+    except ImportError as exc:
+        pip_name = {"PIL": "pillow"}.get(module, module)
+        raise _fail(path, f"reading/writing this format needs {module} (pip install {pip_name})") from exc
+    raise AssertionError(module)  # pragma: no cover
+
+
+# --------------------------------------------------------------------------------------------
+# orientation
+# --------------------------------------------------------------------------------------------
+def _closest_axes(rot_ras: np.ndarray) -> tuple[list[int], list[int]]:
+    """For each voxel axis ``v`` (column of ``rot_ras``), the RAS world axis it is closest to
+    and the sign, as a one-to-one assignment (like ``nibabel.io_orientation``)."""
+    norms = np.linalg.norm(rot_ras, axis=0)
+    if not np.all(np.isfinite(rot_ras)) or np.any(norms <= 0):
+        raise ValueError("degenerate voxel-to-world matrix")
+    m = np.abs(rot_ras / norms)
+    best = max(itertools.permutations(range(3)), key=lambda p: sum(m[p[v], v] for v in range(3)))
+    world = list(best)
+    signs = [1 if rot_ras[best[v], v] >= 0 else -1 for v in range(3)]
+    return world, signs
+
+
+def _orientation_transform(
+    path: Path, orientation: str, rot_ras: np.ndarray
+) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
+    """``(perm, flips)`` with ``array = flip(transpose(data_ijk, perm), flips)``.
+
+    Args:
+        orientation: ``"native"`` or ``"ras"`` (see the module docstring).
+        rot_ras: 3 x 3 voxel-to-RAS-world matrix (columns = file voxel axes i, j, k).
+    """
+    if orientation == "native":
+        return (2, 1, 0), (False, False, False)
+    try:
+        world, signs = _closest_axes(rot_ras)
+    except ValueError as exc:
+        raise _fail(path, "cannot reorient to RAS: degenerate affine/direction", exc) from exc
+    # RAS canonical axis r comes from voxel axis v with world[v] == r (flipped if sign < 0);
+    # then D x H x W = (S, A reversed, R) = canonical axes (2, 1, 0) with axis 1 flipped.
+    voxel_of_world = {w: v for v, w in enumerate(world)}
+    perm = tuple(voxel_of_world[r] for r in (2, 1, 0))
+    flips = tuple((signs[perm[a]] < 0) != (a == 1) for a in range(3))
+    return perm, flips  # type: ignore[return-value]
+
+
+def _apply_forward(data_ijk: np.ndarray, perm: tuple[int, ...], flips: tuple[bool, ...]) -> np.ndarray:
+    out = np.transpose(data_ijk, perm)
+    for axis, flip in enumerate(flips):
+        if flip:
+            out = np.flip(out, axis=axis)
+    return np.ascontiguousarray(out)
+
+
+def _apply_inverse(array: np.ndarray, perm: tuple[int, ...], flips: tuple[bool, ...]) -> np.ndarray:
+    out = array
+    for axis, flip in enumerate(flips):
+        if flip:
+            out = np.flip(out, axis=axis)
+    return np.ascontiguousarray(np.transpose(out, np.argsort(perm)))
+
+
+# --------------------------------------------------------------------------------------------
+# readers
+# --------------------------------------------------------------------------------------------
+def _read_image2d(path: Path, max_pixels: int) -> LoadedImage:
+    Image = _require("PIL", path)
+    from PIL import UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            # Our own limit (max_pixels) is applied below from the header size.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        # Pillow's own guard (2 x PIL.Image.MAX_IMAGE_PIXELS) fired on the header size.
+        raise _fail(path, "declares too many pixels, refused before decoding (over the limit)", exc) from exc
+    except UnidentifiedImageError as exc:
+        raise _fail(path, "not a readable image (wrong magic bytes or unsupported content)", exc) from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise _fail(path, "corrupt or unreadable image", exc) from exc
+    with im:
+        width, height = im.size
+        _check_pixels(path, (height, width), max_pixels)
+        n_frames = int(getattr(im, "n_frames", 1) or 1)
+        if n_frames > 1:
+            raise _fail(path, f"has {n_frames} frames/pages; only single-frame 2-D images are supported")
+        fmt = str(im.format or file_extension(path).lstrip(".").upper())
+        try:
+            im.load()
+            mode = im.mode
+            scale: float | None = None
+            if mode in ("1", "L", "LA", "La"):
+                if mode in ("LA", "La"):
+                    logger.warning("%s: alpha channel dropped, grayscale kept", path)
+                arr = np.asarray(im.convert("L"))
+                scale = 255.0
+            elif mode in ("P", "PA"):
+                if mode == "PA" or "transparency" in im.info:
+                    logger.warning("%s: palette transparency dropped, RGB kept", path)
+                    arr = np.asarray(im.convert("RGBA").convert("RGB"))
+                else:
+                    arr = np.asarray(im.convert("RGB"))
+                scale = 255.0
+            elif mode.startswith("I;16"):
+                arr = np.asarray(im).astype(np.uint16)
+                scale = 65535.0
+            elif mode in ("I", "F"):
+                arr = np.asarray(im)
+            else:
+                if mode in ("RGBA", "RGBa"):
+                    logger.warning("%s: alpha channel dropped, RGB kept", path)
+                arr = np.asarray(im if mode == "RGB" else im.convert("RGB"))
+                scale = 255.0
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise _fail(path, "corrupt or truncated image data", exc) from exc
+    if arr.ndim not in (2, 3):  # pragma: no cover - Pillow always gives H x W (x C)
+        raise _fail(path, f"unexpected decoded shape {arr.shape}")
+    out = _finite_float32(path, arr)
+    if scale is not None:
+        out /= np.float32(scale)
+    return LoadedImage(
+        array=out,
+        kind="image2d",
+        path=path,
+        spacing=None,
+        channel_axis=-1 if out.ndim == 3 else None,
+        file_format=fmt,
+    )
+
+
+def _nifti_zooms_mm(header: Any, n: int) -> list[float]:
+    zooms = [float(z) for z in header.get_zooms()[:n]]
+    try:
+        unit = header.get_xyzt_units()[0]
+    except Exception:  # pragma: no cover - exotic headers
+        unit = "unknown"
+    factor = _UNIT_TO_MM.get(unit, 1.0)
+    return [abs(z) * factor if z != 0 else 1.0 for z in zooms]
+
+
+def _read_nifti(path: Path, orientation: str, max_pixels: int) -> LoadedImage:
+    nib = _require("nibabel", path)
+    try:
+        img = nib.load(str(path))
+        shape = tuple(int(s) for s in img.shape)
+        header = img.header.copy()
+        affine = np.array(img.affine, dtype=np.float64)
+        data_dtype = np.dtype(img.get_data_dtype())
+    except Exception as exc:  # nibabel raises many types (ImageFileError, HeaderDataError, ...)
+        raise _fail(path, "not a readable NIfTI file (bad header, wrong magic or truncated)", exc) from exc
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise _fail(path, f"not a single-file NIfTI image (nibabel read it as {type(img).__name__})")
+    file_shape = list(shape)
+    while len(file_shape) > 3 and file_shape[-1] == 1:
+        file_shape.pop()
+    if len(file_shape) > 3:
+        extra = int(np.prod(file_shape[3:]))
+        raise _fail(
+            path,
+            f"{len(shape)}-D NIfTI holding {extra} volumes (shape {shape}); predict one 3-D "
+            "volume at a time",
+        )
+    if len(file_shape) < 2:
+        raise _fail(path, f"{len(shape)}-D NIfTI (shape {shape}); expected a 3-D volume or a 2-D slice")
+    _check_pixels(path, tuple(file_shape), max_pixels)
+    if data_dtype.kind not in "biuf":
+        raise _fail(path, f"NIfTI data type {data_dtype} is not a scalar numeric type (RGB/complex?)")
+    try:
+        data = np.asarray(img.get_fdata(dtype=np.float32, caching="unchanged"))
+    except Exception as exc:  # truncated / corrupt gzip stream or data block
+        raise _fail(path, "corrupt or truncated NIfTI data", exc) from exc
+    data = data.reshape(file_shape + [1] * (3 - len(file_shape)))
+    data = _finite_float32(path, data)
+    zooms = _nifti_zooms_mm(header, len(file_shape)) + [1.0] * (3 - len(file_shape))
+    perm, flips = _orientation_transform(path, orientation, affine[:3, :3])
+    array = _apply_forward(data, perm, flips)
+    return LoadedImage(
+        array=array,
+        kind="nifti",
+        path=path,
+        spacing=tuple(zooms[p] for p in perm),
+        file_format=file_extension(path).lstrip("."),
+        orientation=orientation,
+        perm=perm,
+        flips=flips,
+        file_shape=tuple(file_shape),
+        affine=affine,
+        header=header,
+    )
+
+
+def _npz_declared_shape(archive: Any, key: str) -> tuple[int, ...] | None:
+    """Shape of ``key`` from its ``.npy`` header inside the zip, without reading the data."""
+    fmt = np.lib.format
+    try:
+        with archive.zip.open(f"{key}.npy") as handle:
+            version = fmt.read_magic(handle)
+            if version == (1, 0):
+                shape, _, _ = fmt.read_array_header_1_0(handle)
+            elif version == (2, 0):
+                shape, _, _ = fmt.read_array_header_2_0(handle)
+            else:
+                return None
+        return tuple(int(s) for s in shape)
+    except (KeyError, AttributeError):
+        return None
+
+
+def _read_npz(path: Path, max_pixels: int) -> LoadedImage:
+    import zipfile
+
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise _fail(path, "not a readable .npz archive (wrong magic or corrupt)", exc) from exc
+    if isinstance(archive, np.ndarray):
+        raise _fail(path, "holds a bare .npy array, not an .npz archive with key 'image'")
+    try:
+        with archive:
+            key = next((k for k in _IMAGE_KEYS if k in archive.files), None)
+            if key is None:
+                raise _fail(path, f"no 'image' (or 'img') array; keys: {', '.join(archive.files) or 'none'}")
+            declared = _npz_declared_shape(archive, key)
+            if declared is not None:
+                _check_pixels(path, declared, max_pixels)
+            arr = np.asarray(archive[key])
+            raw_spacing = np.asarray(archive["spacing"]) if "spacing" in archive.files else None
+    except InputError:
+        raise
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "pickled" in str(exc):
+            raise _fail(path, "holds pickled Python objects, not a numeric array (refused)", exc) from exc
+        raise _fail(path, "corrupt or truncated .npz archive", exc) from exc
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise _fail(path, "corrupt or truncated .npz archive", exc) from exc
+    return _from_plain_array(path, "npz", key, arr, raw_spacing, max_pixels)
+
+
+def _read_h5(path: Path, max_pixels: int) -> LoadedImage:
+    h5py = _require("h5py", path)
+    try:
+        with h5py.File(path, "r") as f:
+            key = next((k for k in _IMAGE_KEYS if k in f), None)
+            if key is None:
+                raise _fail(path, f"no 'image' (or 'img') dataset; has: {', '.join(f.keys()) or 'none'}")
+            dset = f[key]
+            if not isinstance(dset, h5py.Dataset):
+                raise _fail(path, f"{key!r} is a group, not a dataset")
+            if dset.ndim not in (2, 3):
+                raise _fail(path, f"{key!r} must be 2-D (H x W) or 3-D (D x H x W), got shape {dset.shape}")
+            _check_pixels(path, tuple(dset.shape), max_pixels)
+            arr = np.asarray(dset[()])
+            raw_spacing = f.attrs.get("spacing")
+    except InputError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise _fail(path, "not a readable HDF5 file (wrong magic, corrupt or truncated)", exc) from exc
+    return _from_plain_array(path, "h5", key, arr, raw_spacing, max_pixels)
+
+
+def _from_plain_array(
+    path: Path, kind: str, key: str, arr: np.ndarray, raw_spacing: Any, max_pixels: int
+) -> LoadedImage:
+    if arr.ndim not in (2, 3):
+        raise _fail(path, f"{key!r} must be 2-D (H x W) or 3-D (D x H x W), got shape {arr.shape}")
+    _check_pixels(path, arr.shape, max_pixels)
+    out = _finite_float32(path, arr)
+    spacing = None if raw_spacing is None else _check_spacing(path, raw_spacing, arr.ndim)
+    return LoadedImage(
+        array=out, kind=kind, path=path, spacing=spacing, file_format=kind, key=key
+    )
+
+
+def _read_sitk(path: Path, orientation: str, max_pixels: int) -> LoadedImage:
+    sitk = _require("SimpleITK", path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        size = tuple(int(s) for s in reader.GetSize())
+        n_comp = int(reader.GetNumberOfComponents())
+    except RuntimeError as exc:
+        raise _fail(path, "not a readable image header (wrong magic or corrupt)", exc) from exc
+    if len(size) not in (2, 3):
+        raise _fail(path, f"{len(size)}-D image (size {size}); expected 2-D or 3-D")
+    if n_comp != 1:
+        raise _fail(path, f"has {n_comp} components per pixel; only scalar images are supported")
+    _check_pixels(path, size, max_pixels)
+    try:
+        img = reader.Execute()
+        arr = sitk.GetArrayFromImage(img)  # reversed index order: (z,) y, x
+    except RuntimeError as exc:
+        raise _fail(path, "corrupt or truncated image data", exc) from exc
+    origin = tuple(float(v) for v in img.GetOrigin())
+    spacing_ijk = tuple(float(v) for v in img.GetSpacing())
+    direction = tuple(float(v) for v in img.GetDirection())
+    data = _finite_float32(path, arr)
+    common = dict(
+        kind="sitk",
+        path=path,
+        file_format=file_extension(path).lstrip("."),
+        origin=origin,
+        direction=direction,
+        file_spacing=spacing_ijk,
+    )
+    if data.ndim == 2:
+        return LoadedImage(array=data, spacing=spacing_ijk[::-1], **common)  # type: ignore[arg-type]
+    rot_lps = np.asarray(direction, dtype=np.float64).reshape(3, 3) * np.asarray(spacing_ijk)
+    perm, flips = _orientation_transform(path, orientation, _LPS_TO_RAS @ rot_lps)
+    data_ijk = np.transpose(data, (2, 1, 0))
+    return LoadedImage(
+        array=_apply_forward(data_ijk, perm, flips),
+        spacing=tuple(spacing_ijk[p] for p in perm),
+        orientation=orientation,
+        perm=perm,
+        flips=flips,
+        file_shape=size,
+        **common,  # type: ignore[arg-type]
+    )
+
+
+def read_image(
+    path: str | os.PathLike[str],
+    *,
+    orientation: str = "native",
+    max_pixels: int = MAX_PIXELS,
+) -> LoadedImage:
+    """Read and validate one image or volume for prediction.
+
+    Args:
+        path: the file; its extension selects the reader (see :data:`SUPPORTED_EXTENSIONS`).
+        orientation: axis convention for NIfTI and 3-D SimpleITK volumes: ``"native"`` (file
+            axes reversed, ``D x H x W = k, j, i``) or ``"ras"`` (closest RAS, then inferior ->
+            superior slices, anterior at row 0, subject's left at column 0). Ignored for 2-D
+            pictures and npz/h5 arrays, which carry no orientation.
+        max_pixels: refuse files whose header declares more pixels/voxels than this
+            (default :data:`MAX_PIXELS` = 2**28), before the data is decoded.
+
+    Returns:
+        A :class:`LoadedImage` whose ``array`` is float32 ``H x W``, ``H x W x 3`` or
+        ``D x H x W``, finite everywhere.
+
+    Raises:
+        InputError: missing, empty, unsupported, corrupt or truncated file; wrong
+            dimensionality (1-D, 4-D with several volumes, vector pixels); NaN/Inf values;
+            empty or oversized arrays. The one-line message names the file.
+    """
+    path = Path(path)
+    if orientation not in _ORIENTATIONS:
+        raise InputError(f"{path}: orientation must be one of {', '.join(_ORIENTATIONS)}, got {orientation!r}")
+    if int(max_pixels) < 1:
+        raise InputError(f"{path}: max_pixels must be >= 1, got {max_pixels!r}")
+    ext = _check_file(path)
+    kind = _KIND_OF_EXTENSION[ext]
+    if kind == "image2d":
+        loaded = _read_image2d(path, max_pixels)
+    elif kind == "nifti":
+        loaded = _read_nifti(path, orientation, max_pixels)
+    elif kind == "npz":
+        loaded = _read_npz(path, max_pixels)
+    elif kind == "h5":
+        loaded = _read_h5(path, max_pixels)
+    else:
+        loaded = _read_sitk(path, orientation, max_pixels)
+    logger.debug(
+        "read %s: %s %s, spacing %s, orientation %s",
+        path, loaded.kind, loaded.array.shape, loaded.spacing, loaded.orientation,
+    )
+    return loaded
+
+
+# --------------------------------------------------------------------------------------------
+# listing inputs
+# --------------------------------------------------------------------------------------------
+def list_inputs(path: str | os.PathLike[str]) -> list[Path]:
+    """Files to predict: ``path`` itself, or the supported files directly inside a folder.
+
+    Folders are not searched recursively; hidden files (name starting with ``.``, e.g.
+    temporary files of an interrupted atomic write) are skipped; the result is sorted by
+    file name. nnU-Net style names (``case_0000.nii.gz``) are listed like any other.
+
+    Args:
+        path: a supported file or a folder.
+
+    Returns:
+        The sorted list of input files (non-empty).
+
+    Raises:
+        InputError: ``path`` does not exist, is a file with an unsupported extension, or is a
+            folder without any supported file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: input not found")
+    if path.is_file():
+        ext = file_extension(path)
+        if ext not in _KIND_OF_EXTENSION:
+            raise InputError(
+                f"{path}: unsupported file extension {ext or '(none)'!r}; supported: "
+                + ", ".join(SUPPORTED_EXTENSIONS)
+            )
+        return [path]
+    if not path.is_dir():
+        raise InputError(f"{path}: neither a file nor a folder")
+    try:
+        entries = list(path.iterdir())
+    except OSError as exc:
+        raise _fail(path, "cannot list folder", exc) from exc
+    files = sorted(
+        (
+            p for p in entries
+            if not p.name.startswith(".") and p.is_file() and file_extension(p) in _KIND_OF_EXTENSION
+        ),
+        key=lambda p: p.name,
+    )
+    if not files:
+        raise InputError(
+            f"{path}: folder holds no supported image file ({', '.join(SUPPORTED_EXTENSIONS)})"
+        )
+    return files
+
+
+_NNUNET_CHANNEL = re.compile(r"_\d{4}$")
+
+
+def default_label_path(reference: LoadedImage, out_dir: str | os.PathLike[str]) -> Path:
+    """Where to write the label map of ``reference`` inside ``out_dir``.
+
+    The input's stem without an nnU-Net channel suffix (``case_0000.nii.gz`` ->
+    ``case.nii.gz``), with the input's extension, except ``.png`` for every 2-D picture
+    (JPEG is lossy) and ``.mha`` for ``.mhd`` inputs (one file instead of two).
+
+    Args:
+        reference: the loaded input.
+        out_dir: output folder.
+
+    Returns:
+        ``out_dir / <name>``.
+    """
+    ext = file_extension(reference.path)
+    stem = reference.path.name[: len(reference.path.name) - len(ext)] if ext else reference.path.name
+    stem = _NNUNET_CHANNEL.sub("", stem) or stem
+    out_ext = {"image2d": ".png"}.get(reference.kind, ".mha" if ext == ".mhd" else ext)
+    return Path(out_dir) / f"{stem}{out_ext}"
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------------
+def _default_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write(
+    path: str | os.PathLike[str], writer: Callable[[Path], object], *, suffix: str = ".tmp"
+) -> Path:
+    """Write ``path`` atomically.
+
+    Args:
+        path: final file name; missing parent folders are created.
+        writer: called with the path of a fresh temporary file (created with
+            :func:`tempfile.mkstemp` in the same folder); it must write the complete file
+            there. The temporary file is then synced and moved over ``path`` with
+            :func:`os.replace`, so readers never see a half-written file.
+        suffix: suffix of the temporary name; writers that pick the format from the name
+            (nibabel, SimpleITK) need the real extension (e.g. ``".nii.gz"``).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        InputError: the folder or file cannot be written (the message names ``path``). On any
+            failure the temporary file is removed and an existing ``path`` is left unchanged.
+            An :class:`InputError` raised by ``writer`` propagates unchanged.
+    """
+    path = Path(path)
+    tmp: Path | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        writer(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp, _default_mode())
+        os.replace(tmp, path)
+        tmp = None
+    except InputError:
+        raise
+    except Exception as exc:  # OSError, or a library's own exception type
+        raise _fail(path, "cannot write file", exc) from exc
+    finally:
+        if tmp is not None:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:  # pragma: no cover - folder vanished or became read-only
+                logger.warning("%s: could not remove temporary file %s", path, tmp)
+    return path
+
+
+def _as_label_array(labels: Any, reference: LoadedImage, out_path: Path) -> np.ndarray:
+    try:
+        arr = np.asarray(labels)
+    except Exception as exc:  # pragma: no cover - exotic objects
+        raise _fail(out_path, "labels cannot be converted to an array", exc) from exc
+    if arr.dtype.kind not in "biuf":
+        raise _fail(out_path, f"labels must be an integer array, got dtype {arr.dtype}")
+    if tuple(arr.shape) != reference.label_shape:
+        raise _fail(
+            out_path,
+            f"label map shape {tuple(arr.shape)} does not match {reference.path.name} "
+            f"(expected {reference.label_shape})",
+        )
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if arr.dtype.kind == "f" and (not np.isfinite(arr).all() or np.any(arr != np.round(arr))):
+        raise _fail(out_path, "labels must be whole numbers (class ids)")
+    if arr.size and (arr.min() < 0 or arr.max() > 255):
+        raise _fail(out_path, f"labels must lie in [0, 255], got [{arr.min()}, {arr.max()}]")
+    return np.ascontiguousarray(arr.astype(np.uint8))
+
+
+def _write_png(labels: np.ndarray, out_path: Path) -> None:
+    Image = _require("PIL", out_path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            Image.fromarray(labels, mode="L").save(handle, format="PNG")
+
+    atomic_write(out_path, write, suffix=".png")
+
+
+def _write_nifti(labels_ijk: np.ndarray, reference: LoadedImage, out_path: Path, ext: str) -> None:
+    nib = _require("nibabel", out_path)
+    header = reference.header.copy()
+    klass = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    img = klass(labels_ijk, reference.affine, header=header)
+    img.set_data_dtype(np.uint8)
+    hdr = img.header
+    hdr.set_slope_inter(1.0, 0.0)
+    hdr["cal_min"] = 0
+    hdr["cal_max"] = int(labels_ijk.max()) if labels_ijk.size else 0
+    hdr["descrip"] = b"simmpnet label map"
+    try:
+        hdr.set_intent("label")
+    except Exception:  # pragma: no cover - very old nibabel
+        pass
+    atomic_write(out_path, lambda tmp: nib.save(img, str(tmp)), suffix=ext)
+
+
+def _write_sitk(labels_ijk_or_2d: np.ndarray, reference: LoadedImage, out_path: Path, ext: str) -> None:
+    sitk = _require("SimpleITK", out_path)
+    if labels_ijk_or_2d.ndim == 3:
+        arr = np.ascontiguousarray(np.transpose(labels_ijk_or_2d, (2, 1, 0)))
+    else:
+        arr = labels_ijk_or_2d
+    img = sitk.GetImageFromArray(arr)
+    img.SetOrigin(reference.origin)
+    img.SetSpacing(reference.file_spacing)
+    img.SetDirection(reference.direction)
+
+    def write(tmp: Path) -> None:
+        try:
+            sitk.WriteImage(img, str(tmp), True)
+        except RuntimeError as exc:
+            raise OSError(_one_line(exc)) from exc
+
+    atomic_write(out_path, write, suffix=ext)
+
+
+def _write_plain(labels: np.ndarray, reference: LoadedImage, out_path: Path, ext: str) -> None:
+    if ext == ".npz":
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez_compressed(handle, label=labels)
+    else:
+        h5py = _require("h5py", out_path)
+
+        def write(tmp: Path) -> None:
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("label", data=labels, compression="gzip")
+                if reference.spacing is not None:
+                    f.attrs["spacing"] = np.asarray(reference.spacing, dtype=np.float64)
+
+    atomic_write(out_path, write, suffix=ext)
+
+
+def write_label_map(
+    labels: Any, reference: LoadedImage, out_path: str | os.PathLike[str]
+) -> Path:
+    """Write a label map in the geometry of the image it was predicted from.
+
+    Args:
+        labels: class ids, shape ``reference.label_shape`` (``H x W`` for 2-D images, also
+            colour ones; ``D x H x W`` for volumes, in the axis order of ``reference.array``).
+            uint8 is written as is; other integer, bool or whole-number float arrays with
+            values in ``[0, 255]`` are converted to uint8.
+        reference: the :class:`LoadedImage` the prediction was made on.
+        out_path: target file. Its extension picks the format and must suit the reference:
+            ``.png`` for 2-D pictures (uint8, pixel value = class id); ``.nii``/``.nii.gz``
+            for NIfTI (the reference's affine and header, qform/sform and their codes kept,
+            data type uint8, scaling reset, intent "label"); ``.npz`` (key ``label``) or
+            ``.h5``/``.hdf5`` (dataset ``label``, attribute ``spacing`` when known) for
+            npz/h5; ``.nrrd``/``.mha`` (or ``.nii``/``.nii.gz``) for SimpleITK inputs, with
+            the same origin, spacing and direction. Volumes are put back into the file's
+            voxel order (inverse of the read permutation and flips).
+
+    Returns:
+        ``out_path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        InputError: shape mismatch, labels that are not class ids in ``[0, 255]``, an output
+            extension that does not suit the reference, ``out_path`` equal to the input file,
+            or a failed write (nothing partial is left behind).
+    """
+    out_path = Path(out_path)
+    ext = file_extension(out_path)
+    allowed = _OUTPUT_EXTENSIONS.get(reference.kind)
+    if allowed is None:
+        raise _fail(out_path, f"unknown reference kind {reference.kind!r}")
+    if ext not in allowed:
+        raise _fail(
+            out_path,
+            f"cannot write a label map for a {reference.kind} input as {ext or '(no extension)'!r}; "
+            f"use {', '.join(allowed)}",
+        )
+    if out_path.resolve() == reference.path.resolve():
+        raise _fail(out_path, "refusing to overwrite the input image with its label map")
+    arr = _as_label_array(labels, reference, out_path)
+
+    if reference.kind in ("nifti", "sitk") and reference.perm is not None:
+        if reference.flips is None or reference.file_shape is None:
+            raise _fail(out_path, f"reference {reference.path.name} lacks its axis transform")
+        file_arr = _apply_inverse(arr, reference.perm, reference.flips)
+        if reference.kind == "nifti":
+            file_arr = file_arr.reshape(reference.file_shape)
+    else:
+        file_arr = arr
+
+    if reference.kind == "image2d":
+        _write_png(file_arr, out_path)
+    elif reference.kind == "nifti":
+        if reference.affine is None or reference.header is None:
+            raise _fail(out_path, f"reference {reference.path.name} lacks its NIfTI affine/header")
+        _write_nifti(file_arr, reference, out_path, ext)
+    elif reference.kind == "sitk":
+        if reference.origin is None or reference.direction is None or reference.file_spacing is None:
+            raise _fail(out_path, f"reference {reference.path.name} lacks its origin/spacing/direction")
+        _write_sitk(file_arr, reference, out_path, ext)
+    else:
+        _write_plain(file_arr, reference, out_path, ext)
+    logger.info("wrote label map %s (%s, shape %s)", out_path, reference.kind, arr.shape)
+    return out_path

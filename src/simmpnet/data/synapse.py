@@ -1,0 +1,318 @@
+"""Readers for the Synapse on-disk layout (also used by the prepared ACDC data and the demo).
+
+Layout under a root folder::
+
+    train_npz/<name>.npz          image (H x W float), label (H x W integer-valued);
+                                  ACDC variants store the image under ``img``
+    test_vol_h5/<case>.npy.h5     datasets image (D x H x W), label (D x H x W),
+                                  optional attribute ``spacing`` (D, H, W) in mm
+    lists/train.txt               slice names, one per line, without extension
+    lists/test_vol.txt            case names, one per line
+
+Every file is validated when it is read; problems raise :class:`simmpnet.errors.InputError`
+with a one-line message that names the file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from simmpnet.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+#: Keys accepted for the image, in order of preference (``img``: ACDC variant).
+IMAGE_KEYS = ("image", "img")
+LABEL_KEYS = ("label",)
+
+#: Transform applied to a training slice: (image H x W float32, label H x W int64) ->
+#: (image, label) as numpy arrays or torch tensors (image H x W or 1 x H x W).
+SliceTransform = Callable[[np.ndarray, np.ndarray], tuple[Any, Any]]
+
+
+def read_list_file(list_file: Path, data_dir: Path, suffix: str) -> list[tuple[str, Path]]:
+    """Read a list file and map each entry to a file under ``data_dir``.
+
+    Blank lines and lines starting with ``#`` are skipped; an entry that already ends with
+    ``suffix`` is not extended.
+
+    Args:
+        list_file: text file with one name per line.
+        data_dir: folder the names are relative to.
+        suffix: file extension appended to each name (``.npz`` or ``.npy.h5``).
+
+    Returns:
+        (name without suffix, path) per entry, in file order.
+
+    Raises:
+        InputError: the list file is missing or empty, or an entry is absolute or contains
+            ``..`` (it would point outside ``data_dir``).
+    """
+    try:
+        text = list_file.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise InputError(f"{list_file}: list file not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{list_file}: cannot read list file ({exc})") from exc
+    entries: list[tuple[str, Path]] = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        entry = raw.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        rel = Path(entry)
+        if rel.is_absolute() or ".." in rel.parts or "\x00" in entry:
+            raise InputError(
+                f"{list_file}: line {lineno} entry {entry!r} points outside {data_dir}"
+            )
+        name = entry[: -len(suffix)] if entry.endswith(suffix) else entry
+        entries.append((name, data_dir / f"{name}{suffix}"))
+    if not entries:
+        raise InputError(f"{list_file}: list file has no entries")
+    return entries
+
+
+def _check_split_name(split: str) -> None:
+    if not split or "/" in split or "\\" in split or split in (".", ".."):
+        raise InputError(f"split {split!r}: must be a plain list name such as 'train' or 'test_vol'")
+
+
+def validate_pair(
+    path: Path, image: np.ndarray, label: np.ndarray, ndim: int, n_classes: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check an image/label pair read from ``path``; return (float32 image, int64 label).
+
+    Args:
+        path: file the arrays came from (named in error messages).
+        image: image array, ``ndim`` dimensions.
+        label: label array of the same shape with integer values (float storage allowed).
+        ndim: expected number of dimensions (2 for slices, 3 for volumes).
+        n_classes: when given, labels must lie in ``0 .. n_classes - 1``.
+
+    Raises:
+        InputError: wrong dimensions, shape mismatch, non-numeric data, NaN/Inf in the
+            image, non-integer, negative or too large labels.
+    """
+    if image.dtype.kind not in "biuf" or label.dtype.kind not in "biuf":
+        raise InputError(f"{path}: image and label must be numeric (got {image.dtype}, {label.dtype})")
+    if image.ndim != ndim:
+        raise InputError(f"{path}: image must have {ndim} dimensions, got shape {image.shape}")
+    if image.shape != label.shape:
+        raise InputError(f"{path}: image shape {image.shape} does not match label shape {label.shape}")
+    if image.size == 0:
+        raise InputError(f"{path}: empty image of shape {image.shape}")
+    img = np.asarray(image, dtype=np.float32)
+    if not np.isfinite(img).all():
+        raise InputError(f"{path}: image holds NaN or Inf values")
+    if label.dtype.kind == "f":
+        if not np.isfinite(label).all() or not np.array_equal(label, np.round(label)):
+            raise InputError(f"{path}: label holds non-integer values")
+    lab = label.astype(np.int64)
+    lo, hi = int(lab.min()), int(lab.max())
+    if lo < 0:
+        raise InputError(f"{path}: label holds negative values (min {lo})")
+    if n_classes is not None and hi >= n_classes:
+        raise InputError(f"{path}: label value {hi} is out of range for n_classes={n_classes}")
+    return img, lab
+
+
+def _first_key(keys: Any, candidates: tuple[str, ...]) -> str | None:
+    for key in candidates:
+        if key in keys:
+            return key
+    return None
+
+
+def load_npz_slice(path: Path, n_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read and validate one slice file.
+
+    Returns:
+        (image float32 H x W, label int64 H x W).
+
+    Raises:
+        InputError: missing or corrupt file, missing keys, or any check of :func:`validate_pair`.
+    """
+    if not path.is_file():
+        raise InputError(f"{path}: slice file not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            img_key = _first_key(data.files, IMAGE_KEYS)
+            lab_key = _first_key(data.files, LABEL_KEYS)
+            if img_key is None or lab_key is None:
+                missing = "image (or img)" if img_key is None else "label"
+                raise InputError(f"{path}: missing key {missing!r} (keys: {', '.join(data.files) or 'none'})")
+            image, label = data[img_key], data[lab_key]
+    except InputError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        raise InputError(f"{path}: corrupt or unreadable npz file ({type(exc).__name__}: {exc})") from exc
+    return validate_pair(path, image, label, 2, n_classes)
+
+
+def load_h5_volume(
+    path: Path, n_classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Read and validate one test volume.
+
+    Returns:
+        (image float32 D x H x W, label int64 D x H x W, spacing (D, H, W) in mm; (1, 1, 1)
+        when the file has no ``spacing`` attribute).
+
+    Raises:
+        InputError: missing or corrupt file, missing datasets, bad spacing, or any check of
+            :func:`validate_pair`.
+    """
+    import h5py
+
+    if not path.is_file():
+        raise InputError(f"{path}: volume file not found")
+    try:
+        with h5py.File(path, "r") as f:
+            img_key = _first_key(f, IMAGE_KEYS)
+            lab_key = _first_key(f, LABEL_KEYS)
+            if img_key is None or lab_key is None:
+                missing = "image (or img)" if img_key is None else "label"
+                raise InputError(f"{path}: missing dataset {missing!r} (has: {', '.join(f.keys()) or 'none'})")
+            if not isinstance(f[img_key], h5py.Dataset) or not isinstance(f[lab_key], h5py.Dataset):
+                raise InputError(f"{path}: {img_key!r} and {lab_key!r} must be datasets, not groups")
+            image, label = f[img_key][()], f[lab_key][()]
+            raw_spacing = f.attrs.get("spacing")
+    except InputError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: corrupt or unreadable HDF5 file ({type(exc).__name__}: {exc})") from exc
+    image, label = np.asarray(image), np.asarray(label)
+    img, lab = validate_pair(path, image, label, 3, n_classes)
+    if raw_spacing is None:
+        spacing = (1.0, 1.0, 1.0)
+    else:
+        try:
+            sp = np.asarray(raw_spacing, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{path}: spacing attribute is not numeric") from exc
+        if sp.shape != (3,) or not np.isfinite(sp).all() or (sp <= 0).any():
+            raise InputError(f"{path}: spacing attribute must be 3 positive numbers (D, H, W), got {sp.tolist()}")
+        spacing = (float(sp[0]), float(sp[1]), float(sp[2]))
+    return img, lab, spacing
+
+
+def _as_tensors(image: Any, label: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Convert (image, label) to (float32 1 x H x W, int64 H x W) tensors."""
+    img = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image))
+    lab = label if isinstance(label, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(label))
+    img = img.to(torch.float32)
+    if img.ndim == 2:
+        img = img.unsqueeze(0)
+    return img, lab.to(torch.int64)
+
+
+class SynapseSliceDataset(Dataset):
+    """2-D training slices of the Synapse layout.
+
+    Each item is ``dict(image=float32 tensor 1 x H x W, label=int64 tensor H x W, name=str)``.
+
+    Args:
+        root: data set folder (holds ``train_npz/`` and ``lists/``).
+        split: list name; the list file is ``root/lists/<split>.txt``.
+        list_file: explicit list file (overrides ``split``).
+        transform: optional callable ``(image H x W float32, label H x W int64) -> (image,
+            label)`` returning numpy arrays or tensors (e.g.
+            :class:`simmpnet.data.transforms.RandomAugment`).
+        n_classes: when given, labels must lie in ``0 .. n_classes - 1``.
+        data_dir: folder holding the ``.npz`` files; default ``root/train_npz``.
+
+    Raises:
+        InputError: missing/empty list file or an entry pointing outside ``data_dir`` (at
+            construction); any problem of a slice file (when that item is read).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        split: str = "train",
+        list_file: str | os.PathLike[str] | None = None,
+        transform: SliceTransform | None = None,
+        n_classes: int | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        if list_file is None:
+            _check_split_name(split)
+        self.list_file = Path(list_file) if list_file is not None else self.root / "lists" / f"{split}.txt"
+        self.data_dir = Path(data_dir) if data_dir is not None else self.root / "train_npz"
+        self.transform = transform
+        self.n_classes = n_classes
+        self.entries = read_list_file(self.list_file, self.data_dir, ".npz")
+        logger.debug("%s: %d slices listed in %s", type(self).__name__, len(self.entries), self.list_file)
+
+    @property
+    def names(self) -> list[str]:
+        """Slice names in list order."""
+        return [name for name, _ in self.entries]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        name, path = self.entries[index]
+        image, label = load_npz_slice(path, self.n_classes)
+        if self.transform is not None:
+            image, label = self.transform(image, label)
+        img, lab = _as_tensors(image, label)
+        return {"image": img, "label": lab, "name": name}
+
+
+class SynapseVolumeDataset(Dataset):
+    """3-D test volumes of the Synapse layout, read whole for slice-wise inference.
+
+    Each item is ``dict(image=float32 ndarray D x H x W, label=int64 ndarray D x H x W,
+    name=str, spacing=(D, H, W) tuple of floats in mm)``.
+
+    Args:
+        root: data set folder (holds ``test_vol_h5/`` and ``lists/``).
+        split: list name; the list file is ``root/lists/<split>.txt``.
+        list_file: explicit list file (overrides ``split``).
+        n_classes: when given, labels must lie in ``0 .. n_classes - 1``.
+        data_dir: folder holding the ``.npy.h5`` files; default ``root/test_vol_h5``.
+
+    Raises:
+        InputError: as :class:`SynapseSliceDataset`, for volume files.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        split: str = "test_vol",
+        list_file: str | os.PathLike[str] | None = None,
+        n_classes: int | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        if list_file is None:
+            _check_split_name(split)
+        self.list_file = Path(list_file) if list_file is not None else self.root / "lists" / f"{split}.txt"
+        self.data_dir = Path(data_dir) if data_dir is not None else self.root / "test_vol_h5"
+        self.n_classes = n_classes
+        self.entries = read_list_file(self.list_file, self.data_dir, ".npy.h5")
+        logger.debug("%s: %d volumes listed in %s", type(self).__name__, len(self.entries), self.list_file)
+
+    @property
+    def names(self) -> list[str]:
+        """Case names in list order."""
+        return [name for name, _ in self.entries]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        name, path = self.entries[index]
+        image, label, spacing = load_h5_volume(path, self.n_classes)
+        return {"image": image, "label": label, "name": name, "spacing": spacing}

@@ -1,0 +1,94 @@
+"""Prediction on files a user has: 2D images (PNG, JPEG, TIFF, BMP), volumes (NIfTI, NRRD,
+MHA, npz, h5), one file or a folder.  Label maps are written in the input's own geometry."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.io import default_label_path, list_inputs, read_image, write_label_map
+from .errors import InputError
+from .evaluation.inference import predict_slices
+from .training.trainer import load_trained_model, resolve_device
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["predict_paths", "normalise_intensity"]
+
+def normalise_intensity(array: np.ndarray) -> np.ndarray:
+    """Images already in ``[0, 1]`` stay as they are (the training data of every layout here
+    is); anything else is clipped to its 0.5-99.5 percentiles and scaled to ``[0, 1]``."""
+    low, high = float(array.min()), float(array.max())
+    if low >= 0.0 and high <= 1.0:
+        return array.astype(np.float32, copy=False)
+    lo, hi = np.percentile(array, [0.5, 99.5])
+    if hi <= lo:
+        return np.zeros_like(array, dtype=np.float32)
+    return ((np.clip(array, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+def _as_slices(array: np.ndarray, kind: str, in_channels: int, source: Path) -> np.ndarray:
+    """The network's view of an input: ``(D, H, W)`` or ``(D, H, W, C)``."""
+    if kind == "image2d":
+        if array.ndim == 3 and in_channels == 1:
+            if array.shape[-1] != 3:
+                raise InputError(f"{source}: {array.shape[-1]} channels, the model takes 1")
+            logger.warning("%s: colour image converted to grey for a 1-channel model", source)
+            array = array @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        elif array.ndim == 2 and in_channels == 3:
+            array = np.repeat(array[..., None], 3, axis=-1)
+        elif array.ndim == 3 and array.shape[-1] != in_channels:
+            raise InputError(f"{source}: {array.shape[-1]} channels, the model takes {in_channels}")
+        return array[None]
+    if array.ndim != 3:
+        raise InputError(f"{source}: expected a volume (D, H, W), got shape {array.shape}")
+    if in_channels != 1:
+        raise InputError(f"{source}: a single-channel volume, but the model takes {in_channels} channels")
+    return array
+
+
+def predict_paths(
+    checkpoint: str | os.PathLike,
+    input_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    device: str = "auto",
+    overlay: bool = False,
+) -> list[Path]:
+    """Predict every supported file at ``input_path`` (a file or a folder) into ``output_dir``.
+
+    Returns the label maps written.  Files are read, predicted and written one at a time, so
+    memory stays flat over long folders.
+    """
+    dev = resolve_device(device)
+    model, input_size, config = load_trained_model(checkpoint, dev)
+    in_channels = int(getattr(model, "in_channels", config.get("in_channels", 1)))
+    names = config.get("class_names")
+    inputs = list_inputs(Path(input_path))
+    if not inputs:
+        raise InputError(f"{input_path}: no supported image files found")
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in inputs:
+        loaded = read_image(path)
+        slices = _as_slices(normalise_intensity(loaded.array), loaded.kind, in_channels, path)
+        with torch.no_grad():
+            labels = predict_slices(model, slices, input_size, dev)
+        if loaded.kind == "image2d":
+            labels = labels[0]
+        target = write_label_map(labels, loaded, default_label_path(loaded, out_dir))
+        written.append(target)
+        if overlay:
+            from .evaluation.report import save_overlay
+
+            index = 0 if loaded.kind == "image2d" else int(np.argmax((labels > 0).sum((1, 2))))
+            image = slices[index]
+            shown = labels if loaded.kind == "image2d" else labels[index]
+            grey = image if image.ndim == 2 else image.mean(-1)
+            stem = target.name.split(".")[0]
+            save_overlay(grey, None, shown, out_dir / f"{stem}_overlay.png", class_names=names)
+        logger.info("%s -> %s", path, target)
+    return written

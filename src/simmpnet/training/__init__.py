@@ -1,0 +1,14 @@
+"""Training: the paper's losses and the training loop with checkpoints and exact resume."""
+from .losses import CEDiceLoss, DeepSupervisionLoss, SoftDiceLoss
+from .trainer import TrainConfig, Trainer, TrainingError, load_trained_model, resolve_device
+
+__all__ = [
+    "CEDiceLoss",
+    "DeepSupervisionLoss",
+    "SoftDiceLoss",
+    "TrainConfig",
+    "Trainer",
+    "TrainingError",
+    "load_trained_model",
+    "resolve_device",
+]

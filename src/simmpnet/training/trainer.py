@@ -1,0 +1,480 @@
+"""The training loop: AdamW, the paper's deep-supervision loss and augmentation, the DMW-LA
+warm-up and W-LD schedule, validation, atomic checkpoints and an exact resume.
+
+Exact resume: the order of the slices in an epoch and every augmentation draw derive from
+``(seed, epoch, slice index)`` alone, and the checkpoint stores the model (memory banks
+included), the optimiser, the W-LD state, the position in the epoch and the torch RNG state.
+A run killed at any moment and resumed from its last checkpoint therefore takes the same
+steps as one that never stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..data.synapse import SynapseSliceDataset, SynapseVolumeDataset, load_h5_volume, load_npz_slice
+from ..data.transforms import RandomAugment
+from ..errors import CheckpointError, InputError, SimMPNetError
+from ..evaluation.evaluate import evaluate_volumes
+from ..models import SimMPNet, WLDSchedule
+from ..models.factory import MODEL_NAMES, build_model, input_size_of, model_from_payload, model_payload
+from .losses import DeepSupervisionLoss
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "Trainer", "TrainingError", "load_trained_model", "resolve_device"]
+
+TRAIN_FORMAT = "simmpnet-train"
+
+
+class TrainingError(SimMPNetError):
+    """Training cannot go on (e.g. the loss keeps being NaN)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; YAML files hold the same keys.
+
+    Data: ``data_root`` in the Synapse layout (``train_npz/``, ``test_vol_h5/``, ``lists/``),
+    ``train_list`` / ``val_list`` split names (``lists/<name>.txt``; ``val_list`` None: no
+    validation), ``n_classes`` with background, ``class_names`` (background first).
+    Model: ``model`` ("simmpnet" or "unet"), ``variant``, ``model_overrides`` (config keys of
+    the network), ``pretrained``, ``input_size`` (slice side; default the variant's encoder-A
+    size, 128 for the U-Net), ``warmup_iters`` (DMW-LA warm-up, None keeps the variant's).
+    Optimisation (paper: AdamW 1e-4 constant, wd 1e-4, batch 20, seed 2222): ``epochs``,
+    ``batch_size``, ``lr``, ``weight_decay``, ``lr_schedule`` ("constant" or "poly":
+    ``lr (1 - progress)^0.9``, progress the larger of the step and time-budget fractions), ``seed``, ``wld_start_epoch``, ``wld_blocks`` ("encoder" as the
+    authors, "decoder", "all" or "none"), ``eval_start_epoch``, ``eval_every``.
+    Budget: ``time_budget_s`` (wall clock of the whole run, across resumes), ``max_steps``.
+    Robustness: ``max_nonfinite_losses`` skipped steps before training stops; ``check_data``
+    reads and checks every file once before training starts, so that a bad file stops the run
+    before anything is written.
+    Runtime: ``device`` ("auto", "cpu", "cuda"), ``threads``, ``num_workers``, ``output_dir``,
+    ``log_every``, ``progress``.
+    """
+
+    data_root: str = ""
+    train_list: str = "train"
+    val_list: str | None = "test_vol"
+    n_classes: int = 9
+    class_names: list[str] | None = None
+    in_channels: int = 1
+    model: str = "simmpnet"
+    variant: str = "tiny"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool | str = False
+    input_size: int | None = None
+    warmup_iters: int | None = None
+    epochs: int = 300
+    batch_size: int = 20
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    lr_schedule: str = "constant"
+    seed: int = 2222
+    wld_start_epoch: int = 100
+    wld_blocks: str = "encoder"
+    eval_start_epoch: int = 100
+    eval_every: int = 1
+    time_budget_s: float | None = None
+    max_steps: int | None = None
+    max_nonfinite_losses: int = 5
+    check_data: bool = True
+    device: str = "auto"
+    threads: int | None = None
+    num_workers: int = 0
+    output_dir: str = "runs/train"
+    log_every: int = 10
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"unknown training config keys: {unknown}; known keys: {sorted(known)}")
+        config = cls(**values)
+        config.validate()
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> TrainConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: config file not found")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise InputError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+        if not isinstance(values, dict):
+            raise InputError(f"{path}: expected a mapping of config keys")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values)
+
+    def validate(self) -> None:
+        if self.model not in MODEL_NAMES:
+            raise InputError(f"model must be one of {list(MODEL_NAMES)}, got {self.model!r}")
+        if self.n_classes < 2:
+            raise InputError(f"n_classes must be at least 2, got {self.n_classes}")
+        if self.class_names is not None and len(self.class_names) != self.n_classes:
+            raise InputError(f"class_names has {len(self.class_names)} names for {self.n_classes} classes")
+        for name in ("epochs", "batch_size", "eval_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr_schedule not in ("constant", "poly"):
+            raise InputError(f"lr_schedule must be constant or poly, got {self.lr_schedule!r}")
+        if self.wld_blocks not in ("encoder", "decoder", "all", "none"):
+            raise InputError(f"wld_blocks must be encoder, decoder, all or none, got {self.wld_blocks!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise InputError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+    def model_identity(self) -> dict[str, Any]:
+        """The settings a checkpoint must share with this config to be resumed."""
+        keys = ("model", "variant", "model_overrides", "n_classes", "in_channels", "input_size", "warmup_iters")
+        return {k: getattr(self, k) for k in keys}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.class_names or ["background", *(f"class_{i}" for i in range(1, self.n_classes))])
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA without one is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} requested but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+class _AugmentedSlices(Dataset):
+    """Training slices with an augmentation whose draws depend on (seed, epoch, index) only."""
+
+    def __init__(self, slices: SynapseSliceDataset, size: int, seed: int) -> None:
+        self.slices = slices
+        self.augment = RandomAugment(size)
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.slices[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        image, label = self.augment.apply(item["image"][0].numpy(), item["label"].numpy(), rng)
+        return {"image": image, "label": label}
+
+
+class Trainer:
+    """Trains one model as :class:`TrainConfig` says and writes into ``output_dir``:
+    ``last.pt`` (every epoch and when the budget ends), ``best.pt`` (best validation DSC),
+    ``log.jsonl`` and ``curves.png``."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        config.validate()
+        self.config = config
+        self.device = resolve_device(config.device)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.output_dir = Path(config.output_dir)
+        root = Path(config.data_root)
+        if not root.is_dir():
+            raise InputError(f"{root}: data folder not found")
+        self.train_set = SynapseSliceDataset(root, split=config.train_list, n_classes=config.n_classes)
+        if len(self.train_set) == 0:
+            raise InputError(f"{root}: the training list {config.train_list!r} names no slices")
+        self.val_set = (
+            SynapseVolumeDataset(root, split=config.val_list, n_classes=config.n_classes) if config.val_list else None
+        )
+        if config.check_data:
+            self._check_data()
+        torch.manual_seed(config.seed)
+        overrides = dict(config.model_overrides)
+        if config.warmup_iters is not None and config.model == "simmpnet":
+            overrides["warmup_iters"] = config.warmup_iters
+        self.model = build_model(
+            config.model, config.n_classes, config.in_channels, config.variant, overrides, config.pretrained
+        ).to(self.device)
+        if config.input_size is not None:
+            self.input_size = config.input_size
+        elif isinstance(self.model, SimMPNet):
+            self.input_size = self.model.config.img_size_a
+        else:
+            self.input_size = 128
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.criterion = DeepSupervisionLoss()
+        self.wld = (
+            WLDSchedule(self.model.dmwla_blocks(config.wld_blocks), start_epoch=config.wld_start_epoch)
+            if isinstance(self.model, SimMPNet) and config.wld_blocks != "none"
+            else None
+        )
+        self.samples = _AugmentedSlices(self.train_set, self.input_size, config.seed)
+        self.steps_per_epoch = len(self._epoch_batches(0))
+        self._started: float | None = None
+        self.state: dict[str, Any] = {
+            "epoch": 0,
+            "batch_in_epoch": 0,
+            "global_step": 0,
+            "epoch_loss_sum": 0.0,
+            "epoch_loss_count": 0,
+            "best_dsc": None,
+            "elapsed_s": 0.0,
+            "nonfinite_losses": 0,
+        }
+
+    def _check_data(self) -> None:
+        for _, path in self.train_set.entries:
+            load_npz_slice(path, self.config.n_classes)
+        for _, path in self.val_set.entries if self.val_set is not None else ():
+            load_h5_volume(path, self.config.n_classes)
+
+    # ------------------------------------------------------------ checkpoints
+    def _payload(self) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "format": TRAIN_FORMAT,
+            "version": 1,
+            "model": model_payload(self.model, self.input_size),
+            "optimizer": self.optimizer.state_dict(),
+            "wld": self.wld.state_dict() if self.wld else None,
+            "state": dict(self.state),
+            "rng": rng,
+            "identity": _plain(self.config.model_identity()),
+            "config": _plain(dataclasses.asdict(self.config)),
+        }
+
+    def save(self, name: str = "last.pt") -> Path:
+        return save_checkpoint(self._payload(), self.output_dir / name)
+
+    def resume(self, path: str | os.PathLike | None = None) -> None:
+        """Continue from a checkpoint (default ``output_dir/last.pt``)."""
+        path = Path(path) if path else self.output_dir / "last.pt"
+        payload = load_checkpoint(path, map_location="cpu")
+        if payload.get("format") != TRAIN_FORMAT:
+            raise CheckpointError(f"{path}: not a simmpnet training checkpoint")
+        mine = _plain(self.config.model_identity())
+        if payload.get("identity") != mine:
+            raise CheckpointError(
+                f"{path}: written for another model configuration ({payload.get('identity')} vs {mine})"
+            )
+        restored = model_from_payload(payload["model"], str(path))
+        self.model.load_state_dict(restored.state_dict())
+        self.optimizer.load_state_dict(payload["optimizer"])
+        if self.wld and payload.get("wld"):
+            self.wld.load_state_dict(payload["wld"])
+        self.state.update(payload["state"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        if "cuda" in payload["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+        logger.info("resumed from %s at epoch %d, step %d", path, self.state["epoch"], self.state["global_step"])
+
+    # ------------------------------------------------------------------ loop
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(self.config.seed + epoch))
+        size = self.config.batch_size
+        batches = [order[i : i + size].tolist() for i in range(0, len(order), size)]
+        if len(batches) > 1 and len(batches[-1]) < size:
+            batches.pop()  # BatchNorm and the loss behave better without a ragged last batch
+        return batches
+
+    def _log(self, record: dict[str, Any]) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.output_dir / "log.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _out_of_budget(self, started: float) -> str | None:
+        cfg = self.config
+        if cfg.max_steps is not None and self.state["global_step"] >= cfg.max_steps:
+            return "max_steps"
+        if cfg.time_budget_s is not None and self.state["elapsed_s"] + time.monotonic() - started >= cfg.time_budget_s:
+            return "time_budget"
+        return None
+
+    def train_step(self, image: torch.Tensor, label: torch.Tensor, epoch: int) -> float | None:
+        """One optimisation step; returns the loss, or None when it was not finite (skipped)."""
+        self.model.train()
+        heads = self.model(image.to(self.device, non_blocking=True))
+        loss = self.criterion(heads, label.to(self.device, non_blocking=True))
+        value = float(loss.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(value):
+            self.state["nonfinite_losses"] += 1
+            logger.warning("non-finite loss at step %d: skipped", self.state["global_step"])
+            if self.state["nonfinite_losses"] > self.config.max_nonfinite_losses:
+                raise TrainingError(
+                    f"the loss was NaN or Inf {self.state['nonfinite_losses']} times; stopping "
+                    "(check the data for NaN values or lower the learning rate)"
+                )
+            return None
+        loss.backward()
+        if self.config.lr_schedule == "poly":
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.config.lr * (1.0 - self._progress()) ** 0.9
+        self.optimizer.step()
+        if self.wld is not None:
+            self.wld.step(value, epoch)
+        return value
+
+    def _progress(self) -> float:
+        """Fraction of the run done, by steps and (when budgeted) by time, whichever is larger."""
+        cfg = self.config
+        total_steps = self.steps_per_epoch * cfg.epochs
+        if cfg.max_steps is not None:
+            total_steps = min(total_steps, cfg.max_steps)
+        progress = self.state["global_step"] / max(total_steps, 1)
+        if cfg.time_budget_s is not None and self._started is not None:
+            elapsed = self.state["elapsed_s"] + time.monotonic() - self._started
+            progress = max(progress, elapsed / cfg.time_budget_s)
+        return min(progress, 1.0)
+
+    def validate(self) -> dict[str, Any] | None:
+        if self.val_set is None:
+            return None
+        return evaluate_volumes(
+            self.model, self.val_set, self.input_size, self.config.n_classes, self.config.names, self.device
+        )
+
+    def fit(self) -> dict[str, Any]:
+        """Train until the epochs, the step limit or the time budget run out.  Returns a
+        summary: stop reason, epochs, steps, elapsed seconds, last and best validation DSC."""
+        from tqdm import tqdm
+
+        cfg = self.config
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        started = self._started = time.monotonic()
+        stop = self._out_of_budget(started)
+        last_val: float | None = None
+        steps_per_epoch = self.steps_per_epoch
+        total = steps_per_epoch * cfg.epochs
+        if cfg.max_steps is not None:
+            total = min(total, cfg.max_steps)
+        done = self.state["epoch"] * steps_per_epoch + self.state["batch_in_epoch"]
+        bar = tqdm(total=total, initial=done, disable=not cfg.progress, unit="step", dynamic_ncols=True)
+        while stop is None and self.state["epoch"] < cfg.epochs:
+            epoch = self.state["epoch"]
+            self.samples.epoch = epoch
+            batches = self._epoch_batches(epoch)[self.state["batch_in_epoch"] :]
+            loader = DataLoader(
+                self.samples,
+                batch_sampler=batches,
+                num_workers=cfg.num_workers,
+                generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched
+            )
+            bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
+            for batch in loader:
+                value = self.train_step(batch["image"], batch["label"], epoch)
+                self.state["batch_in_epoch"] += 1
+                bar.update(1)
+                if value is not None:
+                    self.state["global_step"] += 1
+                    self.state["epoch_loss_sum"] += value
+                    self.state["epoch_loss_count"] += 1
+                    k = self.wld.current_k if self.wld else None
+                    postfix = {"loss": f"{value:.4f}", "K": k}
+                    if cfg.time_budget_s is not None:
+                        left = cfg.time_budget_s - self.state["elapsed_s"] - (time.monotonic() - started)
+                        postfix["budget_left"] = f"{max(left, 0.0) / 60:.1f}min"
+                    bar.set_postfix(postfix)
+                    if self.state["global_step"] % cfg.log_every == 0:
+                        self._log({"event": "step", "epoch": epoch, "step": self.state["global_step"], "loss": value, "k": k})
+                stop = self._out_of_budget(started)
+                if stop:
+                    break
+            if stop:
+                break
+            record: dict[str, Any] = {
+                "event": "epoch",
+                "epoch": epoch + 1,
+                "step": self.state["global_step"],
+                "train_loss": self.state["epoch_loss_sum"] / max(self.state["epoch_loss_count"], 1),
+            }
+            self.state.update(epoch=epoch + 1, batch_in_epoch=0, epoch_loss_sum=0.0, epoch_loss_count=0)
+            if epoch + 1 >= cfg.eval_start_epoch and (epoch + 1 - cfg.eval_start_epoch) % cfg.eval_every == 0:
+                summary = self.validate()
+                if summary is not None:
+                    last_val = record["val_dsc"] = summary["mean"]["dsc"]
+                    best = self.state["best_dsc"]
+                    if last_val is not None and (best is None or last_val > best):
+                        self.state["best_dsc"] = last_val
+                        self._checkpoint(started, "best.pt")
+            record["elapsed_s"] = self.state["elapsed_s"] + time.monotonic() - started
+            self._log(record)
+            self._checkpoint(started, "last.pt")
+            # With a progress bar on screen the epoch lines go to the log file only.
+            level = logging.DEBUG if cfg.progress else logging.INFO
+            logger.log(level, "epoch %d: %s", epoch + 1, {key: v for key, v in record.items() if key != "event"})
+        bar.close()
+        stop = stop or "epochs"
+        self._checkpoint(started, "last.pt")
+        self._plot_curves()
+        elapsed = self.state["elapsed_s"] + time.monotonic() - started
+        result = {
+            "stop": stop,
+            "epochs": self.state["epoch"],
+            "steps": self.state["global_step"],
+            "elapsed_s": elapsed,
+            "last_val_dsc": last_val,
+            "best_val_dsc": self.state["best_dsc"],
+        }
+        self._log({"event": "end", **result})
+        return result
+
+    def _checkpoint(self, started: float, name: str) -> None:
+        # The elapsed time is carried in the checkpoint so that a resumed run keeps the budget.
+        now = time.monotonic()
+        saved = self.state["elapsed_s"]
+        self.state["elapsed_s"] = saved + now - started
+        try:
+            self.save(name)
+        finally:
+            self.state["elapsed_s"] = saved
+
+    def _plot_curves(self) -> None:
+        log = self.output_dir / "log.jsonl"
+        if not log.is_file():
+            return
+        from ..evaluation.report import plot_curves
+
+        plot_curves(log, self.output_dir / "curves.png")
+
+
+def _plain(value: Any) -> Any:
+    """Containers of plain Python values only (checkpoints are read with weights_only)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def load_trained_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, int, dict]:
+    """Model, input size and training config from a ``last.pt`` / ``best.pt`` (or a model file
+    written by :meth:`SimMPNet.save` plus an ``input_size``)."""
+    payload = load_checkpoint(path, map_location="cpu")
+    source = str(path)
+    if payload.get("format") == TRAIN_FORMAT:
+        model_part, config = payload["model"], payload.get("config", {})
+    else:
+        model_part, config = payload, {}
+    model = model_from_payload(model_part, source).to(device).eval()
+    if "input_size" not in model_part and isinstance(model, SimMPNet):
+        return model, model.config.img_size_a, config
+    return model, input_size_of(model_part, source), config

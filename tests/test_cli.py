@@ -1,0 +1,130 @@
+import gzip
+import json
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+from conftest import small_train_config
+from PIL import Image
+
+from simmpnet.cli import main
+
+
+@pytest.fixture(scope="module")
+def trained(brain_data, tmp_path_factory):
+    """A 2-step CLI training run on the real data."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    config = tmp_path_factory.mktemp("cfg") / "train.yaml"
+    config.write_text(yaml.safe_dump(small_train_config(brain_data, out, eval_start_epoch=100)))
+    assert main(["--quiet", "train", "--config", str(config), "--max-steps", "2"]) == 0
+    return out / "last.pt"
+
+
+def test_train_evaluate_predict_round_trip(brain_data, trained, tmp_path, capsys):
+    assert trained.is_file()
+    out = tmp_path / "eval"
+    assert main(["--quiet", "evaluate", "--checkpoint", str(trained), "--data", str(brain_data), "--output", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("protocol", "classes", "mean", "per_class", "per_case"):
+        assert key in metrics
+    assert set(metrics["mean"]) >= {"dsc", "hd95", "jaccard", "asd"}
+    assert len(metrics["per_case"]) == 3 and len(metrics["classes"]) == 8
+    assert (out / "metrics.md").is_file() and list((out / "overlays").glob("*.png"))
+    assert "DSC" in capsys.readouterr().out
+
+    # inputs of several formats, in one folder
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    with h5py.File(next((brain_data / "test_vol_h5").glob("*.h5")), "r") as f:
+        volume = f["image"][:]
+    affine = np.array([[0.0, 0.0, 1.2, -10.0], [0.9, 0.0, 0.0, 20.0], [0.0, 0.9, 0.0, 5.0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image((volume.transpose(2, 1, 0) * 800).astype(np.int16), affine), inputs / "scan.nii.gz")
+    Image.fromarray((volume[5] * 255).astype(np.uint8)).save(inputs / "slice.png")
+    np.savez(inputs / "slab.npz", image=volume[:3])
+    predicted = tmp_path / "pred"
+    args = ["--quiet", "predict", "--checkpoint", str(trained), "--input", str(inputs), "--output", str(predicted), "--overlay"]
+    assert main(args) == 0
+    scan = nib.load(predicted / "scan.nii.gz")
+    source = nib.load(inputs / "scan.nii.gz")
+    assert np.array_equal(scan.affine, source.affine) and scan.shape == source.shape
+    assert scan.header.get_zooms() == source.header.get_zooms()
+    labels = np.asarray(scan.dataobj)
+    assert labels.dtype == np.uint8 and labels.max() < 9
+    png = np.asarray(Image.open(predicted / "slice.png"))
+    assert png.shape == volume[5].shape
+    with np.load(predicted / "slab.npz") as f:
+        assert f["label"].shape == (3, *volume.shape[1:])
+    assert len(list(predicted.glob("*_overlay.png"))) == 3
+
+
+def _expect_clean_error(capsys, args, *needles):
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("simmpnet: error:"), err
+    for needle in needles:
+        assert needle in err[0], err[0]
+    assert "Traceback" not in err[0]
+
+
+def test_bad_prediction_inputs_end_in_one_clear_line(trained, tmp_path, capsys):
+    corrupt = tmp_path / "broken.nii.gz"
+    corrupt.write_bytes(gzip.compress(b"\x5c\x01\x00\x00" + b"\x00" * 100)[:60])
+    out = tmp_path / "out"
+    _expect_clean_error(capsys, ["predict", "--checkpoint", str(trained), "--input", str(corrupt), "--output", str(out)], "broken.nii.gz")
+    assert not out.exists() or not any(out.iterdir())
+    nan = tmp_path / "nan.npz"
+    np.savez(nan, image=np.full((2, 8, 8), np.nan, dtype=np.float32))
+    _expect_clean_error(capsys, ["predict", "--checkpoint", str(trained), "--input", str(nan), "--output", str(out)], "nan.npz")
+    missing = tmp_path / "missing.nii.gz"
+    _expect_clean_error(capsys, ["predict", "--checkpoint", str(trained), "--input", str(missing), "--output", str(out)], "missing.nii.gz")
+    _expect_clean_error(capsys, ["predict", "--checkpoint", str(tmp_path / "nope.pt"), "--input", str(nan), "--output", str(out)], "nope.pt")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def _copy_dataset(source: Path, target: Path) -> Path:
+    (target / "train_npz").mkdir(parents=True)
+    (target / "lists").mkdir()
+    names = (source / "lists" / "small.txt").read_text().split()[:4]
+    for name in names:
+        (target / "train_npz" / f"{name}.npz").write_bytes((source / "train_npz" / f"{name}.npz").read_bytes())
+    (target / "lists" / "train.txt").write_text("\n".join(names) + "\n")
+    return target / "train_npz" / f"{names[1]}.npz"
+
+
+@pytest.mark.parametrize(
+    "problem, needle",
+    [("label_above", "label"), ("size_mismatch", "shape"), ("nan_image", "NaN"), ("missing", "not found")],
+)
+def test_bad_training_data_ends_in_one_clear_line(brain_data, tmp_path, capsys, problem, needle):
+    data = tmp_path / "data"
+    victim = _copy_dataset(brain_data, data)
+    with np.load(victim) as f:
+        image, label = f["image"].copy(), f["label"].copy()
+    if problem == "label_above":
+        label[0, 0] = 9
+    elif problem == "size_mismatch":
+        label = label[:-3]
+    elif problem == "nan_image":
+        image[4, 4] = np.nan
+    if problem == "missing":
+        victim.unlink()
+    else:
+        np.savez(victim, image=image, label=label)
+    out = tmp_path / "run"
+    config = small_train_config(data, out, train_list="train", val_list=None)
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    _expect_clean_error(capsys, ["train", "--config", str(path), "--max-steps", "2"], victim.name, needle)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_every_command_has_help(capsys):
+    for command in ("demo", "train", "evaluate", "predict", "compare"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: simmpnet" in capsys.readouterr().out

@@ -1,0 +1,122 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import small_train_config
+
+from simmpnet.errors import CheckpointError, InputError
+from simmpnet.training import TrainConfig, Trainer, TrainingError
+
+
+def _write_config(path: Path, values: dict) -> Path:
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def _run_cli(args, **kwargs):
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
+    return subprocess.Popen([sys.executable, "-m", "simmpnet", "--quiet", *args], env=env, **kwargs)
+
+
+def _model_state(path: Path) -> dict:
+    payload = torch.load(path, weights_only=True)
+    return payload["model"]["state_dict"], payload["state"], payload["optimizer"]
+
+
+def test_training_learns_and_writes_its_outputs(brain_data, tmp_path):
+    config = TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "run", epochs=4))
+    trainer = Trainer(config)
+    result = trainer.fit()
+    assert result["stop"] == "epochs" and result["epochs"] == 4 and result["steps"] == 16
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    epochs = [r for r in log if r["event"] == "epoch"]
+    assert len(epochs) == 4 and epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert all("val_dsc" in r for r in epochs[1:])
+    for name in ("last.pt", "best.pt", "curves.png"):
+        assert (tmp_path / "run" / name).is_file()
+    assert not trainer.model.in_warmup  # 16 steps > 5 warm-up steps
+    # W-LD reached the encoder blocks only (the authors' choice, the default)
+    blocks = trainer.model.dmwla_blocks
+    assert {b.update_count for b in blocks("decoder")} == {50}
+
+
+def test_sigkill_then_resume_reaches_the_same_weights(brain_data, tmp_path):
+    values = small_train_config(brain_data, tmp_path / "straight", epochs=4, eval_start_epoch=100)
+    straight = _write_config(tmp_path / "straight.yaml", values)
+    assert _run_cli(["train", "--config", str(straight)]).wait(timeout=300) == 0
+
+    values["output_dir"] = str(tmp_path / "killed")
+    killed = _write_config(tmp_path / "killed.yaml", values)
+    process = _run_cli(["train", "--config", str(killed)])
+    last = tmp_path / "killed" / "last.pt"
+    deadline = time.monotonic() + 240
+    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    _, interrupted_state, _ = _model_state(last)
+    assert interrupted_state["epoch"] < 4
+    assert _run_cli(["train", "--config", str(killed), "--resume"]).wait(timeout=300) == 0
+
+    weights_a, state_a, optim_a = _model_state(tmp_path / "straight" / "last.pt")
+    weights_b, state_b, optim_b = _model_state(last)
+    assert state_a["global_step"] == state_b["global_step"] == 16
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+        assert torch.equal(weights_a[key], weights_b[key]), key  # memory banks included
+    assert torch.equal(optim_a["state"][0]["exp_avg"], optim_b["state"][0]["exp_avg"])
+
+
+def test_resume_mid_epoch_after_a_step_budget(brain_data, tmp_path):
+    straight = Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "a", eval_start_epoch=100)))
+    straight.fit()
+    first = Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "b", eval_start_epoch=100, max_steps=5)))
+    assert first.fit()["stop"] == "max_steps"
+    assert first.state["batch_in_epoch"] == 1  # stopped inside epoch 2
+    second = Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "b", eval_start_epoch=100)))
+    second.resume()
+    second.fit()
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(second.model.state_dict()[key], value), key
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(brain_data, tmp_path):
+    Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "run", epochs=1, eval_start_epoch=100))).fit()
+    other = Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "run", warmup_iters=7)))
+    with pytest.raises(CheckpointError, match="another model configuration"):
+        other.resume()
+
+
+def test_nonfinite_losses_stop_training_with_a_clear_message(brain_data, tmp_path):
+    trainer = Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "run", max_nonfinite_losses=1)))
+    image = torch.full((2, 1, 64, 64), float("nan"))
+    label = torch.zeros(2, 64, 64, dtype=torch.long)
+    before = {k: v.clone() for k, v in trainer.model.named_parameters()}
+    assert trainer.train_step(image, label, 0) is None
+    for name, p in trainer.model.named_parameters():
+        assert torch.equal(p, before[name]), name
+    with pytest.raises(TrainingError, match="NaN or Inf 2 times"):
+        trainer.train_step(image, label, 0)
+
+
+def test_config_errors_are_clear(tmp_path):
+    with pytest.raises(InputError, match="unknown training config keys"):
+        TrainConfig.from_dict({"learning_rate": 1})
+    with pytest.raises(InputError, match="model must be one of"):
+        TrainConfig.from_dict({"model": "resnet"})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1,\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        TrainConfig.from_yaml(bad)
+    with pytest.raises(InputError, match="data folder not found"):
+        Trainer(TrainConfig.from_dict({"data_root": str(tmp_path / "nowhere")}))
+    assert np.isclose(TrainConfig().lr, 1e-4)  # the paper's setting is the default
