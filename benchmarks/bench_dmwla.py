@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 
 import torch
 
-from harness import child_peak_rss, machine, median_ms, peak_rss_mb, time_interleaved
+from harness import child_peak_rss, machine, median_ms, report_rss, time_interleaved
 from simmpnet.models import DMWLA
 
 STAGES = {"stage1": (96, 56), "stage2": (192, 28), "stage3": (384, 14), "stage4": (768, 7)}
@@ -39,9 +38,7 @@ def rss_case(case: str) -> None:
     warm, after = make_pair(channels)
     block = warm if mode == "warmup" else after
     x = torch.randn(BATCH, channels, side, side)
-    for _ in range(3):
-        step(block, x)
-    print(json.dumps({"peak_rss_mb": peak_rss_mb()}))
+    report_rss(lambda: step(block, x))
 
 
 def main() -> None:
@@ -55,7 +52,7 @@ def main() -> None:
         return
     print(f"machine: {machine()}")
     print(f"B={BATCH}, d={FEATURE_DIM}, n_k={NUM_K}, P={POOL}; forward+backward, median of {args.repeats}")
-    print("| stage (C x H x W) | warm-up ms | after warm-up ms | ratio | peak RSS warm-up / after MB |")
+    print("| stage (C x H x W) | warm-up ms | after warm-up ms | ratio | peak RSS MB, warm-up / after (+ over idle) |")
     print("|---|---:|---:|---:|---:|")
     for stage, (channels, side) in STAGES.items():
         warm, after = make_pair(channels)
@@ -63,7 +60,7 @@ def main() -> None:
         times = time_interleaved({"warm": lambda: step(warm, x), "after": lambda: step(after, x)}, args.repeats)
         w, a = median_ms(times["warm"]), median_ms(times["after"])
         rss = [child_peak_rss(sys.argv[0], f"{stage}:{mode}") for mode in ("warmup", "after")]
-        print(f"| {channels} x {side} x {side} | {w:.1f} | {a:.1f} | {a / w:.3f} | {rss[0]:.0f} / {rss[1]:.0f} |")
+        print(f"| {channels} x {side} x {side} | {w:.1f} | {a:.1f} | {a / w:.3f} | {rss[0][0]:.0f} (+{rss[0][1]:.0f}) / {rss[1][0]:.0f} (+{rss[1][1]:.0f}) |")
 
 
 if __name__ == "__main__":

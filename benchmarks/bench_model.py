@@ -7,13 +7,12 @@ read and update active).  Usage: python benchmarks/bench_model.py [--repeats 5]
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
 import torch.nn.functional as F
 
-from harness import child_peak_rss, machine, median_ms, peak_rss_mb, time_interleaved
+from harness import child_peak_rss, machine, median_ms, report_rss, time_interleaved
 from simmpnet import SimMPNet
 
 CASES = {"paper": (2, 256), "tiny": (8, 128)}
@@ -48,10 +47,7 @@ def build(variant: str):
 def rss_case(case: str) -> None:
     variant, mode = case.split(":")
     train_step, eval_forward = build(variant)
-    fn = train_step if mode == "train" else eval_forward
-    for _ in range(3):
-        fn()
-    print(json.dumps({"peak_rss_mb": peak_rss_mb()}))
+    report_rss(train_step if mode == "train" else eval_forward)
 
 
 def main() -> None:
@@ -65,7 +61,7 @@ def main() -> None:
         rss_case(args.rss_case)
         return
     print(f"machine: {machine()}")
-    print("| variant | train step (B, px) ms | eval forward (B=1) ms | peak RSS train / eval MB |")
+    print("| variant | train step (B, px) ms | eval forward (B=1) ms | peak RSS MB, train / eval (+ over idle) |")
     print("|---|---:|---:|---:|")
     for variant in args.variants:
         train_step, eval_forward = build(variant)
@@ -74,7 +70,7 @@ def main() -> None:
         batch, side = CASES[variant]
         print(
             f"| {variant} | {median_ms(times['train']):.0f} (B={batch}, {side}) | "
-            f"{median_ms(times['eval']):.0f} | {rss[0]:.0f} / {rss[1]:.0f} |"
+            f"{median_ms(times['eval']):.0f} | {rss[0][0]:.0f} (+{rss[0][1]:.0f}) / {rss[1][0]:.0f} (+{rss[1][1]:.0f}) |"
         )
 
 

@@ -45,12 +45,49 @@ def median_ms(samples: list[float]) -> float:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak resident memory of this process (VmHWM), MB."""
+    return _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def child_peak_rss(script: str, case: str) -> float:
-    """Peak RSS (MB) of ``python script --rss-case case`` run in a fresh process."""
+def rss_mb() -> float:
+    """Current resident memory of this process (VmRSS), MB."""
+    return _status_mb("VmRSS")
+
+
+def reset_peak_rss() -> None:
+    """Reset the peak to the current RSS (Linux: writing 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def _status_mb(field: str) -> float:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def child_peak_rss(script: str, case: str) -> tuple[float, float]:
+    """``(peak RSS, peak minus RSS before the workload)`` in MB of ``python script --rss-case
+    case``, run in a fresh process."""
     out = subprocess.run(
         [sys.executable, script, "--rss-case", case], check=True, capture_output=True, text=True
     ).stdout
-    return json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
+    record = json.loads(out.strip().splitlines()[-1])
+    return record["peak_rss_mb"], record["peak_rss_mb"] - record["idle_rss_mb"]
+
+
+def report_rss(workload: Callable[[], None], runs: int = 3) -> None:
+    """Child-process side of :func:`child_peak_rss`: run ``workload`` and print the figures."""
+    idle = rss_mb()
+    reset_peak_rss()
+    for _ in range(runs):
+        workload()
+    print(json.dumps({"peak_rss_mb": peak_rss_mb(), "idle_rss_mb": idle}))
