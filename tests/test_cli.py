@@ -123,8 +123,23 @@ def test_bad_training_data_ends_in_one_clear_line(brain_data, tmp_path, capsys, 
 
 
 def test_every_command_has_help(capsys):
-    for command in ("demo", "train", "evaluate", "predict", "compare"):
+    for command in ("demo", "train", "evaluate", "predict", "verify", "compare"):
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0
         assert "usage: simmpnet" in capsys.readouterr().out
+
+
+def test_verify_lists_every_problem_at_once(brain_data, tmp_path, capsys):
+    assert main(["verify", "--data", str(brain_data), "--n-classes", "9"]) == 0
+    assert "no problems" in capsys.readouterr().out
+    data = tmp_path / "data"
+    first = _copy_dataset(brain_data, data)
+    names = (data / "lists" / "train.txt").read_text().split()
+    second = data / "train_npz" / f"{names[2]}.npz"
+    with np.load(first) as f:
+        np.savez(first, image=f["image"], label=np.where(f["label"] > 0, 9, 0))
+    second.unlink()
+    assert main(["verify", "--data", str(data), "--n-classes", "9"]) == 1
+    out = capsys.readouterr().out
+    assert first.name in out and second.name in out

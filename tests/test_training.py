@@ -120,3 +120,18 @@ def test_config_errors_are_clear(tmp_path):
     with pytest.raises(InputError, match="data folder not found"):
         Trainer(TrainConfig.from_dict({"data_root": str(tmp_path / "nowhere")}))
     assert np.isclose(TrainConfig().lr, 1e-4)  # the paper's setting is the default
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    from simmpnet.data.layouts import LAYOUTS
+    from simmpnet.models import VARIANTS
+
+    config = TrainConfig.from_yaml(path)
+    assert config.layout in LAYOUTS
+    assert len(config.names) == config.n_classes
+    model_config = VARIANTS[config.variant].with_overrides(**config.model_overrides)
+    if config.variant == "paper" and path.stem != "new_dataset":
+        assert model_config.decoder_memory.num_k == 10 and model_config.decoder_memory.feature_dim == 128
+        assert (config.lr, config.weight_decay, config.seed) == (1e-4, 1e-4, 2222)
+        assert (config.wld_start_epoch, config.warmup_iters, config.eval_start_epoch) == (100, 2000, 100)

@@ -137,7 +137,7 @@ def test_bad_inputs() -> None:
         RandomAugment(0)
     with pytest.raises(InputError):
         RandomAugment(16, p_rot_flip=1.5)
-    with pytest.raises(InputError, match="same H x W"):
+    with pytest.raises(InputError, match="an H x W label"):
         RandomAugment(16, rng=0)(np.zeros((4, 4)), np.zeros((4, 5), np.int64))
 
 

@@ -9,7 +9,7 @@ from simmpnet.data.brain_demo import (
     fetch_mricron_templates,
     prepare_brain_demo,
 )
-from simmpnet.data.synapse import SynapseSliceDataset, SynapseVolumeDataset
+from simmpnet.data.layouts.synapse import SynapseSliceDataset, SynapseVolumeDataset
 from simmpnet.data.transforms import RandomAugment, Resize, resize_slice
 
 __all__ = [

@@ -14,7 +14,7 @@ background and writes axial slices in the on-disk layout of the paper's Synapse 
     <out>/lists/test_vol.txt                one case name per line
     <out>/dataset.json                      class names, spacing, sources, split rule, cases
 
-so that :mod:`simmpnet.data.synapse` reads it exactly like Synapse or ACDC.
+so that :mod:`simmpnet.data.layouts.synapse` reads it exactly like Synapse or ACDC.
 
 Orientation of the written arrays (after ``nibabel.as_closest_canonical``, i.e. RAS):
 D runs inferior -> superior (axial slices), H runs anterior -> posterior (the face points

@@ -52,17 +52,26 @@ def resize_slice(array: np.ndarray, output_size: int | tuple[int, int], order: i
 
 def _check_pair(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     image, label = np.asarray(image), np.asarray(label)
-    if image.ndim != 2 or image.shape != label.shape:
+    if image.ndim not in (2, 3) or image.shape[:2] != label.shape or label.ndim != 2:
         raise InputError(
-            f"transform expects image and label of the same H x W shape, got {image.shape} and {label.shape}"
+            "transform expects an H x W (or H x W x C) image and an H x W label, "
+            f"got {image.shape} and {label.shape}"
         )
     if label.dtype.kind not in "biu":
         label = label.astype(np.int64)
     return image.astype(np.float32, copy=False), label
 
 
+def _resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if image.ndim == 2:
+        return resize_slice(image, size, order=3)
+    return np.stack([resize_slice(image[..., c], size, order=3) for c in range(image.shape[-1])], axis=-1)
+
+
 def _to_tensors(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).unsqueeze(0)
+    """(H x W [x C] image, H x W label) -> (float32 C x H x W, int64 H x W) tensors."""
+    image = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
+    img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     lab = torch.from_numpy(np.ascontiguousarray(label).astype(np.int64, copy=False))
     return img, lab
 
@@ -136,7 +145,7 @@ class RandomAugment:
             angle = float(rng.uniform(-self.max_angle, self.max_angle))
             image = ndimage.rotate(image, angle, order=self.image_order, reshape=False, mode="constant", cval=0.0)
             label = ndimage.rotate(label, angle, order=0, reshape=False, mode="constant", cval=0)
-        image = resize_slice(np.ascontiguousarray(image), self.output_size, order=3)
+        image = _resize_image(np.ascontiguousarray(image), self.output_size)
         label = resize_slice(np.ascontiguousarray(label), self.output_size, order=0)
         return _to_tensors(image, label)
 
@@ -156,6 +165,4 @@ class Resize:
 
     def __call__(self, image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = _check_pair(image, label)
-        return _to_tensors(
-            resize_slice(image, self.output_size, order=3), resize_slice(label, self.output_size, order=0)
-        )
+        return _to_tensors(_resize_image(image, self.output_size), resize_slice(label, self.output_size, order=0))

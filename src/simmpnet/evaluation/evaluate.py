@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .inference import predict_volume
+from .inference import predict_slices
 from .metrics import evaluate_case, summarize
 
 logger = logging.getLogger(__name__)
@@ -31,8 +31,8 @@ def evaluate_volumes(
 
     Args:
         model: the network (put in ``eval()`` mode; never changed).
-        volumes: items with ``image`` (D, H, W), ``label`` (D, H, W), ``name`` and ``spacing``
-            (D, H, W) in mm, as :class:`simmpnet.data.SynapseVolumeDataset` yields them.
+        volumes: cases of a layout (:mod:`simmpnet.data.layouts`): ``image`` (D, H, W) or
+            (D, H, W, C), ``label`` (D, H, W), ``name`` and ``spacing`` (D, H, W) in mm or None.
         input_size: slice side the network expects.
         n_classes: classes including background.
         class_names: names of all classes, background first.
@@ -47,7 +47,7 @@ def evaluate_volumes(
     results: dict[str, Any] = {}
     for item in volumes:
         image, truth = np.asarray(item["image"]), np.asarray(item["label"])
-        prediction = predict_volume(model, image, input_size, device)
+        prediction = predict_slices(model, image, input_size, device)
         results[item["name"]] = evaluate_case(prediction, truth, n_classes, spacing=item.get("spacing"))
         if on_case is not None:
             on_case(item["name"], image, truth, prediction)

@@ -2,6 +2,7 @@
 over every non-empty subset of the head outputs (SPEC section 5)."""
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 
@@ -10,6 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["SoftDiceLoss", "CEDiceLoss", "DeepSupervisionLoss"]
+
+
+def one_hot(target: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """``(B, H, W)`` class ids -> ``(B, C, H, W)`` float one-hot."""
+    return F.one_hot(target, n_classes).permute(0, 3, 1, 2).float()
 
 
 class SoftDiceLoss(nn.Module):
@@ -23,9 +29,13 @@ class SoftDiceLoss(nn.Module):
         super().__init__()
         self.smooth = smooth
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, onehot: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``onehot`` (B, C, H, W) may be passed in when the same target is scored many times."""
         probs = torch.softmax(logits.float(), dim=1)
-        onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+        if onehot is None:
+            onehot = one_hot(target, logits.shape[1])
         dims = (0, 2, 3)
         intersection = (probs * onehot).sum(dims)
         denominator = probs.sum(dims) + onehot.sum(dims)
@@ -41,9 +51,11 @@ class CEDiceLoss(nn.Module):
         self.dice_weight = dice_weight
         self.dice = SoftDiceLoss()
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, onehot: torch.Tensor | None = None
+    ) -> torch.Tensor:
         ce = F.cross_entropy(logits.float(), target)
-        return self.ce_weight * ce + self.dice_weight * self.dice(logits, target)
+        return self.ce_weight * ce + self.dice_weight * self.dice(logits, target, onehot)
 
 
 class DeepSupervisionLoss(nn.Module):
@@ -62,8 +74,10 @@ class DeepSupervisionLoss(nn.Module):
         if isinstance(heads, torch.Tensor):
             return self.criterion(heads, target)
         heads = list(heads)
+        extra = {"onehot": one_hot(target, heads[0].shape[1])} if isinstance(self.criterion, CEDiceLoss) else {}
         total = heads[0].new_zeros((), dtype=torch.float32)
         for size in range(1, len(heads) + 1):
             for subset in itertools.combinations(heads, size):
-                total = total + self.criterion(torch.stack(subset).sum(0), target)
+                # a running sum, not torch.stack: no copy of all the heads per subset
+                total = total + self.criterion(functools.reduce(torch.add, subset), target, **extra)
         return total

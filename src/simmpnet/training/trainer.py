@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..data.synapse import SynapseSliceDataset, SynapseVolumeDataset, load_h5_volume, load_npz_slice
+from ..data.layouts import open_layout
 from ..data.transforms import RandomAugment
 from ..errors import CheckpointError, InputError, SimMPNetError
 from ..evaluation.evaluate import evaluate_volumes
@@ -49,15 +49,17 @@ class TrainingError(SimMPNetError):
 class TrainConfig:
     """Everything a training run needs; YAML files hold the same keys.
 
-    Data: ``data_root`` in the Synapse layout (``train_npz/``, ``test_vol_h5/``, ``lists/``),
-    ``train_list`` / ``val_list`` split names (``lists/<name>.txt``; ``val_list`` None: no
-    validation), ``n_classes`` with background, ``class_names`` (background first).
+    Data: ``data_root`` in the dataset ``layout`` (default "synapse": ``train_npz/``,
+    ``test_vol_h5/``, ``lists/``; see :mod:`simmpnet.data.layouts`), ``train_list`` /
+    ``val_list`` split names (``val_list`` None: no validation), ``n_classes`` with background, ``class_names`` (background first).
     Model: ``model`` ("simmpnet" or "unet"), ``variant``, ``model_overrides`` (config keys of
     the network), ``pretrained``, ``input_size`` (slice side; default the variant's encoder-A
     size, 128 for the U-Net), ``warmup_iters`` (DMW-LA warm-up, None keeps the variant's).
     Optimisation (paper: AdamW 1e-4 constant, wd 1e-4, batch 20, seed 2222): ``epochs``,
     ``batch_size``, ``lr``, ``weight_decay``, ``lr_schedule`` ("constant" or "poly":
-    ``lr (1 - progress)^0.9``, progress the larger of the step and time-budget fractions), ``seed``, ``wld_start_epoch``, ``wld_blocks`` ("encoder" as the
+    ``lr (1 - progress)^0.9``, progress the larger of the step and time-budget fractions),
+    ``augment`` (options of :class:`simmpnet.data.transforms.RandomAugment`: p_rot_flip,
+    p_rotate, max_angle; default the paper's 0.5 / 0.5 / 20), ``seed``, ``wld_start_epoch``, ``wld_blocks`` ("encoder" as the
     authors, "decoder", "all" or "none"), ``eval_start_epoch``, ``eval_every``.
     Budget: ``time_budget_s`` (wall clock of the whole run, across resumes), ``max_steps``.
     Robustness: ``max_nonfinite_losses`` skipped steps before training stops; ``check_data``
@@ -68,6 +70,7 @@ class TrainConfig:
     """
 
     data_root: str = ""
+    layout: str = "synapse"
     train_list: str = "train"
     val_list: str | None = "test_vol"
     n_classes: int = 9
@@ -84,6 +87,7 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-4
     lr_schedule: str = "constant"
+    augment: dict[str, float] = field(default_factory=dict)
     seed: int = 2222
     wld_start_epoch: int = 100
     wld_blocks: str = "encoder"
@@ -163,9 +167,9 @@ def resolve_device(name: str) -> torch.device:
 class _AugmentedSlices(Dataset):
     """Training slices with an augmentation whose draws depend on (seed, epoch, index) only."""
 
-    def __init__(self, slices: SynapseSliceDataset, size: int, seed: int) -> None:
+    def __init__(self, slices: Dataset, size: int, seed: int, options: dict[str, float]) -> None:
         self.slices = slices
-        self.augment = RandomAugment(size)
+        self.augment = RandomAugment(size, **options)
         self.seed = seed
         self.epoch = 0
 
@@ -175,7 +179,9 @@ class _AugmentedSlices(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.slices[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        image, label = self.augment.apply(item["image"][0].numpy(), item["label"].numpy(), rng)
+        image = item["image"].numpy()  # (C, H, W)
+        image = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
+        image, label = self.augment.apply(image, item["label"].numpy(), rng)
         return {"image": image, "label": label}
 
 
@@ -194,14 +200,16 @@ class Trainer:
         root = Path(config.data_root)
         if not root.is_dir():
             raise InputError(f"{root}: data folder not found")
-        self.train_set = SynapseSliceDataset(root, split=config.train_list, n_classes=config.n_classes)
-        if len(self.train_set) == 0:
-            raise InputError(f"{root}: the training list {config.train_list!r} names no slices")
-        self.val_set = (
-            SynapseVolumeDataset(root, split=config.val_list, n_classes=config.n_classes) if config.val_list else None
-        )
+        self.layout = open_layout(config.layout, root, config.n_classes)
         if config.check_data:
-            self._check_data()
+            problems = self.layout.verify()
+            if problems:
+                more = f" (and {len(problems) - 1} more problem(s); `simmpnet verify` lists them)" if len(problems) > 1 else ""
+                raise InputError(problems[0] + more)
+        self.train_set = self.layout.slices(config.train_list)
+        if len(self.train_set) == 0:
+            raise InputError(f"{root}: the training split {config.train_list!r} holds no slices")
+        self.val_set = self.layout.cases(config.val_list) if config.val_list else None
         torch.manual_seed(config.seed)
         overrides = dict(config.model_overrides)
         if config.warmup_iters is not None and config.model == "simmpnet":
@@ -222,7 +230,10 @@ class Trainer:
             if isinstance(self.model, SimMPNet) and config.wld_blocks != "none"
             else None
         )
-        self.samples = _AugmentedSlices(self.train_set, self.input_size, config.seed)
+        allowed = {"p_rot_flip", "p_rotate", "max_angle"}
+        if set(config.augment) - allowed:
+            raise InputError(f"unknown augment options {sorted(set(config.augment) - allowed)}; known: {sorted(allowed)}")
+        self.samples = _AugmentedSlices(self.train_set, self.input_size, config.seed, config.augment)
         self.steps_per_epoch = len(self._epoch_batches(0))
         self._started: float | None = None
         self.state: dict[str, Any] = {
@@ -235,12 +246,6 @@ class Trainer:
             "elapsed_s": 0.0,
             "nonfinite_losses": 0,
         }
-
-    def _check_data(self) -> None:
-        for _, path in self.train_set.entries:
-            load_npz_slice(path, self.config.n_classes)
-        for _, path in self.val_set.entries if self.val_set is not None else ():
-            load_h5_volume(path, self.config.n_classes)
 
     # ------------------------------------------------------------ checkpoints
     def _payload(self) -> dict[str, Any]:
@@ -365,7 +370,15 @@ class Trainer:
         if cfg.max_steps is not None:
             total = min(total, cfg.max_steps)
         done = self.state["epoch"] * steps_per_epoch + self.state["batch_in_epoch"]
-        bar = tqdm(total=total, initial=done, disable=not cfg.progress, unit="step", dynamic_ncols=True)
+        # Under a time budget the bar counts seconds, so that its ETA is the budget left.
+        budgeted = cfg.time_budget_s is not None
+        bar = tqdm(
+            total=round(cfg.time_budget_s) if budgeted else total,
+            initial=round(self.state["elapsed_s"]) if budgeted else done,
+            unit="s" if budgeted else "step",
+            disable=not cfg.progress,
+            dynamic_ncols=True,
+        )
         while stop is None and self.state["epoch"] < cfg.epochs:
             epoch = self.state["epoch"]
             self.samples.epoch = epoch
@@ -380,17 +393,17 @@ class Trainer:
             for batch in loader:
                 value = self.train_step(batch["image"], batch["label"], epoch)
                 self.state["batch_in_epoch"] += 1
-                bar.update(1)
+                if budgeted:
+                    elapsed = self.state["elapsed_s"] + time.monotonic() - started
+                    bar.update(max(0, min(round(elapsed), bar.total) - bar.n))
+                else:
+                    bar.update(1)
                 if value is not None:
                     self.state["global_step"] += 1
                     self.state["epoch_loss_sum"] += value
                     self.state["epoch_loss_count"] += 1
                     k = self.wld.current_k if self.wld else None
-                    postfix = {"loss": f"{value:.4f}", "K": k}
-                    if cfg.time_budget_s is not None:
-                        left = cfg.time_budget_s - self.state["elapsed_s"] - (time.monotonic() - started)
-                        postfix["budget_left"] = f"{max(left, 0.0) / 60:.1f}min"
-                    bar.set_postfix(postfix)
+                    bar.set_postfix(step=self.state["global_step"], loss=f"{value:.4f}", K=k)
                     if self.state["global_step"] % cfg.log_every == 0:
                         self._log({"event": "step", "epoch": epoch, "step": self.state["global_step"], "loss": value, "k": k})
                 stop = self._out_of_budget(started)

@@ -28,6 +28,8 @@ from torch.utils.data import Dataset
 
 from simmpnet.errors import InputError
 
+from . import Layout, register_layout
+
 logger = logging.getLogger(__name__)
 
 #: Keys accepted for the image, in order of preference (``img``: ACDC variant).
@@ -214,7 +216,38 @@ def _as_tensors(image: Any, label: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return img, lab.to(torch.int64)
 
 
-class SynapseSliceDataset(Dataset):
+class _ListedFiles(Dataset):
+    """Files of one folder named by a list file (``root/lists/<split>.txt``), in list order."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        split: str,
+        list_file: str | os.PathLike[str] | None,
+        n_classes: int | None,
+        data_dir: str | os.PathLike[str] | None,
+        default_dir: str,
+        suffix: str,
+    ) -> None:
+        self.root = Path(root)
+        if list_file is None:
+            _check_split_name(split)
+        self.list_file = Path(list_file) if list_file is not None else self.root / "lists" / f"{split}.txt"
+        self.data_dir = Path(data_dir) if data_dir is not None else self.root / default_dir
+        self.n_classes = n_classes
+        self.entries = read_list_file(self.list_file, self.data_dir, suffix)
+        logger.debug("%s: %d files listed in %s", type(self).__name__, len(self.entries), self.list_file)
+
+    @property
+    def names(self) -> list[str]:
+        """Names in list order."""
+        return [name for name, _ in self.entries]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+class SynapseSliceDataset(_ListedFiles):
     """2-D training slices of the Synapse layout.
 
     Each item is ``dict(image=float32 tensor 1 x H x W, label=int64 tensor H x W, name=str)``.
@@ -243,23 +276,8 @@ class SynapseSliceDataset(Dataset):
         n_classes: int | None = None,
         data_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.root = Path(root)
-        if list_file is None:
-            _check_split_name(split)
-        self.list_file = Path(list_file) if list_file is not None else self.root / "lists" / f"{split}.txt"
-        self.data_dir = Path(data_dir) if data_dir is not None else self.root / "train_npz"
+        super().__init__(root, split, list_file, n_classes, data_dir, "train_npz", ".npz")
         self.transform = transform
-        self.n_classes = n_classes
-        self.entries = read_list_file(self.list_file, self.data_dir, ".npz")
-        logger.debug("%s: %d slices listed in %s", type(self).__name__, len(self.entries), self.list_file)
-
-    @property
-    def names(self) -> list[str]:
-        """Slice names in list order."""
-        return [name for name, _ in self.entries]
-
-    def __len__(self) -> int:
-        return len(self.entries)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         name, path = self.entries[index]
@@ -270,7 +288,7 @@ class SynapseSliceDataset(Dataset):
         return {"image": img, "label": lab, "name": name}
 
 
-class SynapseVolumeDataset(Dataset):
+class SynapseVolumeDataset(_ListedFiles):
     """3-D test volumes of the Synapse layout, read whole for slice-wise inference.
 
     Each item is ``dict(image=float32 ndarray D x H x W, label=int64 ndarray D x H x W,
@@ -295,24 +313,53 @@ class SynapseVolumeDataset(Dataset):
         n_classes: int | None = None,
         data_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.root = Path(root)
-        if list_file is None:
-            _check_split_name(split)
-        self.list_file = Path(list_file) if list_file is not None else self.root / "lists" / f"{split}.txt"
-        self.data_dir = Path(data_dir) if data_dir is not None else self.root / "test_vol_h5"
-        self.n_classes = n_classes
-        self.entries = read_list_file(self.list_file, self.data_dir, ".npy.h5")
-        logger.debug("%s: %d volumes listed in %s", type(self).__name__, len(self.entries), self.list_file)
-
-    @property
-    def names(self) -> list[str]:
-        """Case names in list order."""
-        return [name for name, _ in self.entries]
-
-    def __len__(self) -> int:
-        return len(self.entries)
+        super().__init__(root, split, list_file, n_classes, data_dir, "test_vol_h5", ".npy.h5")
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         name, path = self.entries[index]
         image, label, spacing = load_h5_volume(path, self.n_classes)
         return {"image": image, "label": label, "name": name, "spacing": spacing}
+
+
+def _problems(load: Callable[[], Any]) -> list[str]:
+    try:
+        load()
+    except InputError as err:
+        return [str(err)]
+    return []
+
+
+@register_layout
+class SynapseLayout(Layout):
+    """The layout of the paper's Synapse and ACDC data: ``train_npz/`` slices listed in
+    ``lists/train.txt``, ``test_vol_h5/`` volumes listed in ``lists/test_vol.txt``.  A list
+    whose name contains ``vol`` names volumes, any other names slices."""
+
+    name = "synapse"
+    splits = ("train", "test_vol")
+
+    def slices(self, split: str) -> Dataset:
+        return SynapseSliceDataset(self.root, split=split, n_classes=self.n_classes)
+
+    def cases(self, split: str) -> Dataset:
+        return SynapseVolumeDataset(self.root, split=split, n_classes=self.n_classes)
+
+    def verify(self) -> list[str]:
+        lists = sorted((self.root / "lists").glob("*.txt"))
+        if not lists:
+            return [f"{self.root / 'lists'}: no list files (train.txt, test_vol.txt)"]
+        problems: list[str] = []
+        for list_file in lists:
+            split = list_file.stem
+            volumes = "vol" in split
+            try:
+                dataset = self.cases(split) if volumes else self.slices(split)
+            except InputError as err:
+                problems.append(str(err))
+                continue
+            for _, path in dataset.entries:
+                if volumes:
+                    problems += _problems(lambda: load_h5_volume(path, self.n_classes))
+                else:
+                    problems += _problems(lambda: load_npz_slice(path, self.n_classes))
+        return problems

@@ -1,0 +1,78 @@
+"""Dataset layouts: one module per on-disk format, all behind the same small interface.
+
+A layout turns a folder into two kinds of items:
+
+* training slices, ``{"image": float32 tensor (C, H, W), "label": int64 tensor (H, W), "name": str}``;
+* evaluation cases, ``{"image": float32 (D, H, W) or (D, H, W, C), "label": int64 (D, H, W),
+  "name": str, "spacing": (D, H, W) floats in mm, or None when unknown}``; a 2D picture is a
+  case with ``D = 1``.
+
+and lists every problem of the folder at once (:meth:`Layout.verify`), like nnU-Net's
+integrity check.  Files are read lazily, one item at a time, and each item is validated as
+it is read (a clear :class:`simmpnet.errors.InputError` naming the file).
+"""
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torch.utils.data import Dataset
+
+from ...errors import InputError
+
+__all__ = ["Layout", "LAYOUTS", "open_layout", "register_layout"]
+
+
+class Layout(ABC):
+    """A dataset folder in one known layout.
+
+    Args:
+        root: the dataset folder.
+        n_classes: classes including background; labels outside ``0 .. n_classes - 1`` are
+            errors when it is given.
+    """
+
+    name: ClassVar[str]
+    #: split names this layout knows (``lists/<name>.txt`` or its own convention)
+    splits: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, root: str | os.PathLike, n_classes: int | None = None, **options: Any) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise InputError(f"{self.root}: dataset folder not found")
+        self.n_classes = n_classes
+        self.options = options
+
+    @abstractmethod
+    def slices(self, split: str) -> Dataset:
+        """Training slices of ``split`` (items as in the module docstring)."""
+
+    @abstractmethod
+    def cases(self, split: str) -> Dataset:
+        """Evaluation cases of ``split`` (items as in the module docstring)."""
+
+    @abstractmethod
+    def verify(self) -> list[str]:
+        """Every problem of the folder, one ``"<path>: <problem>"`` line each; empty when sound."""
+
+
+LAYOUTS: dict[str, type[Layout]] = {}
+
+
+def register_layout(cls: type[Layout]) -> type[Layout]:
+    """Class decorator: make a layout available by its ``name``."""
+    LAYOUTS[cls.name] = cls
+    return cls
+
+
+def open_layout(name: str, root: str | os.PathLike, n_classes: int | None = None, **options: Any) -> Layout:
+    """The layout called ``name`` over ``root``."""
+    if name not in LAYOUTS:
+        raise InputError(f"unknown dataset layout {name!r}; choose one of {sorted(LAYOUTS)}")
+    return LAYOUTS[name](root, n_classes, **options)
+
+
+# The built-in layouts register themselves on import.
+from . import acdc, folder2d, isic, nnunet, segpc, synapse  # noqa: E402,F401
