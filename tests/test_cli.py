@@ -123,7 +123,7 @@ def test_bad_training_data_ends_in_one_clear_line(brain_data, tmp_path, capsys, 
 
 
 def test_every_command_has_help(capsys):
-    for command in ("demo", "train", "evaluate", "predict", "verify", "compare"):
+    for command in ("demo", "train", "evaluate", "predict", "prepare", "verify", "compare"):
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0
@@ -143,3 +143,17 @@ def test_verify_lists_every_problem_at_once(brain_data, tmp_path, capsys):
     assert main(["verify", "--data", str(data), "--n-classes", "9"]) == 1
     out = capsys.readouterr().out
     assert first.name in out and second.name in out
+
+
+def test_intensity_normalisation_rules():
+    from simmpnet.predict import normalise_intensity
+
+    hu = np.array([-1000.0, -125.0, 75.0, 275.0, 3000.0])
+    np.testing.assert_allclose(normalise_intensity(hu, (-125, 275)), [0.0, 0.0, 0.5, 1.0, 1.0])
+    unit = np.linspace(0, 1, 11)
+    assert normalise_intensity(unit) is not None and np.array_equal(normalise_intensity(unit), unit.astype(np.float32))
+    raw = np.arange(1000.0)
+    scaled = normalise_intensity(raw)
+    assert scaled.min() == 0.0 and scaled.max() == 1.0
+    with pytest.raises(Exception, match="low < high"):
+        normalise_intensity(hu, (5, 5))

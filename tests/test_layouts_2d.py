@@ -294,7 +294,8 @@ def test_isic_and_segpc_verify_report_every_planted_problem(tmp_path):
 
 # ------------------------------------------------------------------------------ converters
 def test_prepare_isic_writes_a_readable_folder2d(isic_root, tmp_path):
-    out = prepare_isic.prepare(isic_root, tmp_path / "isic32", size=32)
+    out = tmp_path / "isic32"
+    assert main(["--quiet", "prepare", "isic2018", "--raw", str(isic_root), "--output", str(out), "--set", "size=32"]) == 0
     assert not list(out.rglob(".*"))  # no temporary file left behind
     description = json.loads((out / "dataset.json").read_text())
     assert description["n_classes"] == 2 and description["channels"] == 3 and description["size"] == [32, 32]
@@ -366,3 +367,32 @@ def test_cli_predict_jpegs_to_label_pngs(isic_root, isic_checkpoint, tmp_path):
 
 def test_cli_train_on_segpc(segpc_root, tmp_path):
     _train(tmp_path, segpc_root, tmp_path / "run", "segpc2021", 3)
+
+
+@pytest.mark.parametrize("which", ["segpc2021", "folder2d"])
+def test_cli_verify_train_evaluate_predict(which, segpc_root, tmp_path, capsys):
+    data = segpc_root
+    if which == "folder2d":  # the converter's output is a plain folder of pictures and masks
+        data = tmp_path / "prepared"
+        args = ["--quiet", "prepare", "segpc2021", "--raw", str(segpc_root), "--output", str(data), "--set", "size=32"]
+        assert main(args) == 0
+    assert main(["verify", "--layout", which, "--data", str(data), "--n-classes", "3"]) == 0
+    checkpoint = _train(tmp_path, data, tmp_path / "run", which, 3)
+    report = tmp_path / "eval"
+    args = ["--quiet", "evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--split", "val"]
+    assert main([*args, "--output", str(report), "--overlays", "1"]) == 0
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert set(metrics["per_case"]) == set(open_layout(which, data, 3).split_ids("val"))
+    assert len(metrics["classes"]) == 2
+    pictures = sorted(p for p in data.rglob("*") if p.suffix in (".bmp", ".png") and p.parent.name in ("x", "images"))
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(pictures[0], inputs / pictures[0].name)
+    predicted = tmp_path / "pred"
+    args = ["--quiet", "predict", "--checkpoint", str(checkpoint), "--input", str(inputs), "--output", str(predicted)]
+    assert main(args) == 0
+    (label_map,) = predicted.glob("*.png")
+    source = np.asarray(Image.open(pictures[0]))
+    labels = np.asarray(Image.open(label_map))
+    assert labels.shape == source.shape[:2] and labels.max() < 3
+    capsys.readouterr()

@@ -272,7 +272,9 @@ def synapse_raw_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def synapse_prepared(synapse_raw_dir, tmp_path_factory) -> Path:
-    return synapse_raw.prepare(synapse_raw_dir, tmp_path_factory.mktemp("synapse_prepared"))
+    out = tmp_path_factory.mktemp("synapse_prepared") / "data"
+    assert main(["--quiet", "prepare", "synapse", "--raw", str(synapse_raw_dir), "--output", str(out)]) == 0
+    return out
 
 
 def test_synapse_converter_classes_window_split(synapse_raw_dir, synapse_prepared):
@@ -341,8 +343,9 @@ def _acdc_slice(seed: int, shape=(12, 10)) -> tuple[np.ndarray, np.ndarray]:
     return rng.random(shape, dtype=np.float32), rng.integers(0, 4, shape).astype(np.float32)
 
 
-def test_acdc_mtunet_variant(tmp_path):
-    root = tmp_path / "ACDC"
+def make_acdc_variant(root: Path) -> tuple[dict, dict, np.ndarray]:
+    """The npz form of ACDC in this research line: train/ valid/ slices, test/ volumes,
+    lists_ACDC/; returns the slice names per split, their seeds and the test volume."""
     slices = {"train": ["case_001_sliceED_0", "case_001_sliceED_1", "case_001_sliceES_0"],
               "valid": [f"case_019_sliceED_{i}" for i in (0, 1, 2, 10)] + ["case_019_sliceES_0"]}
     seeds = {}
@@ -359,6 +362,12 @@ def test_acdc_mtunet_variant(tmp_path):
     for split, names in slices.items():
         (root / "lists_ACDC" / f"{split}.txt").write_text("".join(f"{n}.npz\n" for n in names))
     (root / "lists_ACDC" / "test.txt").write_text("case_002_volume_ED.npz\n")
+    return slices, seeds, volume
+
+
+def test_acdc_mtunet_variant(tmp_path):
+    root = tmp_path / "ACDC"
+    slices, seeds, volume = make_acdc_variant(root)
 
     layout = open_layout("acdc", root, 4)
     assert isinstance(layout, acdc_layout.AcdcLayout) and layout.verify() == []
@@ -432,3 +441,23 @@ def test_acdc_converter_split_and_contents(tmp_path):
         np.testing.assert_array_equal(f["label"][()], source.array)
     layout = open_layout("synapse", out, 4)
     assert layout.verify() == []
+
+
+def test_cli_verify_train_evaluate_predict_on_acdc_variant(tmp_path, capsys):
+    root = tmp_path / "ACDC"
+    make_acdc_variant(root)
+    assert main(["verify", "--layout", "acdc", "--data", str(root), "--n-classes", "4"]) == 0
+    out = tmp_path / "run_acdc"
+    config = _config(tmp_path, root, out, n_classes=4, train_list="train", val_list="valid", batch_size=2)
+    assert main(["--quiet", "train", "--config", str(config), "--max-steps", "2", "--set", "layout=acdc"]) == 0
+    report = tmp_path / "eval_acdc"
+    assert main(["--quiet", "evaluate", "--checkpoint", str(out / "last.pt"), "--data", str(root),
+                 "--split", "test", "--output", str(report)]) == 0
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert list(metrics["per_case"]) == ["case_002_volume_ED"] and len(metrics["classes"]) == 3
+    predicted = tmp_path / "pred_acdc"
+    assert main(["--quiet", "predict", "--checkpoint", str(out / "last.pt"), "--input",
+                 str(root / "test" / "case_002_volume_ED.npz"), "--output", str(predicted)]) == 0
+    with np.load(predicted / "case_002_volume_ED.npz") as f:
+        assert f["label"].shape == (3, 12, 10) and f["label"].max() < 4
+    capsys.readouterr()

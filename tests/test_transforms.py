@@ -163,3 +163,17 @@ def test_dataloader_workers_differ_and_are_reproducible() -> None:
     assert torch.equal(first, second)
     # Worker 0 serves items 0, 2, 4, ...; worker 1 items 1, 3, 5, ...: they must not repeat each other.
     assert not torch.equal(first[0::2], first[1::2])
+
+
+def test_colour_images_are_augmented_channel_by_channel_with_their_label():
+    rng = np.random.default_rng(0)
+    grey = rng.random((20, 30)).astype(np.float32)
+    label = (grey > 0.5).astype(np.int64)
+    colour = np.stack([grey, grey * 0.5, 1.0 - grey], axis=-1)
+    augment = RandomAugment(16, p_rot_flip=1.0)
+    image_c, label_c = augment.apply(colour, label, np.random.default_rng(3))
+    image_g, label_g = augment.apply(grey, label, np.random.default_rng(3))
+    assert image_c.shape == (3, 16, 16) and image_g.shape == (1, 16, 16)
+    assert torch.equal(label_c, label_g)
+    torch.testing.assert_close(image_c[0], image_g[0])
+    torch.testing.assert_close(image_c[1], image_g[0] * 0.5, atol=1e-5, rtol=1e-5)

@@ -1,4 +1,4 @@
-"""The `simmpnet` command line: demo, train, evaluate, predict, verify, compare.
+"""The `simmpnet` command line: demo, train, evaluate, predict, prepare, verify, compare.
 
 Every error a user can cause ends as one line on stderr naming the file and the problem, with
 exit code 2 (``--debug`` shows the traceback instead).
@@ -75,7 +75,7 @@ def _write_overlays(out_dir: Path, names: Sequence[str], limit: int):
 def _evaluate(
     checkpoint: Path,
     data: Path,
-    split: str,
+    split: str | None,
     out_dir: Path,
     device: str,
     overlays: int,
@@ -96,7 +96,11 @@ def _evaluate(
     if not n_classes:
         raise CheckpointError(f"{checkpoint}: the checkpoint does not record its number of classes")
     names = config.get("class_names") or ["background", *(f"class_{i}" for i in range(1, n_classes))]
-    volumes = open_layout(layout or config.get("layout", "synapse"), data, n_classes).cases(split)
+    name = layout or config.get("layout", "synapse")
+    options = config.get("layout_options", {}) if name == config.get("layout") else {}
+    found = open_layout(name, data, n_classes, **options)
+    split = split or next((s for s in ("test_vol", "test", "val") if s in found.splits), "test")
+    volumes = found.cases(split)
     on_case, pictures = _write_overlays(out_dir / "overlays", names, overlays)
     summary = evaluate_volumes(model, volumes, input_size, n_classes, names, dev, on_case=on_case if overlays else None)
     summary["checkpoint"] = str(checkpoint)
@@ -187,10 +191,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .data.prepare import prepare_dataset
+
+    options = _parse_sets(args.set or [])
+    out = prepare_dataset(args.dataset, Path(args.raw), Path(args.output), **options)
+    print(f"{args.dataset} prepared in {out}")
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from .data.layouts import open_layout
 
-    problems = open_layout(args.layout, Path(args.data), args.n_classes).verify()
+    problems = open_layout(args.layout, Path(args.data), args.n_classes, **_parse_sets(args.set or [])).verify()
     for problem in problems:
         print(problem)
     if problems:
@@ -238,16 +251,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_train)
 
+    from .data.prepare import PREPARERS
+
+    p = sub.add_parser("prepare", help="convert a raw dataset download", description="convert a raw dataset download")
+    p.add_argument("dataset", choices=sorted(PREPARERS))
+    p.add_argument("--raw", required=True, help="the folder of the download as distributed")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="converter option, e.g. size=256")
+    p.set_defaults(func=cmd_prepare)
+
     p = sub.add_parser("verify", help="check a dataset and list every problem", description="check a dataset")
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--layout", default="synapse", help="dataset layout (default synapse)")
     p.add_argument("--n-classes", type=int, help="classes including background (checks the label range)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="layout option, e.g. mask_suffix=_mask")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on labelled volumes", description="evaluate a checkpoint")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="dataset folder in the Synapse layout")
-    p.add_argument("--split", default="test_vol", help="split to evaluate (default test_vol)")
+    p.add_argument("--split", help="split to evaluate (default: the layout's test_vol, test or val)")
     p.add_argument("--layout", help="dataset layout (default: the one the model was trained on)")
     p.add_argument("--output", required=True, help="folder for metrics.json, metrics.md and overlays")
     p.add_argument("--overlays", type=int, default=5, help="cases to draw (0: none)")

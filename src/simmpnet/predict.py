@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,18 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["predict_paths", "normalise_intensity"]
 
-def normalise_intensity(array: np.ndarray) -> np.ndarray:
-    """Images already in ``[0, 1]`` stay as they are (the training data of every layout here
-    is); anything else is clipped to its 0.5-99.5 percentiles and scaled to ``[0, 1]``."""
+def normalise_intensity(array: np.ndarray, window: Sequence[float] | None = None) -> np.ndarray:
+    """Map raw intensities to the ``[0, 1]`` range the networks are trained on.
+
+    With a ``window`` (e.g. ``(-125, 275)`` HU for the Synapse CT): clip to it and scale.
+    Without one: images already in ``[0, 1]`` stay as they are (the training data of every
+    layout here are); anything else is clipped to its 0.5-99.5 percentiles and scaled.
+    """
+    if window is not None:
+        lo, hi = float(window[0]), float(window[1])
+        if not hi > lo:
+            raise InputError(f"intensity window must be (low, high) with low < high, got {list(window)}")
+        return ((np.clip(array, lo, hi) - lo) / (hi - lo)).astype(np.float32)
     low, high = float(array.min()), float(array.max())
     if low >= 0.0 and high <= 1.0:
         return array.astype(np.float32, copy=False)
@@ -74,7 +84,8 @@ def predict_paths(
     written = []
     for path in inputs:
         loaded = read_image(path)
-        slices = _as_slices(normalise_intensity(loaded.array), loaded.kind, in_channels, path)
+        image = normalise_intensity(loaded.array, config.get("intensity_window"))
+        slices = _as_slices(image, loaded.kind, in_channels, path)
         with torch.no_grad():
             labels = predict_slices(model, slices, input_size, dev)
         if loaded.kind == "image2d":

@@ -50,7 +50,8 @@ class TrainConfig:
     """Everything a training run needs; YAML files hold the same keys.
 
     Data: ``data_root`` in the dataset ``layout`` (default "synapse": ``train_npz/``,
-    ``test_vol_h5/``, ``lists/``; see :mod:`simmpnet.data.layouts`), ``train_list`` /
+    ``test_vol_h5/``, ``lists/``; see :mod:`simmpnet.data.layouts`) with its ``layout_options``
+    (e.g. ``{seed: 7}`` or ``{split_file: splits.json}``), ``train_list`` /
     ``val_list`` split names (``val_list`` None: no validation), ``n_classes`` with background, ``class_names`` (background first).
     Model: ``model`` ("simmpnet" or "unet"), ``variant``, ``model_overrides`` (config keys of
     the network), ``pretrained``, ``input_size`` (slice side; default the variant's encoder-A
@@ -71,11 +72,13 @@ class TrainConfig:
 
     data_root: str = ""
     layout: str = "synapse"
+    layout_options: dict[str, Any] = field(default_factory=dict)
     train_list: str = "train"
     val_list: str | None = "test_vol"
     n_classes: int = 9
     class_names: list[str] | None = None
     in_channels: int = 1
+    intensity_window: list[float] | None = None
     model: str = "simmpnet"
     variant: str = "tiny"
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -200,7 +203,7 @@ class Trainer:
         root = Path(config.data_root)
         if not root.is_dir():
             raise InputError(f"{root}: data folder not found")
-        self.layout = open_layout(config.layout, root, config.n_classes)
+        self.layout = open_layout(config.layout, root, config.n_classes, **config.layout_options)
         if config.check_data:
             problems = self.layout.verify()
             if problems:
