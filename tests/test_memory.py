@@ -126,3 +126,19 @@ def test_kmeans_recovers_separated_blobs_and_is_repeatable():
     assert torch.equal(labels, labels2) and torch.equal(cents, cents2)
     with pytest.raises(ValueError, match="1 <= k <= n"):
         kmeans(points[:2], 3)
+
+
+def test_update_and_kmeans_run_in_fp32_under_autocast():
+    memory = structured_memory()
+    reference = structured_memory()
+    keys = torch.randn(2000, 16) * 2
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        memory.update(keys)
+    reference.update(keys)
+    assert torch.equal(memory.bank, reference.bank) and memory.bank.dtype == torch.float32
+    fresh, control = PrototypeMemory(8, 3, pool_size=10, warmup_iters=1), PrototypeMemory(8, 3, pool_size=10, warmup_iters=1)
+    control.bank.copy_(fresh.bank)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fresh.initialise_from_kmeans()
+    control.initialise_from_kmeans()
+    assert torch.equal(fresh.bank, control.bank) and torch.equal(fresh.prototypes, control.prototypes)

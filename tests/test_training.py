@@ -135,3 +135,16 @@ def test_shipped_configs_are_valid(path):
         assert model_config.decoder_memory.num_k == 10 and model_config.decoder_memory.feature_dim == 128
         assert (config.lr, config.weight_decay, config.seed) == (1e-4, 1e-4, 2222)
         assert (config.wld_start_epoch, config.warmup_iters, config.eval_start_epoch) == (100, 2000, 100)
+
+
+def test_bf16_training_on_cpu_keeps_memory_in_fp32(brain_data, tmp_path):
+    trainer = Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "run", amp="bf16", max_steps=8, eval_start_epoch=100)))
+    result = trainer.fit()
+    assert result["steps"] == 8 and not trainer.model.in_warmup
+    for block in trainer.model.dmwla_blocks():
+        assert block.memory.bank.dtype == torch.float32 and torch.isfinite(block.memory.bank).all()
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in log if r["event"] == "step")
+    with pytest.raises(InputError, match="fp16 needs CUDA"):
+        Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "x", amp="fp16")))

@@ -200,7 +200,12 @@ class PrototypeMemory(nn.Module):
     def initialise_from_kmeans(self) -> None:
         """End the warm-up now: cluster the bank's columns into ``num_k`` groups, rebuild the
         bank so that block ``c`` holds ``P`` members of cluster ``c`` (members repeat when the
-        cluster is smaller than ``P``) and set the prototypes to the unit-norm centroids."""
+        cluster is smaller than ``P``) and set the prototypes to the unit-norm centroids.
+        Runs in fp32, also under autocast."""
+        with torch.autocast(self.bank.device.type, enabled=False):
+            self._initialise_from_kmeans()
+
+    def _initialise_from_kmeans(self) -> None:
         points = self.bank.t().float()
         centroids, labels = kmeans(
             points, self.num_k, max_iter=self.kmeans_iters, n_init=self.kmeans_restarts, seed=self.seed
@@ -223,7 +228,7 @@ class PrototypeMemory(nn.Module):
     # --------------------------------------------------------------------- read
     def assign(self, queries: torch.Tensor) -> torch.Tensor:
         """Category of each query: ``argmax_c cos(query, prototype_c)``.  ``(R, d) -> (R,)``."""
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(queries.device.type, enabled=False):
             protos = F.normalize(self.prototypes.float(), dim=0)
             return (queries.detach().float() @ protos).argmax(1)
 
@@ -278,9 +283,12 @@ class PrototypeMemory(nn.Module):
         the highest score (sum over rows of the softmax of the keys over the positions of
         ``c``), lowest slot with best position.  A category with fewer than ``K`` positions
         reuses its positions in score order, cyclically; one with none is left unchanged.
-        Then the prototypes become the block means.
+        Then the prototypes become the block means.  Runs in fp32, also under autocast.
         """
-        keys = keys.float()
+        with torch.autocast(keys.device.type, enabled=False):
+            self._update(keys.float())
+
+    def _update(self, keys: torch.Tensor) -> None:
         rows, d = keys.shape
         k = min(int(self.update_count), self.pool_size)
         if rows == 0 or k < 1:

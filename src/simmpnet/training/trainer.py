@@ -63,6 +63,9 @@ class TrainConfig:
     p_rotate, max_angle; default the paper's 0.5 / 0.5 / 20), ``seed``, ``wld_start_epoch``, ``wld_blocks`` ("encoder" as the
     authors, "decoder", "all" or "none"), ``eval_start_epoch``, ``eval_every``.
     Budget: ``time_budget_s`` (wall clock of the whole run, across resumes), ``max_steps``.
+    Mixed precision: ``amp`` "none", "bf16" (CPU or CUDA), "fp16" (CUDA, with gradient
+    scaling) or "auto" (bf16 where the hardware computes it natively, else none); the memory
+    banks, their k-means and their update stay in fp32.
     Robustness: ``max_nonfinite_losses`` skipped steps before training stops; ``check_data``
     reads and checks every file once before training starts, so that a bad file stops the run
     before anything is written.
@@ -98,6 +101,7 @@ class TrainConfig:
     eval_every: int = 1
     time_budget_s: float | None = None
     max_steps: int | None = None
+    amp: str = "none"
     max_nonfinite_losses: int = 5
     check_data: bool = True
     device: str = "auto"
@@ -141,6 +145,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_every", "log_every"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.amp not in ("none", "bf16", "fp16", "auto"):
+            raise InputError(f"amp must be none, bf16, fp16 or auto, got {self.amp!r}")
         if self.lr_schedule not in ("constant", "poly"):
             raise InputError(f"lr_schedule must be constant or poly, got {self.lr_schedule!r}")
         if self.wld_blocks not in ("encoder", "decoder", "all", "none"):
@@ -156,6 +162,16 @@ class TrainConfig:
     @property
     def names(self) -> list[str]:
         return list(self.class_names or ["background", *(f"class_{i}" for i in range(1, self.n_classes))])
+
+
+def _resolve_amp(amp: str, device: torch.device) -> str:
+    """``auto``: bf16 where the hardware has native bf16 arithmetic (emulated bf16 is slower
+    than fp32), else none."""
+    if amp != "auto":
+        return amp
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "none"
+    return "bf16" if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "none"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -227,6 +243,11 @@ class Trainer:
         else:
             self.input_size = 128
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        amp = _resolve_amp(config.amp, self.device)
+        if amp == "fp16" and self.device.type != "cuda":
+            raise InputError("amp fp16 needs CUDA; use bf16 on the CPU")
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
         self.criterion = DeepSupervisionLoss()
         self.wld = (
             WLDSchedule(self.model.dmwla_blocks(config.wld_blocks), start_epoch=config.wld_start_epoch)
@@ -260,6 +281,7 @@ class Trainer:
             "version": 1,
             "model": model_payload(self.model, self.input_size),
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "wld": self.wld.state_dict() if self.wld else None,
             "state": dict(self.state),
             "rng": rng,
@@ -284,6 +306,8 @@ class Trainer:
         restored = model_from_payload(payload["model"], str(path))
         self.model.load_state_dict(restored.state_dict())
         self.optimizer.load_state_dict(payload["optimizer"])
+        if payload.get("scaler"):
+            self.scaler.load_state_dict(payload["scaler"])
         if self.wld and payload.get("wld"):
             self.wld.load_state_dict(payload["wld"])
         self.state.update(payload["state"])
@@ -317,8 +341,9 @@ class Trainer:
     def train_step(self, image: torch.Tensor, label: torch.Tensor, epoch: int) -> float | None:
         """One optimisation step; returns the loss, or None when it was not finite (skipped)."""
         self.model.train()
-        heads = self.model(image.to(self.device, non_blocking=True))
-        loss = self.criterion(heads, label.to(self.device, non_blocking=True))
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            heads = self.model(image.to(self.device, non_blocking=True))
+            loss = self.criterion(heads, label.to(self.device, non_blocking=True))
         value = float(loss.detach())
         self.optimizer.zero_grad(set_to_none=True)
         if not math.isfinite(value):
@@ -330,11 +355,12 @@ class Trainer:
                     "(check the data for NaN values or lower the learning rate)"
                 )
             return None
-        loss.backward()
+        self.scaler.scale(loss).backward()
         if self.config.lr_schedule == "poly":
             for group in self.optimizer.param_groups:
                 group["lr"] = self.config.lr * (1.0 - self._progress()) ** 0.9
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         if self.wld is not None:
             self.wld.step(value, epoch)
         return value
