@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .data.io import default_label_path, list_inputs, read_image, write_label_map
+from .data.transforms import normalise_percentile
 from .errors import InputError
 from .evaluation.inference import predict_slices
 from .training.trainer import load_trained_model, resolve_device
@@ -31,13 +32,7 @@ def normalise_intensity(array: np.ndarray, window: Sequence[float] | None = None
         if not hi > lo:
             raise InputError(f"intensity window must be (low, high) with low < high, got {list(window)}")
         return ((np.clip(array, lo, hi) - lo) / (hi - lo)).astype(np.float32)
-    low, high = float(array.min()), float(array.max())
-    if low >= 0.0 and high <= 1.0:
-        return array.astype(np.float32, copy=False)
-    lo, hi = np.percentile(array, [0.5, 99.5])
-    if hi <= lo:
-        return np.zeros_like(array, dtype=np.float32)
-    return ((np.clip(array, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+    return normalise_percentile(array)
 
 
 def _as_slices(array: np.ndarray, kind: str, in_channels: int, source: Path) -> np.ndarray:

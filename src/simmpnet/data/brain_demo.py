@@ -27,12 +27,11 @@ import io
 import json
 import logging
 import os
-import secrets
 import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,8 @@ from typing import Any
 import numpy as np
 
 from simmpnet.errors import InputError
+
+from .io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -103,32 +104,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def atomic_write(path: Path, writer: Callable[[Path], object]) -> None:
-    """Write ``path`` atomically.
-
-    Args:
-        path: final file name.
-        writer: called with a temporary path in the same folder; it must write the complete
-            file there. The temporary file then replaces ``path`` with :func:`os.replace`, so
-            readers never see a half-written file. On error the temporary file is removed.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Like mkstemp, but with the usual 0o666 & ~umask permissions instead of 0o600.
-    while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

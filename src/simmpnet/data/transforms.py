@@ -62,18 +62,39 @@ def _check_pair(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.nd
     return image.astype(np.float32, copy=False), label
 
 
-def _resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if image.ndim == 2:
         return resize_slice(image, size, order=3)
     return np.stack([resize_slice(image[..., c], size, order=3) for c in range(image.shape[-1])], axis=-1)
 
 
-def _to_tensors(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def to_tensors(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """(H x W [x C] image, H x W label) -> (float32 C x H x W, int64 H x W) tensors."""
     image = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
     img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     lab = torch.from_numpy(np.ascontiguousarray(label).astype(np.int64, copy=False))
     return img, lab
+
+
+def normalise_percentile(volume: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Scale one volume to ``[0, 1]``, as prediction inputs are.
+
+    Args:
+        volume: any float array (e.g. ``D x H x W``), finite.
+        low, high: percentiles clipped to 0 and 1.
+
+    Returns:
+        float32 array of the same shape: ``volume`` itself when it already lies in ``[0, 1]``,
+        else ``(clip(volume, p_low, p_high) - p_low) / (p_high - p_low)``; zeros when the two
+        percentiles coincide.
+    """
+    lo_val, hi_val = float(volume.min()), float(volume.max())
+    if lo_val >= 0.0 and hi_val <= 1.0:
+        return volume.astype(np.float32, copy=False)
+    p_lo, p_hi = np.percentile(volume, [low, high])
+    if p_hi <= p_lo:
+        return np.zeros(volume.shape, dtype=np.float32)
+    return ((np.clip(volume, p_lo, p_hi) - p_lo) / (p_hi - p_lo)).astype(np.float32)
 
 
 class RandomAugment:
@@ -145,9 +166,9 @@ class RandomAugment:
             angle = float(rng.uniform(-self.max_angle, self.max_angle))
             image = ndimage.rotate(image, angle, order=self.image_order, reshape=False, mode="constant", cval=0.0)
             label = ndimage.rotate(label, angle, order=0, reshape=False, mode="constant", cval=0)
-        image = _resize_image(np.ascontiguousarray(image), self.output_size)
+        image = resize_image(np.ascontiguousarray(image), self.output_size)
         label = resize_slice(np.ascontiguousarray(label), self.output_size, order=0)
-        return _to_tensors(image, label)
+        return to_tensors(image, label)
 
 
 class Resize:
@@ -165,4 +186,4 @@ class Resize:
 
     def __call__(self, image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = _check_pair(image, label)
-        return _to_tensors(_resize_image(image, self.output_size), resize_slice(label, self.output_size, order=0))
+        return to_tensors(resize_image(image, self.output_size), resize_slice(label, self.output_size, order=0))

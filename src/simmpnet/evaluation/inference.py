@@ -7,10 +7,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.transforms import resize_slice
+from ..data.transforms import resize_image, resize_slice
 from ..errors import InputError
 
-__all__ = ["predict_slices", "predict_volume"]
+__all__ = ["predict_slices"]
 
 
 @torch.no_grad()
@@ -42,26 +42,10 @@ def predict_slices(
     labels = np.empty((depth, height, width), dtype=np.uint8)
     for start in range(0, depth, batch_size):
         chunk = slices[start : start + batch_size].astype(np.float32, copy=False)
-        resized = np.stack([_resize_channels(s, input_size) for s in chunk])  # (b, C, S, S)
-        logits = model(torch.from_numpy(resized).to(device))
-        if isinstance(logits, (tuple, list)):
-            logits = torch.stack(list(logits)).sum(0)
+        resized = np.stack([resize_image(s, (input_size, input_size)) for s in chunk])  # (b, S, S[, C])
+        resized = resized[:, None] if resized.ndim == 3 else np.moveaxis(resized, -1, 1)  # (b, C, S, S)
+        logits = model(torch.from_numpy(resized).to(device))  # eval mode: one tensor
         small = logits.argmax(1).to(torch.uint8).cpu().numpy()
         for offset, label in enumerate(small):
             labels[start + offset] = resize_slice(label, (height, width), order=0)
     return labels
-
-
-def _resize_channels(image: np.ndarray, size: int) -> np.ndarray:
-    if image.ndim == 2:
-        return resize_slice(image, (size, size), order=3)[None]
-    return np.stack([resize_slice(image[..., c], (size, size), order=3) for c in range(image.shape[-1])])
-
-
-def predict_volume(
-    model: nn.Module, volume: np.ndarray, input_size: int, device: torch.device | str = "cpu", batch_size: int = 16
-) -> np.ndarray:
-    """Predict a ``(D, H, W)`` volume slice by slice; returns ``(D, H, W)`` uint8 labels."""
-    if volume.ndim != 3:
-        raise InputError(f"expected a (D, H, W) volume, got shape {volume.shape}")
-    return predict_slices(model, volume, input_size, device, batch_size)

@@ -3,6 +3,7 @@ named variants (SPEC section 2)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -239,7 +240,7 @@ class SimMPNet(nn.Module):
         logits = tuple(resize(head(d), out_size) for head, d in zip(self.heads, self.decoder(fused)))
         if self.training:
             return logits
-        return torch.stack(logits).sum(0)
+        return functools.reduce(torch.add, logits)  # no stacked copy of the heads
 
     # ----------------------------------------------------------------- memory
     def dmwla_blocks(self, part: str = "all") -> list[DMWLA]:

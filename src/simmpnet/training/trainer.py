@@ -330,11 +330,11 @@ class Trainer:
         with open(self.output_dir / "log.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
-    def _out_of_budget(self, started: float) -> str | None:
+    def _out_of_budget(self) -> str | None:
         cfg = self.config
         if cfg.max_steps is not None and self.state["global_step"] >= cfg.max_steps:
             return "max_steps"
-        if cfg.time_budget_s is not None and self.state["elapsed_s"] + time.monotonic() - started >= cfg.time_budget_s:
+        if cfg.time_budget_s is not None and self._elapsed() >= cfg.time_budget_s:
             return "time_budget"
         return None
 
@@ -365,6 +365,10 @@ class Trainer:
             self.wld.step(value, epoch)
         return value
 
+    def _elapsed(self) -> float:
+        """Seconds of this run so far, resumed runs included."""
+        return self.state["elapsed_s"] + time.monotonic() - self._started
+
     def _progress(self) -> float:
         """Fraction of the run done, by steps and (when budgeted) by time, whichever is larger."""
         cfg = self.config
@@ -373,8 +377,7 @@ class Trainer:
             total_steps = min(total_steps, cfg.max_steps)
         progress = self.state["global_step"] / max(total_steps, 1)
         if cfg.time_budget_s is not None and self._started is not None:
-            elapsed = self.state["elapsed_s"] + time.monotonic() - self._started
-            progress = max(progress, elapsed / cfg.time_budget_s)
+            progress = max(progress, self._elapsed() / cfg.time_budget_s)
         return min(progress, 1.0)
 
     def validate(self) -> dict[str, Any] | None:
@@ -391,8 +394,8 @@ class Trainer:
 
         cfg = self.config
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        started = self._started = time.monotonic()
-        stop = self._out_of_budget(started)
+        self._started = time.monotonic()
+        stop = self._out_of_budget()
         last_val: float | None = None
         steps_per_epoch = self.steps_per_epoch
         total = steps_per_epoch * cfg.epochs
@@ -423,8 +426,7 @@ class Trainer:
                 value = self.train_step(batch["image"], batch["label"], epoch)
                 self.state["batch_in_epoch"] += 1
                 if budgeted:
-                    elapsed = self.state["elapsed_s"] + time.monotonic() - started
-                    bar.update(max(0, min(round(elapsed), bar.total) - bar.n))
+                    bar.update(max(0, min(round(self._elapsed()), bar.total) - bar.n))
                 else:
                     bar.update(1)
                 if value is not None:
@@ -435,7 +437,7 @@ class Trainer:
                     bar.set_postfix(step=self.state["global_step"], loss=f"{value:.4f}", K=k)
                     if self.state["global_step"] % cfg.log_every == 0:
                         self._log({"event": "step", "epoch": epoch, "step": self.state["global_step"], "loss": value, "k": k})
-                stop = self._out_of_budget(started)
+                stop = self._out_of_budget()
                 if stop:
                     break
             if stop:
@@ -454,18 +456,18 @@ class Trainer:
                     best = self.state["best_dsc"]
                     if last_val is not None and (best is None or last_val > best):
                         self.state["best_dsc"] = last_val
-                        self._checkpoint(started, "best.pt")
-            record["elapsed_s"] = self.state["elapsed_s"] + time.monotonic() - started
+                        self._checkpoint("best.pt")
+            record["elapsed_s"] = self._elapsed()
             self._log(record)
-            self._checkpoint(started, "last.pt")
+            self._checkpoint("last.pt")
             # With a progress bar on screen the epoch lines go to the log file only.
             level = logging.DEBUG if cfg.progress else logging.INFO
             logger.log(level, "epoch %d: %s", epoch + 1, {key: v for key, v in record.items() if key != "event"})
         bar.close()
         stop = stop or "epochs"
-        self._checkpoint(started, "last.pt")
+        self._checkpoint("last.pt")
         self._plot_curves()
-        elapsed = self.state["elapsed_s"] + time.monotonic() - started
+        elapsed = self._elapsed()
         result = {
             "stop": stop,
             "epochs": self.state["epoch"],
@@ -477,11 +479,10 @@ class Trainer:
         self._log({"event": "end", **result})
         return result
 
-    def _checkpoint(self, started: float, name: str) -> None:
+    def _checkpoint(self, name: str) -> None:
         # The elapsed time is carried in the checkpoint so that a resumed run keeps the budget.
-        now = time.monotonic()
         saved = self.state["elapsed_s"]
-        self.state["elapsed_s"] = saved + now - started
+        self.state["elapsed_s"] = self._elapsed()
         try:
             self.save(name)
         finally:

@@ -55,12 +55,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from simmpnet.errors import InputError
 
 from ..io import IMAGE2D_EXTENSIONS, MAX_PIXELS, atomic_write, file_extension, read_image
+from ..transforms import to_tensors
 from . import Layout, register_layout
 
 __all__ = [
@@ -439,10 +439,8 @@ class Scan:
     groups: dict[str, list[str]] = field(default_factory=dict)
 
 
-class PictureSlices(Dataset):
-    """Training slices of a 2-D picture layout.
-
-    Each item is ``{"image": float32 tensor (C, H, W), "label": int64 tensor (H, W), "name": id}``.
+class _PictureItems(Dataset):
+    """Pictures of a 2-D layout, by id, in item order.
 
     Args:
         layout: the layout that reads the files.
@@ -456,34 +454,25 @@ class PictureSlices(Dataset):
     def __len__(self) -> int:
         return len(self.names)
 
+
+class PictureSlices(_PictureItems):
+    """Training slices of a 2-D picture layout.
+
+    Each item is ``{"image": float32 tensor (C, H, W), "label": int64 tensor (H, W), "name": id}``.
+    """
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         name = self.names[index]
-        image, label = self.layout.load_pair(name)
-        chw = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32)),
-            "label": torch.from_numpy(label),
-            "name": name,
-        }
+        image, label = to_tensors(*self.layout.load_pair(name))
+        return {"image": image, "label": label, "name": name}
 
 
-class PictureCases(Dataset):
+class PictureCases(_PictureItems):
     """Evaluation cases of a 2-D picture layout: each picture is a one-slice case.
 
     Each item is ``{"image": float32 (1, H, W) or (1, H, W, 3), "label": int64 (1, H, W),
     "name": id, "spacing": None}`` (pixel units: pictures carry no physical spacing).
-
-    Args:
-        layout: the layout that reads the files.
-        names: image ids, in item order.
     """
-
-    def __init__(self, layout: PictureLayout, names: Sequence[str]) -> None:
-        self.layout = layout
-        self.names = list(names)
-
-    def __len__(self) -> int:
-        return len(self.names)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         name = self.names[index]

@@ -58,6 +58,7 @@ from torch.utils.data import Dataset
 
 from ...errors import InputError
 from ..io import atomic_write, file_extension, read_image
+from ..transforms import normalise_percentile
 from . import Layout, register_layout
 
 __all__ = [
@@ -65,7 +66,6 @@ __all__ = [
     "NnUNetLayout",
     "NnUNetSliceDataset",
     "kfold_split",
-    "normalise_percentile",
 ]
 
 logger = logging.getLogger(__name__)
@@ -79,27 +79,6 @@ _CACHE_VERSION = 1
 
 
 # ------------------------------------------------------------------------------ helpers
-def normalise_percentile(volume: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
-    """Scale one volume to ``[0, 1]``, as prediction inputs are.
-
-    Args:
-        volume: any float array (e.g. ``D x H x W``), finite.
-        low, high: percentiles clipped to 0 and 1.
-
-    Returns:
-        float32 array of the same shape: ``volume`` itself when it already lies in ``[0, 1]``,
-        else ``(clip(volume, p_low, p_high) - p_low) / (p_high - p_low)``; zeros when the two
-        percentiles coincide.
-    """
-    lo_val, hi_val = float(volume.min()), float(volume.max())
-    if lo_val >= 0.0 and hi_val <= 1.0:
-        return volume.astype(np.float32, copy=False)
-    p_lo, p_hi = np.percentile(volume, [low, high])
-    if p_hi <= p_lo:
-        return np.zeros(volume.shape, dtype=np.float32)
-    return ((np.clip(volume, p_lo, p_hi) - p_lo) / (p_hi - p_lo)).astype(np.float32)
-
-
 def kfold_split(case_ids: list[str], fold: int = 0, n_folds: int = 5, seed: int = 12345) -> tuple[list[str], list[str]]:
     """nnU-Net's default cross-validation split of ``case_ids``.
 

@@ -31,7 +31,7 @@ Splits (``split=``):
   train / valid / test (by patient, so the two frames of a patient stay together).
 
 Intensities: each volume is clipped to its 0.5 / 99.5 percentiles and scaled to ``[0, 1]``
-(:func:`simmpnet.data.layouts.nnunet.normalise_percentile`, the rule ``simmpnet predict``
+(:func:`simmpnet.data.transforms.normalise_percentile`, the rule ``simmpnet predict``
 applies to an MRI volume).  Slices are the axial slices along the last NIfTI axis, as
 :func:`simmpnet.data.io.read_image` returns them, without resampling.  Every file is written
 atomically; the list files are written last.
@@ -47,7 +47,7 @@ import numpy as np
 
 from ...errors import InputError
 from ..io import read_image
-from ..layouts.nnunet import normalise_percentile
+from ..transforms import normalise_percentile
 from .synapse_raw import write_h5_volume, write_list, write_npz_slice
 
 __all__ = [
