@@ -30,6 +30,7 @@ def make_pair(channels: int) -> tuple[DMWLA, DMWLA]:
 def step(block: DMWLA, x: torch.Tensor) -> None:
     block.zero_grad(set_to_none=True)
     block(x).sum().backward()
+    block.commit_memory()  # the warm-up write / memory update of this step
 
 
 def rss_case(case: str) -> None:

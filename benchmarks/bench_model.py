@@ -35,6 +35,7 @@ def build(variant: str):
         loss = sum(F.cross_entropy(h, y) for h in model(x))
         loss.backward()
         optimiser.step()
+        model.commit_memory()
 
     @torch.no_grad()
     def eval_forward() -> None:

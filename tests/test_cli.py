@@ -157,3 +157,20 @@ def test_intensity_normalisation_rules():
     assert scaled.min() == 0.0 and scaled.max() == 1.0
     with pytest.raises(Exception, match="low < high"):
         normalise_intensity(hu, (5, 5))
+
+
+def test_predict_window_replaces_the_normalisation(trained, tmp_path):
+    """``--window LOW HIGH`` clips to the window: a window above every intensity gives the
+    prediction of an all-zero image."""
+    inputs, zeros = tmp_path / "in", tmp_path / "zeros"
+    inputs.mkdir()
+    zeros.mkdir()
+    rng = np.random.default_rng(0)
+    np.savez(inputs / "slab.npz", image=rng.uniform(0, 400, (2, 40, 40)).astype(np.float32))
+    np.savez(zeros / "slab.npz", image=np.zeros((2, 40, 40), np.float32))
+    common = ["--quiet", "predict", "--checkpoint", str(trained)]
+    assert main([*common, "--input", str(inputs), "--output", str(tmp_path / "a"), "--window", "500", "900"]) == 0
+    assert main([*common, "--input", str(zeros), "--output", str(tmp_path / "b")]) == 0
+    with np.load(tmp_path / "a" / "slab.npz") as a, np.load(tmp_path / "b" / "slab.npz") as b:
+        assert np.array_equal(a["label"], b["label"])
+    assert main([*common, "--input", str(inputs), "--output", str(tmp_path / "d"), "--window", "900", "500"]) == 2

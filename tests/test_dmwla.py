@@ -48,10 +48,12 @@ def test_warmup_counts_training_forwards_only_and_ends_exactly():
     for step in range(3):
         assert block.in_warmup
         block(x)
+        assert block.commit_memory()
     assert not block.in_warmup
     structured = block.memory.bank.clone()
     # the first forward after warm-up reads and updates the bank, it does not sample into it
     block(x)
+    block.commit_memory()
     rewritten = (block.memory.bank != structured).any(0).sum()
     assert 0 < rewritten <= 3 * 5
 
@@ -59,6 +61,7 @@ def test_warmup_counts_training_forwards_only_and_ends_exactly():
 def test_end_warmup_runs_kmeans_now():
     block = make_block(warmup_iters=1000)
     block.train()(torch.randn(2, 8, 6, 6))
+    block.commit_memory()
     block.end_warmup()
     assert not block.in_warmup
     torch.testing.assert_close(block.memory.prototypes.norm(dim=0), torch.ones(3))
@@ -84,8 +87,13 @@ def test_training_updates_memory_and_momentum_keys():
     key_before = block.key_weight.clone()
     bank_before = block.memory.bank.clone()
     block(x)
-    assert not torch.equal(block.memory.bank, bank_before)
+    # the forward only records the change; the commit applies it, with the phi of the forward
+    assert torch.equal(block.memory.bank, bank_before) and torch.equal(block.key_weight, key_before)
     expected_key = 0.95 * key_before + 0.05 * block.phi.weight.detach()
+    with torch.no_grad():
+        block.phi.weight.add_(1.0)  # an optimiser step between forward and commit
+    assert block.commit_memory()
+    assert not torch.equal(block.memory.bank, bank_before)
     torch.testing.assert_close(block.key_weight, expected_key)
     assert "key_weight" in block.state_dict()
     assert all(p is not block.key_weight for p in block.parameters())
@@ -95,6 +103,7 @@ def test_state_dict_round_trip_keeps_memory_and_counters():
     block = make_block(warmup_iters=2).train()
     for _ in range(4):
         block(torch.randn(2, 8, 5, 5))
+        block.commit_memory()
     block.update_count = 7
     clone = make_block(warmup_iters=2)
     clone.load_state_dict(block.state_dict())
@@ -123,6 +132,7 @@ def test_autocast_bf16_keeps_memory_in_fp32():
     block = make_block(warmup_iters=0).train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = block(torch.randn(2, 8, 5, 5))
+    assert block.commit_memory()
     assert out.shape == (2, 8, 5, 5)
     assert block.memory.bank.dtype == torch.float32 and torch.isfinite(block.memory.bank).all()
 
@@ -133,3 +143,51 @@ def test_bad_input_and_bad_update_count():
         block(torch.randn(2, 4, 5, 5))
     with pytest.raises(ValueError, match="update_count"):
         block.update_count = 13
+
+
+def test_uncommitted_forward_changes_nothing_and_is_never_applied_twice():
+    block = make_block(warmup_iters=2).train()
+    x = torch.randn(2, 8, 5, 5)
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    block(x)
+    assert block.has_pending_memory
+    for key, value in block.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    block.discard_memory()
+    assert not block.has_pending_memory and not block.commit_memory()
+    assert int(block.memory.warmup_counter) == 0
+    block(x)
+    assert block.commit_memory() and not block.commit_memory()  # a second commit is a no-op
+    assert int(block.memory.warmup_counter) == 1
+    with pytest.warns(RuntimeWarning, match="never committed"):
+        block(x)
+        block(x)  # replaces the first forward's change
+    block.commit_memory()
+    assert int(block.memory.warmup_counter) == 2 and not block.in_warmup
+    block(x)
+    block.discard_memory()
+    after_warmup = {k: v.clone() for k, v in block.state_dict().items()}
+    block.commit_memory()
+    for key, value in block.state_dict().items():
+        assert torch.equal(value, after_warmup[key]), key
+
+
+def test_eval_forward_records_nothing():
+    block = make_block(warmup_iters=0).eval()
+    block(torch.randn(2, 8, 5, 5))
+    assert not block.has_pending_memory and not block.commit_memory()
+
+
+def test_deferred_commit_equals_the_immediate_update():
+    """Committing after the backward gives the bank an immediate update would give."""
+    torch.manual_seed(3)
+    block = make_block(warmup_iters=0).train()
+    x = torch.randn(2, 8, 6, 6)
+    keys = torch.nn.functional.conv2d(x, block.key_weight).flatten(2).transpose(1, 2).reshape(-1, 16)
+    reference = make_block(warmup_iters=0)
+    reference.load_state_dict(block.state_dict())
+    reference.memory.update(keys)
+    block(x).square().sum().backward()
+    block.commit_memory()
+    assert torch.equal(block.memory.bank, reference.memory.bank)
+    assert torch.equal(block.memory.prototypes, reference.memory.prototypes)

@@ -396,3 +396,14 @@ def test_cli_verify_train_evaluate_predict(which, segpc_root, tmp_path, capsys):
     labels = np.asarray(Image.open(label_map))
     assert labels.shape == source.shape[:2] and labels.max() < 3
     capsys.readouterr()
+
+
+def test_cli_evaluate_layout_options_override_the_trained_ones(isic_root, isic_checkpoint, tmp_path):
+    """``evaluate --set seed=7`` scores the test split of seed 7, not the trained seed's."""
+    default_ids = set(ISIC2018Layout(isic_root).split_ids("test"))
+    other_ids = set(ISIC2018Layout(isic_root, seed=7).split_ids("test"))
+    assert other_ids != default_ids
+    report = tmp_path / "eval"
+    args = ["--quiet", "evaluate", "--checkpoint", str(isic_checkpoint), "--data", str(isic_root), "--split", "test"]
+    assert main([*args, "--output", str(report), "--overlays", "0", "--set", "seed=7"]) == 0
+    assert set(json.loads((report / "metrics.json").read_text())["per_case"]) == other_ids

@@ -41,8 +41,11 @@ def test_output_shapes(in_channels, batch, size):
     heads = model.train()(x)
     assert isinstance(heads, tuple) and len(heads) == 4
     assert all(h.shape == (batch, 5, *size) for h in heads)
+    assert model.in_warmup  # the forward only records the warm-up write
+    assert model.commit_memory() == len(model.dmwla_blocks())
     assert not model.in_warmup
     heads = model(x)  # a forward after warm-up, with the memory read
+    model.commit_memory()
     with torch.no_grad():
         out = model.eval()(x)
     assert out.shape == (batch, 5, *size)
@@ -54,6 +57,7 @@ def test_gradients_reach_every_trainable_parameter_after_warmup():
     x = torch.randn(2, 1, 128, 128)
     with torch.no_grad():
         model(x)  # the warm-up forward
+    model.commit_memory()
     assert not model.in_warmup
     target = torch.randint(0, 4, (2, 128, 128))
     loss = sum(torch.nn.functional.cross_entropy(h, target) for h in model(x))
@@ -67,6 +71,7 @@ def test_eval_is_repeatable_and_leaves_buffers_untouched(tiny):
     with torch.no_grad():
         for _ in range(3):
             tiny(torch.randn(2, 1, 128, 128))
+            tiny.commit_memory()
     assert not tiny.in_warmup
     tiny.eval()
     before = {k: v.clone() for k, v in tiny.state_dict().items()}
@@ -93,6 +98,7 @@ def test_save_and_load_round_trip(tiny, tmp_path):
     tiny.train()
     with torch.no_grad():
         tiny(torch.randn(2, 1, 128, 128))
+    tiny.commit_memory()
     for block in tiny.dmwla_blocks("encoder"):
         block.update_count = 33
     path = tiny.save(tmp_path / "model.pt")

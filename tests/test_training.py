@@ -96,16 +96,46 @@ def test_resume_refuses_a_checkpoint_of_another_model(brain_data, tmp_path):
         other.resume()
 
 
+def _everything(trainer):
+    """Copies of all the state a step can change: weights and buffers (memory banks,
+    prototypes, counters, key weights, BatchNorm statistics), optimiser, W-LD."""
+    model = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    optim = trainer.optimizer.state_dict()
+    optim = {i: {k: v.clone() for k, v in st.items()} for i, st in optim["state"].items()}
+    return model, optim, dict(trainer.wld.state_dict())
+
+
+def _assert_same(before, after):
+    for key, value in before[0].items():
+        assert torch.equal(after[0][key], value), key
+    assert before[1].keys() == after[1].keys()
+    for i, st in before[1].items():
+        for key, value in st.items():
+            assert torch.equal(after[1][i][key], value), (i, key)
+    assert before[2] == after[2]
+
+
 def test_nonfinite_losses_stop_training_with_a_clear_message(brain_data, tmp_path):
-    trainer = Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "run", max_nonfinite_losses=1)))
-    image = torch.full((2, 1, 64, 64), float("nan"))
-    label = torch.zeros(2, 64, 64, dtype=torch.long)
-    before = {k: v.clone() for k, v in trainer.model.named_parameters()}
-    assert trainer.train_step(image, label, 0) is None
-    for name, p in trainer.model.named_parameters():
-        assert torch.equal(p, before[name]), name
-    with pytest.raises(TrainingError, match="NaN or Inf 2 times"):
-        trainer.train_step(image, label, 0)
+    trainer = Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "run", max_nonfinite_losses=2, warmup_iters=2)))
+    torch.manual_seed(1)
+    image, label = torch.rand(2, 1, 64, 64), torch.randint(0, 9, (2, 64, 64))
+    poisoned = image.clone()
+    poisoned[0, 0, 10, 10] = float("nan")
+    assert trainer.train_step(image, label, 1) is not None  # in warm-up, optimiser state exists
+    assert trainer.model.in_warmup
+    before = _everything(trainer)
+    assert trainer.train_step(poisoned, label, 1) is None
+    _assert_same(before, _everything(trainer))
+    assert trainer.train_step(image, label, 1) is not None  # the second warm-up step: k-means
+    assert not trainer.model.in_warmup
+    assert trainer.train_step(image, label, 1) is not None  # a memory update
+    before = _everything(trainer)
+    assert trainer.train_step(poisoned, label, 1) is None  # would update banks and key weights
+    _assert_same(before, _everything(trainer))
+    assert not any(b.has_pending_memory for b in trainer.model.dmwla_blocks())
+    with pytest.raises(TrainingError, match="NaN or Inf 3 times.*max_nonfinite_losses=2"):
+        trainer.train_step(poisoned, label, 1)
+    _assert_same(before, _everything(trainer))
 
 
 def test_config_errors_are_clear(tmp_path):

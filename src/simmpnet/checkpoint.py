@@ -3,14 +3,16 @@
 Checkpoints are written to a temporary file in the target folder and renamed over the target,
 so a crash or a full disk never leaves a half-written checkpoint in place of a good one.  They
 are read with ``torch.load(weights_only=True)``: only tensors and plain containers, never
-arbitrary pickled objects.
+arbitrary pickled objects.  A checkpoint from a newer simmpnet (a ``version`` above
+:data:`CHECKPOINT_VERSION`), a training checkpoint without its model part and one whose
+tensors hold NaN or Inf values are refused with a message naming the file.
 """
 from __future__ import annotations
 
 import os
 import pickle
 import tempfile
-import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,25 +20,60 @@ import torch
 
 from .errors import CheckpointError
 
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint"]
+
+#: Newest checkpoint ``version`` this code reads (the trainer and ``SimMPNet.save`` write 1).
+CHECKPOINT_VERSION = 1
+#: Entries a checkpoint of a known ``format`` must hold as dictionaries.
+_REQUIRED_PARTS: dict[str, tuple[str, ...]] = {"simmpnet-train": ("model", "config")}
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``obj`` with ``torch.save`` to ``path`` atomically; returns the path."""
+    """Write ``obj`` with ``torch.save`` to ``path`` atomically; returns the path.
+
+    Temporary files that killed earlier writes of ``path`` left behind are removed once the
+    new checkpoint is in place.
+
+    Raises:
+        CheckpointError: the folder or the file cannot be written (full disk, no permission);
+            the temporary file is removed and an existing ``path`` is left as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tmp = None
+        _remove_stale_temporaries(path)
+    except (OSError, RuntimeError) as err:
+        # torch.save reports a failed write to a file object as RuntimeError
+        kept = "the previous checkpoint is unchanged" if path.is_file() else "nothing was written"
+        raise CheckpointError(f"{path}: cannot write checkpoint ({_one_line(getattr(err, 'strerror', None) or err)}); {kept}") from err
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete the temporary files of earlier writes of ``path`` that were killed before their
+    rename (a preempted run would otherwise leave one checkpoint-sized file per kill)."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            stale.unlink()
+        except OSError:
+            pass  # vanished meanwhile, or not ours to delete: harmless either way
+
+
+def _one_line(text: object) -> str:
+    """A library's message on one line of reasonable length."""
+    return " ".join(str(text).split())[:300]
 
 
 def _umask() -> int:
@@ -49,6 +86,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     """Read a checkpoint written by :func:`save_checkpoint`, refusing anything but tensors
     and plain containers."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     if path.stat().st_size == 0:
@@ -56,9 +95,48 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{path}: refused, the file holds objects other than tensors ({err})") from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from err
+        if "weights only" not in str(err).lower():
+            raise CheckpointError(f"{path}: not a readable checkpoint ({_one_line(err)})") from err
+        # torch's message spans several lines; the line naming the refused object is the one to show
+        detail = next((line for line in str(err).splitlines() if "GLOBAL" in line or "unsupported" in line), "")
+        raise CheckpointError(
+            f"{path}: refused, the file holds Python objects other than tensors and plain containers"
+            + (f" ({_one_line(detail)})" if detail else "")
+        ) from err
+    except Exception as err:  # a hostile file can make the unpickler fail in many ways (KeyError, OSError ...)
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {_one_line(err)})") from err
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dictionary checkpoint, found {type(obj).__name__}")
+    _check_contents(path, obj)
     return obj
+
+
+def _check_contents(path: Path, obj: dict[str, Any]) -> None:
+    """Refuse what no reader of simmpnet can use: a newer version, missing parts, NaN/Inf."""
+    version = obj.get("version", CHECKPOINT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path}: checkpoint version {version!r} is not a positive integer")
+    if version > CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {version} was written by a newer simmpnet; this one reads "
+            f"version {CHECKPOINT_VERSION} or older"
+        )
+    for part in _REQUIRED_PARTS.get(str(obj.get("format")), ()):
+        if not isinstance(obj.get(part), dict):
+            raise CheckpointError(f"{path}: {obj['format']} checkpoint without its {part!r} entry")
+    bad = next(_nonfinite_tensors(obj, ""), None)
+    if bad is not None:
+        raise CheckpointError(f"{path}: tensor {bad} holds NaN or Inf values; the checkpoint is unusable")
+
+
+def _nonfinite_tensors(obj: Any, where: str) -> Iterator[str]:
+    """Names (``model/state_dict/conv.weight``) of floating-point tensors with NaN or Inf."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() and not bool(torch.isfinite(obj).all()):
+            yield where or "(top level)"
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _nonfinite_tensors(value, f"{where}/{key}" if where else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for index, value in enumerate(obj):
+            yield from _nonfinite_tensors(value, f"{where}[{index}]")

@@ -1,4 +1,4 @@
-"""The `simmpnet` command line: demo, train, evaluate, predict, prepare, verify, compare.
+"""The `simmpnet` command line: demo, train, evaluate, predict, export, prepare, verify, compare.
 
 Every error a user can cause ends as one line on stderr naming the file and the problem, with
 exit code 2 (``--debug`` shows the traceback instead).
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .errors import SimMPNetError
+from .errors import InputError, SimMPNetError
 
 logger = logging.getLogger("simmpnet")
 
@@ -32,6 +32,17 @@ def _parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
         key, raw = pair.split("=", 1)
         values[key.strip()] = yaml.safe_load(raw)
     return values
+
+
+def _one_line(message: object) -> str:
+    """An error message on one line: messages quoted from libraries may span several."""
+    return " ".join(str(message).split())
+
+
+def _check_output_folder(path: Path) -> None:
+    """Refuse, before any work is done, an output folder that exists as a file."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: output exists and is not a folder")
 
 
 def _train_config(args: argparse.Namespace, base: Path | None):
@@ -54,22 +65,35 @@ def _train_config(args: argparse.Namespace, base: Path | None):
     return TrainConfig.from_yaml(base, **overrides)
 
 
-def _write_overlays(out_dir: Path, names: Sequence[str], limit: int):
-    """A callback for :func:`evaluate_volumes` that saves the slice with the most foreground
-    of each case (image | truth | prediction), up to ``limit`` cases."""
+def _pick_overlays(limit: int):
+    """A callback for :func:`evaluate_volumes` that keeps the slice with the most foreground
+    of each case (image, truth, prediction), up to ``limit`` cases, and the list it fills.
+    The pictures are drawn by :func:`_save_overlays` once every case has been scored, so that
+    a failed evaluation leaves no pictures of a run without metrics."""
+    chosen: list[tuple[str, int, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def on_case(name: str, image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> None:
+        if len(chosen) >= limit:
+            return
+        index = int(np.argmax((truth > 0).reshape(truth.shape[0], -1).sum(1)))
+        # copies: a view would keep the whole volume alive until the end
+        chosen.append((name, index, image[index].copy(), truth[index].copy(), prediction[index].copy()))
+
+    return on_case, chosen
+
+
+def _save_overlays(
+    chosen: Sequence[tuple[str, int, np.ndarray, np.ndarray, np.ndarray]], out_dir: Path, names: Sequence[str]
+) -> list[Path]:
+    """Draw the slices :func:`_pick_overlays` kept (image | truth | prediction)."""
     from .evaluation.report import save_overlay
 
     written: list[Path] = []
-
-    def on_case(name: str, image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> None:
-        if len(written) >= limit:
-            return
-        index = int(np.argmax((truth > 0).reshape(truth.shape[0], -1).sum(1)))
+    for name, index, image, truth, prediction in chosen:
         path = out_dir / f"{name}_slice{index:03d}.png"
-        save_overlay(image[index], truth[index], prediction[index], path, class_names=list(names))
+        save_overlay(image, truth, prediction, path, class_names=list(names))
         written.append(path)
-
-    return on_case, written
+    return written
 
 
 def _evaluate(
@@ -81,15 +105,20 @@ def _evaluate(
     overlays: int,
     extra: dict | None = None,
     layout: str | None = None,
+    layout_options: dict | None = None,
+    workers: int = 1,
 ) -> tuple[dict, list[Path]]:
     """Evaluate ``checkpoint`` on the volumes of ``split``; write metrics.json (with ``extra``
-    merged in), metrics.md and overlay pictures.  Returns the summary and the pictures."""
+    merged in), metrics.md and overlay pictures.  ``layout_options`` override those the model
+    was trained with; ``workers`` processes compute the metrics.  Returns the summary and
+    the pictures.  Nothing is written unless every case was scored."""
     from .data.layouts import open_layout
     from .errors import CheckpointError
     from .evaluation.evaluate import evaluate_volumes
     from .evaluation.report import write_json, write_metrics_markdown
     from .training import load_trained_model, resolve_device
 
+    _check_output_folder(out_dir)
     dev = resolve_device(device)
     model, input_size, config = load_trained_model(checkpoint, dev)
     n_classes = getattr(model, "n_classes", None) or config.get("n_classes")
@@ -97,28 +126,48 @@ def _evaluate(
         raise CheckpointError(f"{checkpoint}: the checkpoint does not record its number of classes")
     names = config.get("class_names") or ["background", *(f"class_{i}" for i in range(1, n_classes))]
     name = layout or config.get("layout", "synapse")
-    options = config.get("layout_options", {}) if name == config.get("layout") else {}
+    options = dict(config.get("layout_options", {})) if name == config.get("layout") else {}
+    options.update(layout_options or {})
     found = open_layout(name, data, n_classes, **options)
     split = split or next((s for s in ("test_vol", "test", "val") if s in found.splits), "test")
     volumes = found.cases(split)
-    on_case, pictures = _write_overlays(out_dir / "overlays", names, overlays)
-    summary = evaluate_volumes(model, volumes, input_size, n_classes, names, dev, on_case=on_case if overlays else None)
+    on_case, chosen = _pick_overlays(overlays)
+    summary = evaluate_volumes(
+        model, volumes, input_size, n_classes, names, dev, on_case=on_case if overlays else None, workers=workers
+    )
     summary["checkpoint"] = str(checkpoint)
     summary.update(extra or {})
-    write_json(summary, out_dir / "metrics.json")
+    pictures = _save_overlays(chosen, out_dir / "overlays", names)
     write_metrics_markdown(summary, out_dir / "metrics.md")
+    write_json(summary, out_dir / "metrics.json")
     return summary, pictures
 
 
 # ---------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
     from .training import Trainer
 
     config = _train_config(args, Path(args.config) if args.config else None)
+    if (getattr(args, "nproc", None) or 1) > 1 and "LOCAL_RANK" not in os.environ:
+        from .training.distributed import launch
+
+        if config.batch_size % args.nproc:
+            raise SimMPNetError(
+                f"batch_size {config.batch_size} is the global batch and must be divisible by --nproc {args.nproc}"
+            )
+        return launch(args.nproc, args.argv)  # the processes run this command under torchrun
+    if int(os.environ.get("RANK", "0")) > 0:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the run
+    _check_output_folder(Path(config.output_dir))
     trainer = Trainer(config)
-    if args.resume:
-        trainer.resume()
-    result = trainer.fit()
+    try:
+        if args.resume:
+            trainer.resume()
+        result = trainer.fit()
+    finally:
+        trainer.close()
     logger.info("training ended (%s) after %d epochs, %d steps, %.0f s", result["stop"], result["epochs"], result["steps"], result["elapsed_s"])
     logger.info("checkpoints and log in %s", config.output_dir)
     return 0
@@ -128,7 +177,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation.report import format_table
 
     summary, _ = _evaluate(
-        Path(args.checkpoint), Path(args.data), args.split, Path(args.output), args.device, args.overlays, layout=args.layout
+        Path(args.checkpoint),
+        Path(args.data),
+        args.split,
+        Path(args.output),
+        args.device,
+        args.overlays,
+        layout=args.layout,
+        layout_options=_parse_sets(args.set or []),
+        workers=args.workers,
     )
     print(format_table(summary))
     print(f"metrics: {Path(args.output) / 'metrics.json'}, {Path(args.output) / 'metrics.md'}")
@@ -138,10 +195,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict_paths
 
+    _check_output_folder(Path(args.output))
     written = predict_paths(
-        Path(args.checkpoint), Path(args.input), Path(args.output), device=args.device, overlay=args.overlay
+        Path(args.checkpoint), Path(args.input), Path(args.output), device=args.device,
+        overlay=args.overlay,
+        intensity_window=tuple(args.window) if args.window else None,
     )
     print(f"{len(written)} label map(s) written to {args.output}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_checkpoint
+
+    path, size, check = export_checkpoint(
+        Path(args.checkpoint), Path(args.output), args.format, args.input_size, check=not args.no_check
+    )
+    print(f"exported the eval network to {path} (input (batch, C, {size}, {size}), dynamic batch)")
+    if check is not None:
+        print(
+            f"check on a random batch of {check.batch_size}: max |logit difference| {check.max_abs_diff:.2e}, "
+            f"same label for {100 * check.label_agreement:.3f}% of pixels"
+        )
     return 0
 
 
@@ -207,7 +282,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for problem in problems:
         print(problem)
     if problems:
-        print(f"{len(problems)} problem(s) found in {args.data}", file=sys.stderr)
+        # One line on stderr, like every other failure: the count and the first problem.
+        print(f"simmpnet: error: {len(problems)} problem(s) found in {args.data}; first: {problems[0]}", file=sys.stderr)
         return 1
     print(f"{args.data}: no problems found ({args.layout} layout)")
     return 0
@@ -249,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (YAML value)")
     p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument(
+        "--nproc", type=int, metavar="N",
+        help="distributed data-parallel training in N processes on this machine (via torchrun; "
+        "batch size is the global batch)",
+    )
     p.set_defaults(func=cmd_train)
 
     from .data.prepare import PREPARERS
@@ -274,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", help="dataset layout (default: the one the model was trained on)")
     p.add_argument("--output", required=True, help="folder for metrics.json, metrics.md and overlays")
     p.add_argument("--overlays", type=int, default=5, help="cases to draw (0: none)")
+    p.add_argument("--workers", type=int, default=1, help="processes computing the metrics (default 1)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="layout option, e.g. split_file=splits.json")
     device(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -282,14 +365,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="a file or a folder (PNG, JPEG, TIFF, BMP, NIfTI, NRRD, MHA, npz, h5)")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--overlay", action="store_true", help="also write overlay PNGs")
+    p.add_argument(
+        "--window", nargs=2, type=float, metavar=("LOW", "HIGH"),
+        help="intensity window mapped to [0, 1] (default: the one the model was trained with)",
+    )
     device(p)
     p.set_defaults(func=cmd_predict)
+
+    text = "export the eval network (sum of the heads) of a checkpoint to ONNX or TorchScript"
+    p = sub.add_parser("export", help=text, description=text)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--output", required=True, help="file to write (.onnx, or .pt for TorchScript)")
+    p.add_argument("--format", choices=["onnx", "torchscript"], help="default: from the output's suffix")
+    p.add_argument("--input-size", type=int, help="input side in pixels (default: the checkpoint's)")
+    p.add_argument("--no-check", action="store_true", help="skip running the export once against PyTorch")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr, force=True
     )
@@ -298,13 +395,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SimMPNetError as err:
         if args.debug:
             raise
-        print(f"simmpnet: error: {err}", file=sys.stderr)
+        print(f"simmpnet: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except OSError as err:
         if args.debug:
             raise
         where = f"{err.filename}: " if err.filename else ""
-        print(f"simmpnet: error: {where}{err.strerror or err}", file=sys.stderr)
+        print(f"simmpnet: error: {where}{_one_line(err.strerror or err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("simmpnet: interrupted", file=sys.stderr)

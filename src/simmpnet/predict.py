@@ -61,8 +61,12 @@ def predict_paths(
     output_dir: str | os.PathLike,
     device: str = "auto",
     overlay: bool = False,
+    intensity_window: tuple[float, float] | None = None,
 ) -> list[Path]:
     """Predict every supported file at ``input_path`` (a file or a folder) into ``output_dir``.
+
+    ``intensity_window`` (low, high) replaces the window the model was trained with (e.g. a HU
+    window for CT); None keeps the training one, or percentile normalisation when it had none.
 
     Returns the label maps written.  Files are read, predicted and written one at a time, so
     memory stays flat over long folders.
@@ -71,6 +75,7 @@ def predict_paths(
     model, input_size, config = load_trained_model(checkpoint, dev)
     in_channels = int(getattr(model, "in_channels", config.get("in_channels", 1)))
     names = config.get("class_names")
+    window = intensity_window if intensity_window is not None else config.get("intensity_window")
     inputs = list_inputs(Path(input_path))
     if not inputs:
         raise InputError(f"{input_path}: no supported image files found")
@@ -79,7 +84,7 @@ def predict_paths(
     written = []
     for path in inputs:
         loaded = read_image(path)
-        image = normalise_intensity(loaded.array, config.get("intensity_window"))
+        image = normalise_intensity(loaded.array, window)
         slices = _as_slices(image, loaded.kind, in_channels, path)
         with torch.no_grad():
             labels = predict_slices(model, slices, input_size, dev)

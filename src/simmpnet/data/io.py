@@ -56,7 +56,8 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,12 +69,15 @@ from simmpnet.errors import InputError
 __all__ = [
     "IMAGE2D_EXTENSIONS",
     "MAX_PIXELS",
+    "MIN_SIDE",
     "SUPPORTED_EXTENSIONS",
     "LoadedImage",
     "atomic_write",
     "default_label_path",
+    "escapes_folder",
     "file_extension",
     "list_inputs",
+    "path_exists",
     "read_image",
     "write_label_map",
 ]
@@ -82,6 +86,8 @@ logger = logging.getLogger(__name__)
 
 #: Largest number of pixels/voxels accepted; checked from the file header before decoding.
 MAX_PIXELS: int = 2**28
+#: Smallest height and width accepted: a picture one pixel high or wide holds nothing to segment.
+MIN_SIDE: int = 2
 
 IMAGE2D_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 NIFTI_EXTENSIONS: tuple[str, ...] = (".nii", ".nii.gz")
@@ -201,14 +207,32 @@ def _one_line(text: object) -> str:
     return line if len(line) <= 300 else line[:297] + "..."
 
 
+def escapes_folder(entry: str) -> bool:
+    """True when ``entry`` -- a path written in a list file, split file or dataset description,
+    meant relative to the dataset folder -- would leave that folder: an absolute path (POSIX,
+    Windows drive or UNC), a ``..`` component (``/`` or ``\\`` separated), or a NUL byte."""
+    if "\x00" in entry or entry.startswith(("/", "\\")) or re.match(r"[A-Za-z]:[\\/]", entry):
+        return True
+    return ".." in re.split(r"[\\/]+", entry)
+
+
 def _fail(path: Path, problem: str, exc: BaseException | None = None) -> InputError:
     detail = f" ({type(exc).__name__}: {_one_line(exc)})" if exc is not None else ""
     return InputError(_one_line(f"{path}: {problem}{detail}"))
 
 
+def path_exists(path: Path) -> bool:
+    """``path.exists()``, except that a path which cannot be examined at all (a folder on the
+    way without permission) raises an :class:`InputError` naming it instead of an OSError."""
+    try:
+        return path.exists()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+
+
 def _check_file(path: Path) -> str:
     """Existence, type, size and extension checks; returns the extension."""
-    if not path.exists():
+    if not path_exists(path):
         raise _fail(path, "file not found")
     if path.is_dir():
         raise _fail(path, "is a folder, not an image file")
@@ -431,10 +455,39 @@ def _nifti_zooms_mm(header: Any, n: int) -> list[float]:
     return [abs(z) * factor if z != 0 else 1.0 for z in zooms]
 
 
+class _Collect(logging.Handler):
+    """A logging handler that keeps the messages it receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _nibabel_reports(path: Path) -> Iterator[None]:
+    """nibabel prints the header problems it finds (and those it fixes) to stderr through a
+    handler of its own; collect them instead.  When reading fails the error names the problem
+    already; when it succeeds, each report becomes a one-line warning naming the file."""
+    log = logging.getLogger("nibabel.global")
+    collect = _Collect()
+    saved = log.handlers[:], log.propagate
+    log.handlers, log.propagate = [collect], False
+    try:
+        yield
+    finally:
+        log.handlers, log.propagate = saved
+    for message in collect.messages:
+        logger.warning("%s: %s", path, _one_line(message))
+
+
 def _read_nifti(path: Path, orientation: str, max_pixels: int) -> LoadedImage:
     nib = _require("nibabel", path)
     try:
-        img = nib.load(str(path))
+        with _nibabel_reports(path):
+            img = nib.load(str(path))
         shape = tuple(int(s) for s in img.shape)
         header = img.header.copy()
         affine = np.array(img.affine, dtype=np.float64)
@@ -564,6 +617,56 @@ def _from_plain_array(
     )
 
 
+#: Bytes per sample of the MetaImage element types whose size does not depend on the platform.
+_MET_SIZES: dict[str, int] = {
+    "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+    "MET_FLOAT": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_DOUBLE": 8,
+}
+
+
+def _check_metaimage_size(path: Path) -> None:
+    """Refuse a truncated uncompressed MetaImage (``.mha``/``.mhd``) before ITK reads it.
+
+    ITK's MetaImage reader prints "data not read completely" to the process's stderr itself
+    before failing, which would break the one-line error; the expected data size is known
+    from the header, so a short file is found here first.  Compressed, ASCII, multi-file and
+    exotic headers are left to ITK.
+    """
+    header: dict[str, str] = {}
+    offset = 0
+    try:
+        with open(path, "rb") as handle:
+            for raw in itertools.islice(handle, 64):
+                offset += len(raw)
+                key, _, value = raw.decode("latin-1").partition("=")
+                header[key.strip()] = value.strip()
+                if key.strip() == "ElementDataFile":
+                    break
+    except OSError as exc:
+        raise _fail(path, "cannot be read", exc) from exc
+    source = header.get("ElementDataFile", "")
+    size = _MET_SIZES.get(header.get("ElementType", ""))
+    plain = (
+        header.get("CompressedData", "False") == "False"
+        and header.get("BinaryData", "True") == "True"
+        and header.get("HeaderSize", "0") == "0"
+    )
+    if not source or source == "LIST" or "%" in source or size is None or not plain:
+        return
+    try:
+        count = int(np.prod([int(v) for v in header.get("DimSize", "").split()], dtype=np.int64))
+        count *= int(header.get("ElementNumberOfChannels", "1"))
+    except ValueError:
+        return  # ITK reports the malformed header
+    data = path if source == "LOCAL" else path.parent / source
+    try:
+        available = data.stat().st_size - (offset if source == "LOCAL" else 0)
+    except OSError as exc:
+        raise _fail(path, f"data file {source} cannot be read", exc) from exc
+    if available < count * size:
+        raise _fail(data, f"corrupt or truncated: {available} bytes of image data, the header declares {count * size}")
+
+
 def _read_sitk(path: Path, orientation: str, max_pixels: int) -> LoadedImage:
     sitk = _require("SimpleITK", path)
     reader = sitk.ImageFileReader()
@@ -579,6 +682,8 @@ def _read_sitk(path: Path, orientation: str, max_pixels: int) -> LoadedImage:
     if n_comp != 1:
         raise _fail(path, f"has {n_comp} components per pixel; only scalar images are supported")
     _check_pixels(path, size, max_pixels)
+    if file_extension(path) in (".mha", ".mhd"):
+        _check_metaimage_size(path)
     try:
         img = reader.Execute()
         arr = sitk.GetArrayFromImage(img)  # reversed index order: (z,) y, x
@@ -636,7 +741,8 @@ def read_image(
     Raises:
         InputError: missing, empty, unsupported, corrupt or truncated file; wrong
             dimensionality (1-D, 4-D with several volumes, vector pixels); NaN/Inf values;
-            empty or oversized arrays. The one-line message names the file.
+            empty or oversized arrays, or slices less than :data:`MIN_SIDE` pixels high or
+            wide. The one-line message names the file.
     """
     path = Path(path)
     if orientation not in _ORIENTATIONS:
@@ -655,6 +761,9 @@ def read_image(
         loaded = _read_h5(path, max_pixels)
     else:
         loaded = _read_sitk(path, orientation, max_pixels)
+    height, width = loaded.label_shape[-2:]
+    if min(height, width) < MIN_SIDE:
+        raise _fail(path, f"image is {height} x {width} pixels (H x W); at least {MIN_SIDE} x {MIN_SIDE} is needed")
     logger.debug(
         "read %s: %s %s, spacing %s, orientation %s",
         path, loaded.kind, loaded.array.shape, loaded.spacing, loaded.orientation,
@@ -683,7 +792,7 @@ def list_inputs(path: str | os.PathLike[str]) -> list[Path]:
             folder without any supported file.
     """
     path = Path(path)
-    if not path.exists():
+    if not path_exists(path):
         raise InputError(f"{path}: input not found")
     if path.is_file():
         ext = file_extension(path)

@@ -4,8 +4,19 @@ During warm-up the block is plain non-local attention ``x + o(softmax(t q^T) v)`
 every position also reads the memory block of its nearest prototype:
 ``x + o(r_mem + r_ctx)``.  The bank (see :mod:`simmpnet.models.memory`) is updated from the
 momentum keys in training mode only; evaluation never changes the block.
+
+The memory changes in two phases.  A training forward only *records* the change it asks for
+(the warm-up write of the ``phi`` features, or the update from the momentum keys together with
+the next momentum key weight); :meth:`DMWLA.commit_memory` applies it.  Training code calls
+``commit_memory()`` once the loss of the step is known to be finite (the trainer does, after
+the optimiser step), so that a NaN or Inf step never reaches the bank.  A forward whose change
+is not committed (a skipped step) is simply replaced by the next training forward, and
+:meth:`DMWLA.discard_memory` drops it at once; nothing is ever applied twice.
 """
 from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +25,11 @@ from torch import nn
 from ..errors import InputError
 from .memory import PrototypeMemory
 
-__all__ = ["DMWLA"]
+__all__ = ["DMWLA", "Gather"]
+
+#: Concatenates a tensor of every process along dim 0, in rank order (distributed training);
+#: ``None`` means one process.
+Gather = Callable[[torch.Tensor], torch.Tensor]
 
 
 class DMWLA(nn.Module):
@@ -33,6 +48,10 @@ class DMWLA(nn.Module):
 
     Shapes:
         input and output ``(B, ch, H, W)``.
+
+    A training forward leaves the memory untouched and records the change it asks for;
+    training code must call :meth:`commit_memory` after each optimisation step (the trainer
+    does), or the bank is never written.  Evaluation forwards record nothing.
     """
 
     key_weight: torch.Tensor
@@ -69,6 +88,9 @@ class DMWLA(nn.Module):
             memory_momentum=memory_momentum,
             update_count=update_count,
         )
+        # The change recorded by the last training forward and not yet committed (not state:
+        # never saved, never moved by .to()).
+        self._pending: dict | None = None
 
     @property
     def in_warmup(self) -> bool:
@@ -102,16 +124,85 @@ class DMWLA(nn.Module):
         ).squeeze(1)
         if self.memory.in_warmup:
             if self.training:
-                self.memory.warmup_write(q.detach())
+                self._record({"kind": "warmup", "features": q.detach()})
             read = context
         else:
             read = context + self.memory.read(t.reshape(b * h * w, -1)).view(b, h * w, -1)
             if self.training:
-                self._update_memory(x)
+                self._record_update(x)
         return x + self.o(read.transpose(1, 2).reshape(b, -1, h, w))
 
+    # ------------------------------------------------------------ memory commit
+    @property
+    def has_pending_memory(self) -> bool:
+        """True when a training forward recorded a memory change that is not committed yet."""
+        return self._pending is not None
+
+    def _record(self, pending: dict) -> None:
+        if self._pending is not None:
+            warnings.warn(
+                "DMW-LA: a training forward replaced a memory change that was never committed; "
+                "call model.commit_memory() after each optimisation step (model.discard_memory() "
+                "drops a change on purpose)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        self._pending = pending
+
     @torch.no_grad()
-    def _update_memory(self, x: torch.Tensor) -> None:
-        keys = F.conv2d(x.detach(), self.key_weight.to(x.dtype)).flatten(2).transpose(1, 2)
-        self.memory.update(keys.reshape(-1, self.feature_dim).float())
-        self.key_weight.mul_(self.key_momentum).add_(self.phi.weight.detach(), alpha=1.0 - self.key_momentum)
+    def _record_update(self, x: torch.Tensor) -> None:
+        # The keys are computed at commit time from the block input (which autograd keeps
+        # alive anyway) under the autocast state of this forward; the next momentum key
+        # weight is computed now, from the phi weight of this forward.
+        device_type = x.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        next_key = self.key_weight.mul(self.key_momentum).add_(self.phi.weight.detach(), alpha=1.0 - self.key_momentum)
+        self._record(
+            {
+                "kind": "update",
+                "input": x.detach(),
+                "version": x._version,
+                "autocast": (device_type, torch.get_autocast_dtype(device_type) if autocast else None),
+                "next_key": next_key,
+            }
+        )
+
+    def discard_memory(self) -> None:
+        """Drop the memory change recorded by the last training forward without applying it."""
+        self._pending = None
+
+    @torch.no_grad()
+    def commit_memory(self, gather: Gather | None = None) -> bool:
+        """Apply the memory change recorded by the last training forward; returns whether
+        there was one.
+
+        Warm-up: random ``phi`` columns of the batch are written into random slots (and the
+        k-means start runs after the last warm-up step).  After warm-up: the bank is updated
+        from the momentum keys ``phi_k(x)`` of the batch, then ``phi_k`` takes its momentum step
+        towards the ``phi`` weight *of that forward* (the optimiser may have moved ``phi``
+        since).  ``gather`` (distributed training) concatenates the candidate features of all
+        processes in rank order, so every process applies the same change to the same bank.
+        """
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return False
+        if pending["kind"] == "warmup":
+            if not self.memory.in_warmup:  # end_warmup() ran since the forward
+                return False
+            features = pending["features"]
+            if gather is not None:
+                features = gather(features.contiguous())
+            self.memory.warmup_write(features)
+            return True
+        x = pending["input"]
+        if x._version != pending["version"]:
+            raise RuntimeError("DMW-LA: the block input was modified in place before commit_memory()")
+        device_type, dtype = pending["autocast"]
+        with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+            keys = F.conv2d(x, self.key_weight.to(x.dtype)).flatten(2).transpose(1, 2)
+        keys = keys.reshape(-1, self.feature_dim).float()
+        if gather is not None:
+            keys = gather(keys.contiguous())
+        self.memory.update(keys)
+        self.key_weight.copy_(pending["next_key"])
+        return True

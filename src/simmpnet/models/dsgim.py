@@ -51,7 +51,8 @@ def coherent_window_mask(x: torch.Tensor, window: int, top: int) -> torch.Tensor
     trace = unit.square().sum((-1, -2))
     score = (total + trace) / 2
     chosen = score.topk(min(top, rows * cols), dim=1).indices
-    selected = torch.zeros_like(score, dtype=torch.bool).scatter_(1, chosen, True)
+    # A tensor source (not the scalar True) keeps torch.jit.trace / the ONNX exporter happy.
+    selected = torch.zeros_like(score, dtype=torch.bool).scatter(1, chosen, torch.ones_like(chosen, dtype=torch.bool))
     grid = selected.view(b, rows, cols).repeat_interleave(window, 1).repeat_interleave(window, 2)
     return grid[:, :h, :w]
 

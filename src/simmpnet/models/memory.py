@@ -4,7 +4,8 @@ The bank keeps, for each of ``num_k`` categories, a block of ``pool_size`` remem
 vectors (the "similarity memory prior") and a prototype per category.  Everything it knows lives
 in buffers, so it is saved in ``state_dict`` and follows ``.to()``.  It changes only through
 :meth:`PrototypeMemory.warmup_write`, :meth:`PrototypeMemory.initialise_from_kmeans` and
-:meth:`PrototypeMemory.update`, which the attention block calls in training mode only.
+:meth:`PrototypeMemory.update`, which the attention block calls in training mode only, from
+:meth:`simmpnet.models.dmwla.DMWLA.commit_memory` (after the step's loss proved finite).
 
 Nothing here loops in Python over categories, samples or positions: categories are handled by
 sorting positions by category and working on fixed-size chunks of one category each.
@@ -21,6 +22,16 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 __all__ = ["PrototypeMemory", "kmeans"]
+
+
+def _tracing() -> bool:
+    """True inside ``torch.jit.trace``, ``torch.onnx.export``, ``torch.export`` or ``torch.compile``."""
+    return bool(
+        torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+    )
 
 
 @torch.no_grad()
@@ -232,16 +243,23 @@ class PrototypeMemory(nn.Module):
             protos = F.normalize(self.prototypes.float(), dim=0)
             return (queries.detach().float() @ protos).argmax(1)
 
-    def read(self, queries: torch.Tensor) -> torch.Tensor:
+    def read(self, queries: torch.Tensor, dense: bool | None = None) -> torch.Tensor:
         """Memory read: each query attends (softmax of dot products, no scale) over the ``P``
         slots of its own category.
 
         Args:
             queries: ``(R, d)`` (the ``theta`` projection of every position of the batch).
+            dense: use :meth:`read_dense` (static shapes) instead of the chunked read.  ``None``
+                (default): dense while tracing, exporting or compiling (``torch.jit.trace``,
+                ``torch.onnx.export``, ``torch.export``, ``torch.compile``), chunked otherwise.
 
         Returns:
             ``(R, d)``: ``softmax(q . M_c) M_c^T`` row by row; differentiable w.r.t. ``queries``.
         """
+        if dense is None:
+            dense = _tracing()
+        if dense:
+            return self.read_dense(queries)
         rows, d = queries.shape
         category = self.assign(queries)
         counts = torch.bincount(category, minlength=self.num_k)
@@ -268,6 +286,22 @@ class PrototypeMemory(nn.Module):
         slots = blocks[chunk_cat].to(queries.dtype)  # (n_chunks, P, d)
         weights = torch.softmax(padded.view(n_chunks, chunk, d) @ slots.transpose(1, 2), dim=-1)
         return (weights @ slots).reshape(n_chunks * chunk, d)[destination]
+
+    def read_dense(self, queries: torch.Tensor) -> torch.Tensor:
+        """The same read as :meth:`read` with static shapes only, for exporters and compilers.
+
+        Scores against all ``num_k * P`` slots, a softmax within each category's block, the
+        blocks of the other categories zeroed by a one-hot mask, then one matmul with the bank.
+        It costs ``num_k`` times the multiply-adds of the chunked read (no bincount, no
+        data-dependent chunk count), and holds an ``(R, num_k * P)`` weight matrix.
+        """
+        rows, d = queries.shape
+        category = self.assign(queries)
+        bank = self.bank.to(queries.dtype)  # (d, num_k * P)
+        scores = (queries @ bank).view(rows, self.num_k, self.pool_size)
+        mask = F.one_hot(category, self.num_k).to(queries.dtype).unsqueeze(-1)  # (R, num_k, 1)
+        weights = torch.softmax(scores, dim=-1) * mask
+        return weights.view(rows, self.num_k * self.pool_size) @ bank.t()
 
     # ------------------------------------------------------------------- update
     @torch.no_grad()

@@ -17,7 +17,7 @@ from torch import nn
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import CheckpointError, InputError
 from .decoder import MemoryDecoder
-from .dmwla import DMWLA
+from .dmwla import DMWLA, Gather
 from .dsgim import DSGIM, decay_coefficient
 from .encoders import MaxViTEncoder, MemoryEncoder, resize
 
@@ -153,6 +153,10 @@ class SimMPNet(nn.Module):
         ``train()`` mode: a tuple of four ``(B, n_classes, H, W)`` head logits (deepest head
         first).  ``eval()`` mode: their sum, one ``(B, n_classes, H, W)`` tensor.
 
+    Training: a ``train()`` forward only records the memory changes of the DMW-LA blocks;
+    call :meth:`commit_memory` after each optimisation step (``loss.backward();
+    optimizer.step(); model.commit_memory()``), as :class:`simmpnet.training.Trainer` does.
+
     Example:
         >>> model = SimMPNet.from_variant("tiny", n_classes=9)
         >>> model.eval()(torch.randn(1, 1, 128, 128)).shape
@@ -263,6 +267,23 @@ class SimMPNet(nn.Module):
         for block in self.dmwla_blocks():
             if block.in_warmup:
                 block.end_warmup()
+
+    def commit_memory(self, gather: Gather | None = None) -> int:
+        """Apply the memory changes recorded by the last training forward (warm-up writes,
+        k-means start, bank updates, momentum keys); returns how many blocks changed.
+
+        A training forward never writes the memory banks itself: training code calls this
+        after each optimisation step whose loss was finite (the trainer does), so that a NaN
+        or Inf step never reaches the banks.  ``gather`` (distributed training) concatenates
+        a tensor of every process in rank order, see :mod:`simmpnet.training.distributed`.
+        Blocks are committed in the order the forward ran them.
+        """
+        return sum(block.commit_memory(gather) for block in self.dmwla_blocks())
+
+    def discard_memory(self) -> None:
+        """Drop the memory changes recorded by the last training forward (a skipped step)."""
+        for block in self.dmwla_blocks():
+            block.discard_memory()
 
     def parameter_breakdown(self) -> dict[str, int]:
         """Trainable-parameter counts per part (input stem and gate count with encoder A)."""

@@ -1,16 +1,23 @@
 """The paper's losses: soft Dice, ``0.3 CE + 0.7 Dice``, and the "MUTATION" deep supervision
-over every non-empty subset of the head outputs (SPEC section 5)."""
+over every non-empty subset of the head outputs (SPEC section 5).
+
+The Dice is taken over the whole batch: its sufficient statistics (per class, the sums of
+``p t`` and of ``p + t``) are summed over the batch before the ratio is formed.  In
+distributed training a ``reduce`` function (an autograd-aware all-reduce, see
+:mod:`simmpnet.training.distributed`) sums them over the processes too, so every process
+computes the Dice of the global batch, as one process would.
+"""
 from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SoftDiceLoss", "CEDiceLoss", "DeepSupervisionLoss"]
+__all__ = ["SoftDiceLoss", "CEDiceLoss", "DeepSupervisionLoss", "Reduce"]
 
 
 def one_hot(target: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -18,38 +25,59 @@ def one_hot(target: torch.Tensor, n_classes: int) -> torch.Tensor:
     return F.one_hot(target, n_classes).permute(0, 3, 1, 2).float()
 
 
+#: Sums a tensor over the processes of a distributed run (autograd-aware); None: one process.
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
 class SoftDiceLoss(nn.Module):
     """``1 - mean_c (2 |p_c t_c| + eps) / (|p_c| + |t_c| + eps)`` over all classes, background
-    included, with ``p = softmax(logits)`` and the sums taken over the whole batch.
+    included, with ``p = softmax(logits)`` and the sums taken over the whole batch (over the
+    global batch of all processes when ``reduce`` is given).
 
     Shapes: logits ``(B, C, H, W)``, target ``(B, H, W)`` int64.
     """
 
-    def __init__(self, smooth: float = 1e-5) -> None:
+    def __init__(self, smooth: float = 1e-5, reduce: Reduce | None = None) -> None:
         super().__init__()
         self.smooth = smooth
+        self.reduce = reduce
 
-    def forward(
+    def statistics(
         self, logits: torch.Tensor, target: torch.Tensor, onehot: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``onehot`` (B, C, H, W) may be passed in when the same target is scored many times."""
+        """``(2, C)``: per class the batch sums of ``p t`` and of ``p + t`` (not reduced)."""
         probs = torch.softmax(logits.float(), dim=1)
         if onehot is None:
             onehot = one_hot(target, logits.shape[1])
         dims = (0, 2, 3)
         intersection = (probs * onehot).sum(dims)
         denominator = probs.sum(dims) + onehot.sum(dims)
+        return torch.stack([intersection, denominator])
+
+    def from_statistics(self, stats: torch.Tensor) -> torch.Tensor:
+        """The loss from (already reduced) :meth:`statistics`."""
+        intersection, denominator = stats[0], stats[1]
         return 1.0 - ((2.0 * intersection + self.smooth) / (denominator + self.smooth)).mean()
+
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, onehot: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``onehot`` (B, C, H, W) may be passed in when the same target is scored many times."""
+        stats = self.statistics(logits, target, onehot)
+        if self.reduce is not None:
+            stats = self.reduce(stats)
+        return self.from_statistics(stats)
 
 
 class CEDiceLoss(nn.Module):
-    """``ce_weight * CE + dice_weight * Dice`` (paper: 0.3 / 0.7)."""
+    """``ce_weight * CE + dice_weight * Dice`` (paper: 0.3 / 0.7).  The CE is the mean over
+    this process's pixels; the Dice is that of the global batch when ``reduce`` is given."""
 
-    def __init__(self, ce_weight: float = 0.3, dice_weight: float = 0.7) -> None:
+    def __init__(self, ce_weight: float = 0.3, dice_weight: float = 0.7, reduce: Reduce | None = None) -> None:
         super().__init__()
         self.ce_weight = ce_weight
         self.dice_weight = dice_weight
-        self.dice = SoftDiceLoss()
+        self.dice = SoftDiceLoss(reduce=reduce)
 
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, onehot: torch.Tensor | None = None
@@ -63,21 +91,47 @@ class DeepSupervisionLoss(nn.Module):
     (15 subsets for 4 heads).  A single tensor (a network with one head) is scored as is.
 
     Args:
-        criterion: the loss applied to each subset (default ``CEDiceLoss()``).
+        criterion: the loss applied to each subset (default ``CEDiceLoss(reduce=reduce)``).
+        reduce: distributed training: sums the Dice statistics over the processes (one
+            collective for all subsets).  Each process's loss is then ``0.3 * local CE +
+            0.7 * global Dice``; their mean is the loss of the global batch, and because the
+            backward of an all-reduce sums the gradients of all processes, DDP's averaging of
+            the gradients yields exactly the gradient of the global-batch loss.
     """
 
-    def __init__(self, criterion: nn.Module | None = None) -> None:
+    def __init__(self, criterion: nn.Module | None = None, reduce: Reduce | None = None) -> None:
         super().__init__()
-        self.criterion = criterion or CEDiceLoss()
+        if criterion is not None and reduce is not None:
+            raise ValueError("give reduce to the criterion, or no criterion")
+        self.criterion = criterion or CEDiceLoss(reduce=reduce)
 
     def forward(self, heads: Sequence[torch.Tensor] | torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if isinstance(heads, torch.Tensor):
             return self.criterion(heads, target)
         heads = list(heads)
-        extra = {"onehot": one_hot(target, heads[0].shape[1])} if isinstance(self.criterion, CEDiceLoss) else {}
+        subsets = (
+            # a running sum, not torch.stack: no copy of all the heads per subset
+            functools.reduce(torch.add, subset)
+            for size in range(1, len(heads) + 1)
+            for subset in itertools.combinations(heads, size)
+        )
+        if not isinstance(self.criterion, CEDiceLoss):
+            total = heads[0].new_zeros((), dtype=torch.float32)
+            for logits in subsets:
+                total = total + self.criterion(logits, target)
+            return total
+        # CE and the Dice statistics of every subset first; the statistics of all subsets are
+        # then reduced over the processes in one collective.
+        criterion, dice = self.criterion, self.criterion.dice
+        onehot = one_hot(target, heads[0].shape[1])
+        ces, stats = [], []
+        for logits in subsets:
+            ces.append(F.cross_entropy(logits.float(), target))
+            stats.append(dice.statistics(logits, target, onehot))
+        reduced = torch.stack(stats)
+        if dice.reduce is not None:
+            reduced = dice.reduce(reduced)
         total = heads[0].new_zeros((), dtype=torch.float32)
-        for size in range(1, len(heads) + 1):
-            for subset in itertools.combinations(heads, size):
-                # a running sum, not torch.stack: no copy of all the heads per subset
-                total = total + self.criterion(functools.reduce(torch.add, subset), target, **extra)
+        for ce, subset_stats in zip(ces, reduced):
+            total = total + (criterion.ce_weight * ce + criterion.dice_weight * dice.from_statistics(subset_stats))
         return total

@@ -41,6 +41,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ...errors import InputError
+from ..io import path_exists
 from . import Layout, register_layout
 from .synapse import IMAGE_KEYS, LABEL_KEYS, load_npz_slice, read_list_file, validate_pair
 
@@ -81,7 +82,7 @@ def load_npz_volume(
         InputError: missing or corrupt file, missing keys, bad spacing, or any check of
             :func:`simmpnet.data.layouts.synapse.validate_pair`.
     """
-    if not path.is_file():
+    if not path_exists(path) or not path.is_file():
         raise InputError(f"{path}: volume file not found")
     try:
         with np.load(path, allow_pickle=False) as data:

@@ -59,7 +59,16 @@ from torch.utils.data import Dataset
 
 from simmpnet.errors import InputError
 
-from ..io import IMAGE2D_EXTENSIONS, MAX_PIXELS, atomic_write, file_extension, read_image
+from ..io import (
+    IMAGE2D_EXTENSIONS,
+    MAX_PIXELS,
+    MIN_SIDE,
+    atomic_write,
+    escapes_folder,
+    file_extension,
+    path_exists,
+    read_image,
+)
 from ..transforms import to_tensors
 from . import Layout, register_layout
 
@@ -161,7 +170,7 @@ def _open_picture(path: Path, max_pixels: int = MAX_PIXELS, reduced: bool = Fals
     """
     from PIL import Image, UnidentifiedImageError
 
-    if not path.is_file():
+    if not path_exists(path) or not path.is_file():
         raise InputError(f"{path}: file not found")
     try:
         if path.stat().st_size == 0:
@@ -172,13 +181,15 @@ def _open_picture(path: Path, max_pixels: int = MAX_PIXELS, reduced: bool = Fals
     except InputError:
         raise
     except Image.DecompressionBombError as exc:
-        raise InputError(f"{path}: declares too many pixels; refused before decoding") from exc
+        raise InputError(f"{path}: declares too many pixels (over the decompression-bomb limit); refused before decoding") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InputError(_one_line(f"{path}: not a readable picture ({type(exc).__name__}: {exc})")) from exc
     try:
         width, height = im.size
         if width * height == 0:
             raise InputError(f"{path}: picture is empty ({width} x {height})")
+        if min(width, height) < MIN_SIDE:
+            raise InputError(f"{path}: picture is {height} x {width} pixels (H x W); at least {MIN_SIDE} x {MIN_SIDE} is needed")
         if width * height > max_pixels:
             raise InputError(f"{path}: {width} x {height} pixels is more than the limit of {max_pixels}")
         frames = int(getattr(im, "n_frames", 1) or 1)
@@ -198,17 +209,25 @@ def _open_picture(path: Path, max_pixels: int = MAX_PIXELS, reduced: bool = Fals
 
 def picture_shape(path: Path) -> tuple[int, int]:
     """``(H, W)`` of a picture, after decoding it (so truncated files are found); JPEGs are
-    decoded at 1/8 scale, which reads all their data at a fraction of the cost."""
+    decoded at 1/8 scale, which reads all their data at a fraction of the cost.
+
+    Raises:
+        InputError: what :func:`_open_picture` refuses, and floating-point pictures holding
+            NaN or infinite values (the only kind that can).
+    """
     from PIL import Image
 
     size: tuple[int, int] | None = None
     try:
-        with Image.open(path) as header:
-            size = header.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as header:
+                size = header.size
     except Exception:  # _open_picture below reports the problem with its own message
         pass
-    with _open_picture(path, reduced=True):
-        pass
+    with _open_picture(path, reduced=True) as im:
+        if im.mode == "F" and not np.isfinite(np.asarray(im)).all():
+            raise InputError(f"{path}: picture holds NaN or infinite values")
     if size is None:  # pragma: no cover - _open_picture has raised already
         raise InputError(f"{path}: not a readable picture")
     width, height = size
@@ -350,7 +369,8 @@ def read_split_file(path: Path) -> dict[str, list[str]]:
     Entries may carry a picture extension (``ISIC_0000000.jpg``), which is removed.
 
     Raises:
-        InputError: missing file, invalid JSON, or not a mapping of names to lists of strings.
+        InputError: missing file, invalid JSON, not a mapping of names to lists of strings, or
+            an entry that is a path leaving the dataset folder (``../x``, ``/etc/x``).
     """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -366,6 +386,9 @@ def read_split_file(path: Path) -> dict[str, list[str]]:
     for name, ids in data.items():
         if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
             raise InputError(f"{path}: split {name!r} must be a list of image ids (strings)")
+        outside = next((i for i in ids if escapes_folder(i)), None)
+        if outside is not None:
+            raise InputError(f"{path}: split {name!r} entry {outside!r} points outside the dataset folder; refused")
         splits[str(name)] = [_entry_id(i) for i in ids]
     return splits
 
@@ -740,8 +763,9 @@ class Folder2DLayout(PictureLayout):
     """A plain folder of pictures and class-id masks (see the module docstring).
 
     Options (besides ``seed``, ``split_file``, ``fractions``):
-        images_dir: folder of the pictures, relative to the root (default ``images``).
-        masks_dir: folder of the masks (default ``masks``).
+        images_dir: folder of the pictures, relative to the root (default ``images``); one
+            outside the root (``..``, absolute) is refused.
+        masks_dir: folder of the masks (default ``masks``), likewise inside the root.
         mask_suffix: suffix (or list of suffixes) after the image's name in mask names;
             default any of ``_segmentation``, ``_labels``, ``_label``, ``_mask``, ``_seg``,
             ``_gt``. The exact image name is always accepted.
@@ -761,6 +785,9 @@ class Folder2DLayout(PictureLayout):
             self.n_classes = int(self.description["n_classes"])
         if self.n_classes is not None and self.n_classes < 1:
             raise InputError(f"n_classes must be positive, got {self.n_classes}")
+        for key in ("images_dir", "masks_dir"):
+            if key in options and escapes_folder(str(options[key])):
+                raise InputError(f"{self.root}: option {key}={options[key]!r} points outside the dataset folder; refused")
         self.images_dir = self.root / str(options.get("images_dir", "images"))
         self.masks_dir = self.root / str(options.get("masks_dir", "masks"))
         suffix = options.get("mask_suffix")
@@ -934,7 +961,8 @@ def export_folder2d(layout: PictureLayout, out_dir: str | os.PathLike, size: Any
         try:
             image, label = layout.load_pair_uint8(name)
         except InputError as err:
-            logger.error("%s", err)
+            # reported in the error raised below (the first one) and by `simmpnet verify` (all)
+            logger.info("skipped: %s", err)
             problems.append(str(err))
             continue
         if target is not None and image.shape[:2] != target:
@@ -948,7 +976,7 @@ def export_folder2d(layout: PictureLayout, out_dir: str | os.PathLike, size: Any
     if problems:
         raise InputError(
             f"{_first_problem(problems)}; {len(names) - len(problems)} of {len(names)} pictures converted, "
-            f"{out / DATASET_FILE} not written"
+            f"{DATASET_FILE} not written"
         )
     _write_json(splits, out / SPLIT_FILE)
     class_names = list(layout.class_names) if layout.class_names else None

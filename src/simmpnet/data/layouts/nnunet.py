@@ -57,7 +57,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ...errors import InputError
-from ..io import atomic_write, file_extension, read_image
+from ..io import atomic_write, escapes_folder, file_extension, read_image
 from ..transforms import normalise_percentile
 from . import Layout, register_layout
 
@@ -165,6 +165,22 @@ def _fmt(values: Any) -> str:
     values = [int(v) for v in values]
     shown = ", ".join(str(v) for v in values[:10])
     return f"[{shown}{', ...' if len(values) > 10 else ''}]"
+
+
+def _outside_paths(path: Path, meta: dict[str, Any]) -> list[str]:
+    """Problems for file paths of a (v1) dataset.json -- ``training: [{image, label}]``,
+    ``test: [...]`` -- that leave the dataset folder.  This reader finds the files itself and
+    never opens those paths, but a description pointing elsewhere is not to be trusted."""
+    entries: list[Any] = []
+    for key in ("training", "test"):
+        value = meta.get(key)
+        if isinstance(value, list):
+            for item in value:
+                entries += list(item.values()) if isinstance(item, dict) else [item]
+    outside = [e for e in entries if isinstance(e, str) and escapes_folder(e)]
+    if not outside:
+        return []
+    return [f"{path}: file entry {outside[0]!r} points outside the dataset folder; refused"]
 
 
 @dataclass(frozen=True)
@@ -536,6 +552,7 @@ class NnUNetLayout(Layout):
         if meta is not None:
             labels, label_problems = self._parse_labels(meta)
             problems += label_problems
+            problems += _outside_paths(self.root / "dataset.json", meta)
             channels = meta.get("channel_names", meta.get("modality"))
             if isinstance(channels, dict) and len(channels) > 1:
                 problems.append(
@@ -643,6 +660,9 @@ class NnUNetLayout(Layout):
         if not isinstance(entry, dict) or not all(isinstance(entry.get(k), list) for k in ("train", "val")):
             raise InputError(f"{path}: fold {self.fold} must have 'train' and 'val' lists of case ids")
         train, val = [str(c) for c in entry["train"]], [str(c) for c in entry["val"]]
+        outside = next((c for c in train + val if escapes_folder(c)), None)
+        if outside is not None:
+            raise InputError(f"{path}: fold {self.fold} entry {outside!r} points outside the dataset folder; refused")
         known = set(self.case_ids())
         unknown = [c for c in train + val if c not in known]
         if unknown:

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from simmpnet.errors import InputError
 
+from ..io import MIN_SIDE, escapes_folder, path_exists
 from . import Layout, register_layout
 
 logger = logging.getLogger(__name__)
@@ -70,10 +71,9 @@ def read_list_file(list_file: Path, data_dir: Path, suffix: str) -> list[tuple[s
         entry = raw.strip()
         if not entry or entry.startswith("#"):
             continue
-        rel = Path(entry)
-        if rel.is_absolute() or ".." in rel.parts or "\x00" in entry:
+        if escapes_folder(entry):
             raise InputError(
-                f"{list_file}: line {lineno} entry {entry!r} points outside {data_dir}"
+                f"{list_file}: line {lineno} entry {entry!r} points outside {data_dir}; refused"
             )
         name = entry[: -len(suffix)] if entry.endswith(suffix) else entry
         entries.append((name, data_dir / f"{name}{suffix}"))
@@ -100,8 +100,8 @@ def validate_pair(
         n_classes: when given, labels must lie in ``0 .. n_classes - 1``.
 
     Raises:
-        InputError: wrong dimensions, shape mismatch, non-numeric data, NaN/Inf in the
-            image, non-integer, negative or too large labels.
+        InputError: wrong dimensions, shape mismatch, non-numeric data, slices smaller than
+            ``MIN_SIDE`` pixels, NaN/Inf in the image, non-integer, negative or too large labels.
     """
     if image.dtype.kind not in "biuf" or label.dtype.kind not in "biuf":
         raise InputError(f"{path}: image and label must be numeric (got {image.dtype}, {label.dtype})")
@@ -111,6 +111,8 @@ def validate_pair(
         raise InputError(f"{path}: image shape {image.shape} does not match label shape {label.shape}")
     if image.size == 0:
         raise InputError(f"{path}: empty image of shape {image.shape}")
+    if min(image.shape[-2:]) < MIN_SIDE:
+        raise InputError(f"{path}: slices of {image.shape[-2]} x {image.shape[-1]} pixels; at least {MIN_SIDE} x {MIN_SIDE} is needed")
     img = np.asarray(image, dtype=np.float32)
     if not np.isfinite(img).all():
         raise InputError(f"{path}: image holds NaN or Inf values")
@@ -142,7 +144,7 @@ def load_npz_slice(path: Path, n_classes: int | None = None) -> tuple[np.ndarray
     Raises:
         InputError: missing or corrupt file, missing keys, or any check of :func:`validate_pair`.
     """
-    if not path.is_file():
+    if not path_exists(path) or not path.is_file():
         raise InputError(f"{path}: slice file not found")
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -174,7 +176,7 @@ def load_h5_volume(
     """
     import h5py
 
-    if not path.is_file():
+    if not path_exists(path) or not path.is_file():
         raise InputError(f"{path}: volume file not found")
     try:
         with h5py.File(path, "r") as f:

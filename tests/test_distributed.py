@@ -1,0 +1,156 @@
+"""Distributed data-parallel training on the CPU: two real processes (gloo) against one.
+
+How close two runs can stay: the gradients of a step agree to float rounding (~1e-5
+relative), but training amplifies rounding.  Adam turns the noise-level gradients of the
+parameters the loss does not depend on (biases before BatchNorm, per-head biases before a
+softmax) into steps of +-lr in random directions, and the argmax/top-K decisions of DMW-LA
+(category of each position, slots rewritten) flip on near-ties.  The trajectories of two
+single-process runs from states that differ only by rounding part by ~1e-3 after a few steps
+at lr 1e-3.  So the gradients are compared at the first step, and the trajectory at a learning
+rate (1e-6) where rounding stays below the tolerance.
+"""
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from conftest import small_train_config
+
+from simmpnet.errors import InputError
+from simmpnet.training import TrainConfig, Trainer
+from simmpnet.training.distributed import shard_batches
+
+STEPS_DDP, STEPS_ALL = 6, 8
+
+
+def _config(brain_data, output_dir, **changes):
+    values = small_train_config(
+        brain_data,
+        output_dir,
+        model_overrides={"img_size_a": 64, "img_size_b": 56, "depths": [1, 1, 1, 1]},
+        warmup_iters=3,  # k-means after step 3, memory updates in steps 4..
+        lr=1e-6,
+        epochs=10,
+        eval_start_epoch=100,
+        log_every=1,
+        check_data=False,
+        max_steps=STEPS_DDP,
+    )
+    values.update(changes)
+    return values
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, values: dict, out_dir: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world), OMP_NUM_THREADS="1",
+    )
+    torch.set_num_threads(1)
+    trainer = Trainer(TrainConfig.from_dict(values))
+    try:
+        first = _capture_first_gradients(trainer)
+        result = trainer.fit()
+        state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        torch.save({"state": state, "result": result, "grads": first}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        trainer.close()
+
+
+def _capture_first_gradients(trainer) -> dict:
+    """The gradients the optimiser sees at the first step (after DDP's averaging)."""
+    grads: dict = {}
+    step = trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        if not grads:
+            grads.update({n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+    return grads
+
+
+def _step_losses(run_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if r["event"] == "step"}
+
+
+def _memory_keys(state):
+    return [k for k in state if k.endswith(("memory.bank", "memory.prototypes", "memory.warmup_counter",
+                                            "memory.update_count", "key_weight"))]
+
+
+def test_two_processes_match_one_and_resume_with_one(brain_data, tmp_path):
+    torch.set_num_threads(1)
+    # one process, global batch 4, 8 steps
+    single = Trainer(TrainConfig.from_dict(_config(brain_data, tmp_path / "single", max_steps=STEPS_ALL)))
+    reference_grads = _capture_first_gradients(single)
+    single.fit()
+    reference = _step_losses(tmp_path / "single")
+    assert sorted(reference) == list(range(1, STEPS_ALL + 1))
+
+    # two processes, 2 slices each, 6 steps
+    ddp_dir = tmp_path / "ddp"
+    values = _config(brain_data, ddp_dir)
+    mp.spawn(_worker, args=(2, _free_port(), values, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0]["result"]["steps"] == ranks[1]["result"]["steps"] == STEPS_DDP
+    state0, state1 = ranks[0]["state"], ranks[1]["state"]
+    memory = _memory_keys(state0)
+    assert len(memory) == 5 * 8  # 8 DMW-LA blocks (4 in encoder B, 4 in the decoder)
+    for key in state0:  # memory banks, prototypes, counters, key weights, weights, BN statistics
+        assert torch.equal(state0[key], state1[key]), key
+    for key in memory:
+        if key.endswith("warmup_counter"):
+            assert int(state0[key]) == 3  # past the k-means start ...
+        if key.endswith("memory.prototypes"):  # ... and updated since (block means, not unit centroids)
+            assert not torch.allclose(state0[key].norm(dim=0), torch.ones(state0[key].shape[1]))
+
+    # the gradient of the global batch: local CE + all-reduced Dice statistics + SyncBatchNorm
+    grads = ranks[0]["grads"]
+    assert grads.keys() == reference_grads.keys() and len(grads) == len(list(single.model.parameters()))
+    difference = sum((grads[k] - reference_grads[k]).square().sum() for k in grads).sqrt()
+    assert difference <= 1e-4 * sum(g.square().sum() for g in reference_grads.values()).sqrt()
+    for key, value in reference_grads.items():  # parameters the loss depends on
+        if value.norm() > 1e-3:
+            assert (grads[key] - value).norm() <= 1e-3 * value.norm(), key
+
+    # with SyncBatchNorm the loss trajectory is the single-process one.  The loss is the sum
+    # over the 15 head subsets: 1e-4 on the mean subset loss.
+    losses = _step_losses(ddp_dir)
+    assert sorted(losses) == list(range(1, STEPS_DDP + 1))
+    for step, value in losses.items():
+        assert value / 15 == pytest.approx(reference[step] / 15, abs=1e-4), step
+    # rank 0 alone wrote the checkpoint and the log
+    assert sorted(p.name for p in ddp_dir.iterdir()) == ["curves.png", "last.pt", "log.jsonl"]
+
+    # the two-process checkpoint goes on in one process
+    resumed = Trainer(TrainConfig.from_dict(_config(brain_data, ddp_dir, max_steps=STEPS_ALL)))
+    resumed.resume()
+    assert resumed.state["global_step"] == STEPS_DDP
+    for key in memory:
+        assert torch.equal(resumed.model.state_dict()[key], state0[key]), key
+    assert resumed.fit()["steps"] == STEPS_ALL
+    losses = _step_losses(ddp_dir)
+    assert sorted(losses) == list(range(1, STEPS_ALL + 1))
+    for step in range(STEPS_DDP + 1, STEPS_ALL + 1):
+        assert losses[step] / 15 == pytest.approx(reference[step] / 15, abs=1e-4), step
+
+
+def test_global_batch_is_shared_contiguously_and_must_divide(brain_data, tmp_path, monkeypatch):
+    batches = [[5, 1, 7, 3], [0, 2, 6, 4]]
+    shards = [shard_batches(batches, r, 2) for r in range(2)]
+    assert shards == [[[5, 1], [0, 2]], [[7, 3], [6, 4]]]
+    assert [a + b for a, b in zip(*shards)] == batches
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(InputError, match="batch_size 5 is the global batch.*divisible by the 2 processes"):
+        Trainer(TrainConfig.from_dict(_config(brain_data, tmp_path / "x", batch_size=5)))

@@ -1,0 +1,181 @@
+"""Export of the eval network (ONNX, TorchScript), the dense memory read it relies on, and
+torch.compile of the whole network."""
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from simmpnet import SimMPNet
+from simmpnet.cli import main
+from simmpnet.data.transforms import resize_image
+from simmpnet.models.memory import PrototypeMemory
+
+SIZE = 64  # tiny at 64 px (as the training tests): seconds per export
+
+
+def _tiny(seed: int = 0) -> SimMPNet:
+    torch.manual_seed(seed)
+    model = SimMPNet.from_variant("tiny", n_classes=9, img_size_a=SIZE, img_size_b=56)
+    model.end_warmup()  # k-means start: eval forwards read the memory
+    assert not model.in_warmup
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _tiny()
+
+
+@pytest.fixture(scope="module")
+def brain_slices(brain_data):
+    """Real test slices of the demo (every 4th slice of the first test volume, 64 px)."""
+    path = sorted((brain_data / "test_vol_h5").glob("*.h5"))[0]
+    with h5py.File(path, "r") as handle:
+        volume = np.asarray(handle["image"], dtype=np.float32)
+    chosen = volume[:: max(volume.shape[0] // 16, 1)][:16]
+    batch = np.stack([resize_image(s, (SIZE, SIZE)) for s in chosen])[:, None]
+    return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_state(before, model):
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), key
+
+
+# ------------------------------------------------------------------ dense memory read
+@pytest.mark.parametrize("rows, num_k, dim", [(1000, 9, 32), (37, 10, 16), (5, 4, 8)])
+def test_dense_read_equals_chunked_read(rows, num_k, dim):
+    torch.manual_seed(rows)
+    memory = PrototypeMemory(dim, num_k, pool_size=20, warmup_iters=0)
+    memory.bank.normal_()
+    memory.prototypes.normal_()
+    queries = torch.randn(rows, dim, requires_grad=True)
+    chunked = memory.read(queries, dense=False)
+    dense = memory.read(queries, dense=True)
+    torch.testing.assert_close(dense, chunked, rtol=1e-5, atol=1e-5)
+    weights = torch.randn_like(chunked)
+    (grad_chunked,) = torch.autograd.grad((chunked * weights).sum(), queries)
+    (grad_dense,) = torch.autograd.grad((dense * weights).sum(), queries)
+    torch.testing.assert_close(grad_dense, grad_chunked, rtol=1e-4, atol=1e-5)
+    # the default outside tracing/compiling is the chunked read
+    assert torch.equal(memory.read(queries), chunked)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace is deprecated
+def test_dense_read_is_chosen_while_tracing():
+    memory = PrototypeMemory(8, 3, pool_size=5, warmup_iters=0)
+    calls = []
+    original = memory.read_dense
+    memory.read_dense = lambda q: calls.append(1) or original(q)
+    torch.jit.trace(lambda q: memory.read(q), torch.randn(6, 8), check_trace=False)
+    assert calls
+
+
+# ------------------------------------------------------------------------ export
+def test_onnx_export_predicts_the_same_labels_on_real_slices(model, brain_slices, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from simmpnet.export import export_model
+
+    before = _state(model)
+    path = export_model(model, tmp_path / "tiny.onnx", "onnx")
+    _assert_same_state(before, model)
+    assert not model.training
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.onnx"]  # no temporary file left
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        reference = model(brain_slices)
+    got = session.run(None, {"image": brain_slices.numpy()})[0]
+    assert got.shape == tuple(reference.shape) == (len(brain_slices), 9, SIZE, SIZE)
+    agreement = (got.argmax(1) == reference.argmax(1).numpy()).mean()
+    assert agreement >= 0.999, agreement
+    np.testing.assert_allclose(got, reference.numpy(), rtol=1e-3, atol=1e-3)
+    # dynamic batch: one slice alone gives what it gives inside the batch
+    single = session.run(None, {"image": brain_slices[:1].numpy()})[0]
+    np.testing.assert_allclose(single, got[:1], rtol=1e-4, atol=1e-4)
+
+
+def test_torchscript_export_predicts_the_same_labels_on_real_slices(model, brain_slices, tmp_path):
+    from simmpnet.export import check_export, export_model
+
+    before = _state(model)
+    path = export_model(model, tmp_path / "tiny.pt", "torchscript")
+    _assert_same_state(before, model)
+    check = check_export(model, path, "torchscript", x=brain_slices[:5])
+    assert check.label_agreement >= 0.999 and check.max_abs_diff < 1e-3
+
+
+def test_export_writes_atomically(model, tmp_path, monkeypatch):
+    import simmpnet.export as export
+
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"previous")
+
+    def broken(model, example, tmp, *args):
+        Path(tmp).write_bytes(b"half")
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr(export, "_write_onnx", broken)
+    with pytest.raises(RuntimeError, match="exporter crashed"):
+        export.export_model(model, target, "onnx")
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_cli_export_round_trip(model, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    checkpoint = model.save(tmp_path / "model.pt")
+    out = tmp_path / "out" / "model.onnx"
+    assert main(["--quiet", "export", "--checkpoint", str(checkpoint), "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert out.is_file() and "same label for 100" in printed, printed
+
+
+def test_cli_export_bad_checkpoint_is_one_clean_line(tmp_path, capsys):
+    missing = tmp_path / "nope.pt"
+    assert main(["export", "--checkpoint", str(missing), "--output", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "nope.pt" in err and "Traceback" not in err
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    assert main(["export", "--checkpoint", str(garbage), "--output", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "garbage.pt" in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+# ------------------------------------------------------------------ torch.compile
+def test_torch_compile_matches_eager_in_eval_and_training():
+    import copy
+
+    eager = _tiny(seed=1)
+    # timm's relative-position MLP of MaxViT-rmlp has dropout (p=0.125) in training; the
+    # compiled graph draws other random numbers, so switch it off for the comparison.
+    for module in eager.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    compiled_model = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_model, backend="aot_eager", dynamic=False)
+    x = torch.rand(2, 1, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), eager(x), rtol=1e-4, atol=1e-4)
+
+    eager.train()
+    compiled_model.train()
+    expected = eager(x)
+    got = compiled(x)
+    assert len(got) == len(expected) == 4
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    sum(h.mean() for h in got).backward()
+    grads = [p.grad for p in compiled_model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads if g is not None)
+    assert sum(g is not None for g in grads) > 0.9 * len(grads)
