@@ -28,7 +28,7 @@ compare: $(STAMP)
 	$(PY) -m simmpnet compare
 
 bench: $(STAMP)
-	cd benchmarks && ../$(PY) bench_dmwla.py && ../$(PY) bench_model.py
+	cd benchmarks && ../$(PY) bench_dmwla.py && ../$(PY) bench_model.py && ../$(PY) bench_all.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

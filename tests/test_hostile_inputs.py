@@ -296,21 +296,33 @@ def case(builder: Callable[[Env], Hostile]) -> Callable[[Env], Hostile]:
     return builder
 
 
-def _skip_unless_chmod_protects(tmp: Path) -> None:
-    """Skip when ``chmod 000`` does not stop this process from reading (root, os.geteuid()
-    == 0, with its DAC override capability); the cases "a file where a folder is expected"
-    cover unusable folders there."""
+#: Cases that need ``chmod 000`` to stop this process from reading a folder.
+NEEDS_PERMISSIONS = {"predict_input_folder_unreadable", "verify_folder_unreadable"}
+#: Runs a command without root's right to read anything (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH).
+WITHOUT_DAC = [
+    "setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search"
+]
+
+
+def _chmod_protects(tmp: Path) -> bool:
+    """Whether ``chmod 000`` stops this process from reading (not as root with its DAC
+    override capability)."""
     probe = tmp / "probe"
     probe.mkdir()
     probe.chmod(0)
     try:
         os.listdir(probe)
     except PermissionError:
-        return
+        return True
     finally:
         probe.chmod(0o755)
         probe.rmdir()
-    pytest.skip(f"chmod 000 does not stop this process from reading (euid {os.geteuid()})")
+    return False
+
+
+def _run_cli(argv: list[str], prefix: list[str] = ()) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
+    return subprocess.run([*prefix, sys.executable, "-m", "simmpnet", *argv], capture_output=True, text=True, env=env, timeout=120)
 
 
 # -- predict: the input files --------------------------------------------------------------
@@ -477,7 +489,6 @@ def predict_input_below_a_file(env: Env) -> Hostile:
 
 @case
 def predict_input_folder_unreadable(env: Env) -> Hostile:
-    _skip_unless_chmod_protects(env.tmp)
     env.file("inputs/a.png", png_bytes(np.zeros((8, 8), np.uint8)))
     env.lock(env.tmp / "inputs")
     return env.predict(env.tmp / "inputs").expect("inputs", "cannot list")
@@ -959,7 +970,6 @@ def verify_data_missing(env: Env) -> Hostile:
 
 @case
 def verify_folder_unreadable(env: Env) -> Hostile:
-    _skip_unless_chmod_protects(env.tmp)
     data = env.synapse()
     env.lock(data / "train_npz")
     return env.verify(data, "synapse").expect("case0001_slice000.npz", "cannot be read")
@@ -1039,8 +1049,16 @@ def test_hostile_input_ends_in_one_clear_line(name, base, tmp_path, monkeypatch,
         hostile = CASES[name](env)
         before = {p: p.read_bytes() for p in (hostile.out.rglob("*") if hostile.out and hostile.out.is_dir() else []) if p.is_file()}
         capsys.readouterr()
-        code = main(hostile.argv)
-        err = capsys.readouterr().err
+        if name in NEEDS_PERMISSIONS and not _chmod_protects(tmp_path):
+            # Root reads a chmod-000 folder anyway: run the command in a process without
+            # that right (util-linux setpriv), as an ordinary user would meet it.
+            if shutil.which("setpriv") is None:
+                pytest.skip(f"running as euid {os.geteuid()} and setpriv is not installed")
+            done = _run_cli(hostile.argv, WITHOUT_DAC)
+            code, err = done.returncode, done.stderr
+        else:
+            code = main(hostile.argv)
+            err = capsys.readouterr().err
     finally:
         for action in env.undo:
             action()
@@ -1064,8 +1082,7 @@ def test_hostile_input_in_a_real_process(name, base, tmp_path, monkeypatch):
     """The exit code and the one line, for real: what native libraries print to the process's
     stderr (ITK, HDF5, nibabel) counts too."""
     hostile = CASES[name](Env(tmp_path, base, monkeypatch))
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
-    done = subprocess.run([sys.executable, "-m", "simmpnet", *hostile.argv], capture_output=True, text=True, env=env, timeout=120)
+    done = _run_cli(hostile.argv)
     _assert_clean_failure(hostile, done.returncode, done.stderr)
     assert hostile.check() is None, hostile.check()
 
