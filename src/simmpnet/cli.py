@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -145,8 +146,6 @@ def _evaluate(
 
 # ---------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
-    import os
-
     from .training import Trainer
 
     config = _train_config(args, Path(args.config) if args.config else None)
