@@ -179,3 +179,21 @@ def test_torch_compile_matches_eager_in_eval_and_training():
     grads = [p.grad for p in compiled_model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads if g is not None)
     assert sum(g is not None for g in grads) > 0.9 * len(grads)
+    # The memory change recorded by the compiled training forward commits as the eager one.
+    assert compiled_model.commit_memory() == eager.commit_memory() == len(eager.dmwla_blocks())
+    for (name, a), b in zip(eager.state_dict().items(), compiled_model.state_dict().values()):
+        if name.endswith(("memory.bank", "memory.prototypes", "key_weight")):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_torch_compile_has_no_graph_break():
+    """The warm-up state is answered from a Python mirror of the counter and the memory read
+    has a static-shape form under compile: one graph per forward."""
+    model = _tiny(seed=2)
+    x = torch.rand(2, 1, SIZE, SIZE)
+    for mode in ("eval", "train"):
+        getattr(model, mode)()
+        explained = torch._dynamo.explain(model)(x)
+        torch._dynamo.reset()
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    model.discard_memory()

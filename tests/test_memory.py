@@ -142,3 +142,18 @@ def test_update_and_kmeans_run_in_fp32_under_autocast():
         fresh.initialise_from_kmeans()
     control.initialise_from_kmeans()
     assert torch.equal(fresh.bank, control.bank) and torch.equal(fresh.prototypes, control.prototypes)
+
+
+def test_warmup_state_follows_load_state_dict_and_warmup_iters():
+    """``in_warmup`` mirrors the counter buffer (for torch.compile) and must follow every way
+    the counter or the warm-up length changes."""
+    done = PrototypeMemory(8, 3, pool_size=4, warmup_iters=2)
+    done.initialise_from_kmeans()
+    fresh = PrototypeMemory(8, 3, pool_size=4, warmup_iters=2)
+    assert fresh.in_warmup and not done.in_warmup
+    fresh.load_state_dict(done.state_dict())
+    assert not fresh.in_warmup
+    fresh.warmup_iters = 10  # counter 2 < 10: warm-up again
+    assert fresh.in_warmup
+    fresh.load_state_dict(PrototypeMemory(8, 3, pool_size=4, warmup_iters=2).state_dict())
+    assert fresh.in_warmup and int(fresh.warmup_counter) == 0

@@ -161,7 +161,8 @@ class DMWLA(nn.Module):
             {
                 "kind": "update",
                 "input": x.detach(),
-                "version": x._version,
+                # (under torch.compile the tensor's version counter is not the eager one)
+                "version": None if torch.compiler.is_compiling() else x._version,
                 "autocast": (device_type, torch.get_autocast_dtype(device_type) if autocast else None),
                 "next_key": next_key,
             }
@@ -195,7 +196,7 @@ class DMWLA(nn.Module):
             self.memory.warmup_write(features)
             return True
         x = pending["input"]
-        if x._version != pending["version"]:
+        if pending["version"] is not None and x._version != pending["version"]:
             raise RuntimeError("DMW-LA: the block input was modified in place before commit_memory()")
         device_type, dtype = pending["autocast"]
         with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):

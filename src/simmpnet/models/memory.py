@@ -155,7 +155,7 @@ class PrototypeMemory(nn.Module):
         self.feature_dim = feature_dim
         self.num_k = num_k
         self.pool_size = pool_size
-        self.warmup_iters = warmup_iters
+        self._warmup_iters = warmup_iters
         self.memory_momentum = memory_momentum
         self.kmeans_iters = kmeans_iters
         self.kmeans_restarts = kmeans_restarts
@@ -164,6 +164,7 @@ class PrototypeMemory(nn.Module):
         self.register_buffer("prototypes", torch.rand(feature_dim, num_k))
         self.register_buffer("warmup_counter", torch.zeros((), dtype=torch.long))
         self.register_buffer("update_count", torch.tensor(update_count, dtype=torch.long))
+        self._sync_warmup()
 
     def extra_repr(self) -> str:
         return (
@@ -174,7 +175,26 @@ class PrototypeMemory(nn.Module):
     @property
     def in_warmup(self) -> bool:
         """True until ``warmup_iters`` training forwards have run (or :meth:`initialise_from_kmeans`)."""
-        return int(self.warmup_counter) < self.warmup_iters
+        # A Python mirror of the counter buffer, kept in step by every method that changes the
+        # counter and by load_state_dict: torch.compile branches on it without a graph break.
+        return self._warming
+
+    @property
+    def warmup_iters(self) -> int:
+        """``T_w``: training forwards of warm-up."""
+        return self._warmup_iters
+
+    @warmup_iters.setter
+    def warmup_iters(self, value: int) -> None:
+        self._warmup_iters = int(value)
+        self._sync_warmup()
+
+    def _sync_warmup(self) -> None:
+        self._warming = int(self.warmup_counter) < self._warmup_iters
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._sync_warmup()
 
     @property
     def total_slots(self) -> int:
@@ -204,7 +224,8 @@ class PrototypeMemory(nn.Module):
         slots = torch.randperm(self.total_slots, device=device)[:count]
         self.bank[:, slots] = columns[:, picked].to(self.bank.dtype)
         self.warmup_counter += 1
-        if int(self.warmup_counter) == self.warmup_iters:
+        self._sync_warmup()
+        if not self.in_warmup:
             self.initialise_from_kmeans()
 
     @torch.no_grad()
@@ -233,6 +254,7 @@ class PrototypeMemory(nn.Module):
         self.bank.copy_(rebuilt.reshape(self.total_slots, -1).t())
         self.prototypes.copy_(F.normalize(centroids, dim=1).t())
         self.warmup_counter.fill_(max(int(self.warmup_counter), self.warmup_iters))
+        self._sync_warmup()
         sizes = counts.tolist()
         logger.info("memory bank structured by k-means: cluster sizes %s", sizes)
 
