@@ -26,7 +26,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import shlex
 import subprocess
@@ -40,7 +39,7 @@ sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
 
-from harness import median_ms, peak_rss_mb, rss_mb, time_interleaved  # noqa: E402
+from harness import cpu_model, median_ms, peak_rss_mb, rss_mb, time_interleaved  # noqa: E402
 
 BEGIN, END = "<!-- bench_all:begin -->", "<!-- bench_all:end -->"
 N_CLASSES = 9
@@ -54,14 +53,6 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def memory_gib() -> str:
@@ -87,7 +78,6 @@ def ours(variant: str, batch: int, side: int) -> tuple[torch.nn.Module, Callable
     x = torch.rand(batch, 1, side, side)
     y = torch.randint(0, N_CLASSES, (batch, side, side))
     x1 = torch.rand(1, 1, model.config.img_size_a, model.config.img_size_a)
-    commit = getattr(model, "commit_memory", None)  # memory changes are applied after the step
 
     def train_step() -> None:
         model.train()
@@ -95,8 +85,7 @@ def ours(variant: str, batch: int, side: int) -> tuple[torch.nn.Module, Callable
         loss = criterion(model(x), y)
         loss.backward()
         optimiser.step()
-        if commit is not None:
-            commit()
+        model.commit_memory()  # the memory change this step recorded
 
     def eval_forward() -> None:
         model.eval()

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from .data.io import atomic_write
+from .errors import CheckpointError, InputError, one_line
 
 __all__ = ["CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint"]
 
@@ -29,7 +29,8 @@ _REQUIRED_PARTS: dict[str, tuple[str, ...]] = {"simmpnet-train": ("model", "conf
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``obj`` with ``torch.save`` to ``path`` atomically; returns the path.
+    """Write ``obj`` with ``torch.save`` to ``path`` atomically (:func:`atomic_write`);
+    returns the path.
 
     Temporary files that killed earlier writes of ``path`` left behind are removed once the
     new checkpoint is in place.
@@ -39,25 +40,20 @@ def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
             the temporary file is removed and an existing ``path`` is left as it was.
     """
     path = Path(path)
-    tmp: str | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as handle:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
             torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-        tmp = None
-        _remove_stale_temporaries(path)
-    except (OSError, RuntimeError) as err:
+
+    try:
+        atomic_write(path, write)
+    except InputError as err:
         # torch.save reports a failed write to a file object as RuntimeError
+        cause = err.__cause__ or err
         kept = "the previous checkpoint is unchanged" if path.is_file() else "nothing was written"
-        raise CheckpointError(f"{path}: cannot write checkpoint ({_one_line(getattr(err, 'strerror', None) or err)}); {kept}") from err
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        reason = one_line(getattr(cause, "strerror", None) or cause)
+        raise CheckpointError(f"{path}: cannot write checkpoint ({reason}); {kept}") from err
+    _remove_stale_temporaries(path)
     return path
 
 
@@ -69,17 +65,6 @@ def _remove_stale_temporaries(path: Path) -> None:
             stale.unlink()
         except OSError:
             pass  # vanished meanwhile, or not ours to delete: harmless either way
-
-
-def _one_line(text: object) -> str:
-    """A library's message on one line of reasonable length."""
-    return " ".join(str(text).split())[:300]
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
@@ -96,15 +81,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         if "weights only" not in str(err).lower():
-            raise CheckpointError(f"{path}: not a readable checkpoint ({_one_line(err)})") from err
+            raise CheckpointError(f"{path}: not a readable checkpoint ({one_line(err)})") from err
         # torch's message spans several lines; the line naming the refused object is the one to show
         detail = next((line for line in str(err).splitlines() if "GLOBAL" in line or "unsupported" in line), "")
         raise CheckpointError(
             f"{path}: refused, the file holds Python objects other than tensors and plain containers"
-            + (f" ({_one_line(detail)})" if detail else "")
+            + (f" ({one_line(detail)})" if detail else "")
         ) from err
     except Exception as err:  # a hostile file can make the unpickler fail in many ways (KeyError, OSError ...)
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {_one_line(err)})") from err
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {one_line(err)})") from err
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dictionary checkpoint, found {type(obj).__name__}")
     _check_contents(path, obj)

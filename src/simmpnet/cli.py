@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .errors import InputError, SimMPNetError
+from .errors import SimMPNetError, one_line
 
 logger = logging.getLogger("simmpnet")
 
@@ -33,17 +33,6 @@ def _parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
         key, raw = pair.split("=", 1)
         values[key.strip()] = yaml.safe_load(raw)
     return values
-
-
-def _one_line(message: object) -> str:
-    """An error message on one line: messages quoted from libraries may span several."""
-    return " ".join(str(message).split())
-
-
-def _check_output_folder(path: Path) -> None:
-    """Refuse, before any work is done, an output folder that exists as a file."""
-    if path.exists() and not path.is_dir():
-        raise InputError(f"{path}: output exists and is not a folder")
 
 
 def _train_config(args: argparse.Namespace, base: Path | None):
@@ -113,13 +102,14 @@ def _evaluate(
     merged in), metrics.md and overlay pictures.  ``layout_options`` override those the model
     was trained with; ``workers`` processes compute the metrics.  Returns the summary and
     the pictures.  Nothing is written unless every case was scored."""
+    from .data.io import check_output_folder
     from .data.layouts import open_layout
     from .errors import CheckpointError
     from .evaluation.evaluate import evaluate_volumes
     from .evaluation.report import write_json, write_metrics_markdown
     from .training import load_trained_model, resolve_device
 
-    _check_output_folder(out_dir)
+    check_output_folder(out_dir)
     dev = resolve_device(device)
     model, input_size, config = load_trained_model(checkpoint, dev)
     n_classes = getattr(model, "n_classes", None) or config.get("n_classes")
@@ -146,6 +136,7 @@ def _evaluate(
 
 # ---------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
+    from .data.io import check_output_folder
     from .training import Trainer
 
     config = _train_config(args, Path(args.config) if args.config else None)
@@ -159,7 +150,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return launch(args.nproc, args.argv)  # the processes run this command under torchrun
     if int(os.environ.get("RANK", "0")) > 0:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the run
-    _check_output_folder(Path(config.output_dir))
+    check_output_folder(Path(config.output_dir))
     trainer = Trainer(config)
     try:
         if args.resume:
@@ -192,9 +183,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .data.io import check_output_folder
     from .predict import predict_paths
 
-    _check_output_folder(Path(args.output))
+    check_output_folder(Path(args.output))
     written = predict_paths(
         Path(args.checkpoint), Path(args.input), Path(args.output), device=args.device,
         overlay=args.overlay,
@@ -394,13 +386,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SimMPNetError as err:
         if args.debug:
             raise
-        print(f"simmpnet: error: {_one_line(err)}", file=sys.stderr)
+        print(f"simmpnet: error: {one_line(err, limit=None)}", file=sys.stderr)
         return 2
     except OSError as err:
         if args.debug:
             raise
         where = f"{err.filename}: " if err.filename else ""
-        print(f"simmpnet: error: {where}{_one_line(err.strerror or err)}", file=sys.stderr)
+        print(f"simmpnet: error: {where}{one_line(err.strerror or err, limit=None)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("simmpnet: interrupted", file=sys.stderr)

@@ -1,5 +1,13 @@
-"""Exceptions that carry a message meant for the user, not a traceback."""
+"""Exceptions that carry a message meant for the user, not a traceback, and the one-line form
+of such messages."""
 from __future__ import annotations
+
+
+def one_line(text: object, limit: int | None = 300) -> str:
+    """A message (often a library's) on one line, shortened to ``limit`` characters with
+    "..." (``None``: not shortened)."""
+    line = " ".join(str(text).split())
+    return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."
 
 
 class SimMPNetError(Exception):

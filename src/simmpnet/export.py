@@ -17,7 +17,6 @@ the file atomically (temporary file in the same folder, then rename).
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import logging
 import os
 import warnings
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data.io import atomic_write
 from .errors import InputError, SimMPNetError
 
 logger = logging.getLogger(__name__)
@@ -147,30 +147,6 @@ def _register_symbolics(opset: int) -> None:
     register_custom_op_symbolic("aten::kthvalue", symbolic_helper.parse_args("v", "v", "i", "b")(_kthvalue_symbolic), opset)
 
 
-def _atomic_write(path: str | os.PathLike, writer, suffix: str) -> Path:
-    """Call ``writer(tmp)`` on a temporary file next to ``path``, then rename it over ``path``;
-    on any failure the temporary file is removed and an existing ``path`` is left as it was."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-        os.close(fd)
-    except OSError as err:
-        raise InputError(f"{path}: cannot write file ({err.strerror or err})") from err
-    tmp = Path(name)
-    try:
-        writer(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 @contextlib.contextmanager
 def _quiet_tracing() -> Iterator[None]:
     """Silence the tracer's expected warnings (sizes become constants of the graph) and the
@@ -256,7 +232,8 @@ def export_model(
             else:
                 _write_torchscript(model, example, tmp)
 
-        target = _atomic_write(path, writer, suffix=".onnx" if format == "onnx" else ".pt")
+        # Only OS errors are write failures; an exporter's own error propagates as it is.
+        target = atomic_write(path, writer, suffix=".onnx" if format == "onnx" else ".pt", writer_errors=())
     return target
 
 

@@ -64,7 +64,7 @@ from typing import Any
 
 import numpy as np
 
-from simmpnet.errors import InputError
+from simmpnet.errors import InputError, one_line
 
 __all__ = [
     "IMAGE2D_EXTENSIONS",
@@ -73,6 +73,8 @@ __all__ = [
     "SUPPORTED_EXTENSIONS",
     "LoadedImage",
     "atomic_write",
+    "check_output_folder",
+    "default_mode",
     "default_label_path",
     "escapes_folder",
     "file_extension",
@@ -201,12 +203,6 @@ def file_extension(path: str | os.PathLike[str]) -> str:
     return Path(name).suffix
 
 
-def _one_line(text: object) -> str:
-    """Collapse a (library) message to a single line of reasonable length."""
-    line = " ".join(str(text).split())
-    return line if len(line) <= 300 else line[:297] + "..."
-
-
 def escapes_folder(entry: str) -> bool:
     """True when ``entry`` -- a path written in a list file, split file or dataset description,
     meant relative to the dataset folder -- would leave that folder: an absolute path (POSIX,
@@ -217,8 +213,8 @@ def escapes_folder(entry: str) -> bool:
 
 
 def _fail(path: Path, problem: str, exc: BaseException | None = None) -> InputError:
-    detail = f" ({type(exc).__name__}: {_one_line(exc)})" if exc is not None else ""
-    return InputError(_one_line(f"{path}: {problem}{detail}"))
+    detail = f" ({type(exc).__name__}: {one_line(exc)})" if exc is not None else ""
+    return InputError(one_line(f"{path}: {problem}{detail}"))
 
 
 def path_exists(path: Path) -> bool:
@@ -480,7 +476,7 @@ def _nibabel_reports(path: Path) -> Iterator[None]:
     finally:
         log.handlers, log.propagate = saved
     for message in collect.messages:
-        logger.warning("%s: %s", path, _one_line(message))
+        logger.warning("%s: %s", path, one_line(message))
 
 
 def _read_nifti(path: Path, orientation: str, max_pixels: int) -> LoadedImage:
@@ -849,14 +845,26 @@ def default_label_path(reference: LoadedImage, out_dir: str | os.PathLike[str]) 
 # --------------------------------------------------------------------------------------------
 # writing
 # --------------------------------------------------------------------------------------------
-def _default_mode() -> int:
+def default_mode(base: int = 0o666) -> int:
+    """The mode ``open()`` / ``mkdir()`` would give under the current umask (``base`` 0o666 for
+    files, 0o777 for folders); ``mkstemp``/``mkdtemp`` create 0600/0700 instead."""
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return base & ~mask
+
+
+def check_output_folder(path: Path) -> None:
+    """Refuse, before any work is done, an output folder that exists as a file."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: output exists and is not a folder")
 
 
 def atomic_write(
-    path: str | os.PathLike[str], writer: Callable[[Path], object], *, suffix: str = ".tmp"
+    path: str | os.PathLike[str],
+    writer: Callable[[Path], object],
+    *,
+    suffix: str = ".tmp",
+    writer_errors: tuple[type[BaseException], ...] = (Exception,),
 ) -> Path:
     """Write ``path`` atomically.
 
@@ -868,6 +876,9 @@ def atomic_write(
             :func:`os.replace`, so readers never see a half-written file.
         suffix: suffix of the temporary name; writers that pick the format from the name
             (nibabel, SimpleITK) need the real extension (e.g. ``".nii.gz"``).
+        writer_errors: exception types of ``writer`` that are write failures (default: any,
+            since image libraries report a full disk in their own types); others propagate
+            unchanged.  ``OSError`` always counts.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -875,7 +886,8 @@ def atomic_write(
     Raises:
         InputError: the folder or file cannot be written (the message names ``path``). On any
             failure the temporary file is removed and an existing ``path`` is left unchanged.
-            An :class:`InputError` raised by ``writer`` propagates unchanged.
+            An :class:`InputError` raised by ``writer``, and an exception outside
+            ``writer_errors``, propagates unchanged.
     """
     path = Path(path)
     tmp: Path | None = None
@@ -887,12 +899,12 @@ def atomic_write(
         writer(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.chmod(tmp, _default_mode())
+        os.chmod(tmp, default_mode())
         os.replace(tmp, path)
         tmp = None
     except InputError:
         raise
-    except Exception as exc:  # OSError, or a library's own exception type
+    except (OSError, *writer_errors) as exc:  # OSError, or a library's own exception type
         raise _fail(path, "cannot write file", exc) from exc
     finally:
         if tmp is not None:
@@ -968,7 +980,7 @@ def _write_sitk(labels_ijk_or_2d: np.ndarray, reference: LoadedImage, out_path: 
         try:
             sitk.WriteImage(img, str(tmp), True)
         except RuntimeError as exc:
-            raise OSError(_one_line(exc)) from exc
+            raise OSError(one_line(exc)) from exc
 
     atomic_write(out_path, write, suffix=ext)
 

@@ -79,11 +79,23 @@ class CEDiceLoss(nn.Module):
         self.dice_weight = dice_weight
         self.dice = SoftDiceLoss(reduce=reduce)
 
+    def terms(
+        self, logits: torch.Tensor, target: torch.Tensor, onehot: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(CE of this process, Dice :meth:`SoftDiceLoss.statistics` not yet reduced)."""
+        return F.cross_entropy(logits.float(), target), self.dice.statistics(logits, target, onehot)
+
+    def combine(self, ce: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        """The loss from the CE and the (reduced) Dice statistics."""
+        return self.ce_weight * ce + self.dice_weight * self.dice.from_statistics(stats)
+
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, onehot: torch.Tensor | None = None
     ) -> torch.Tensor:
-        ce = F.cross_entropy(logits.float(), target)
-        return self.ce_weight * ce + self.dice_weight * self.dice(logits, target, onehot)
+        ce, stats = self.terms(logits, target, onehot)
+        if self.dice.reduce is not None:
+            stats = self.dice.reduce(stats)
+        return self.combine(ce, stats)
 
 
 class DeepSupervisionLoss(nn.Module):
@@ -122,16 +134,13 @@ class DeepSupervisionLoss(nn.Module):
             return total
         # CE and the Dice statistics of every subset first; the statistics of all subsets are
         # then reduced over the processes in one collective.
-        criterion, dice = self.criterion, self.criterion.dice
+        criterion = self.criterion
         onehot = one_hot(target, heads[0].shape[1])
-        ces, stats = [], []
-        for logits in subsets:
-            ces.append(F.cross_entropy(logits.float(), target))
-            stats.append(dice.statistics(logits, target, onehot))
+        ces, stats = zip(*(criterion.terms(logits, target, onehot) for logits in subsets))
         reduced = torch.stack(stats)
-        if dice.reduce is not None:
-            reduced = dice.reduce(reduced)
+        if criterion.dice.reduce is not None:
+            reduced = criterion.dice.reduce(reduced)
         total = heads[0].new_zeros((), dtype=torch.float32)
         for ce, subset_stats in zip(ces, reduced):
-            total = total + (criterion.ce_weight * ce + criterion.dice_weight * dice.from_statistics(subset_stats))
+            total = total + criterion.combine(ce, subset_stats)
         return total

@@ -57,7 +57,7 @@ from typing import Any, ClassVar
 import numpy as np
 from torch.utils.data import Dataset
 
-from simmpnet.errors import InputError
+from simmpnet.errors import InputError, one_line
 
 from ..io import (
     IMAGE2D_EXTENSIONS,
@@ -109,11 +109,6 @@ _GREY_MODES = ("1", "L", "LA", "La", "I", "F")
 # --------------------------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------------------------
-def _one_line(text: object, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def _fmt_values(values: Iterable[int], limit: int = 6) -> str:
     vals = [int(v) for v in values]
     shown = ", ".join(str(v) for v in vals[:limit])
@@ -147,7 +142,7 @@ def list_pictures(folder: Path) -> list[Path]:
     try:
         entries = sorted(folder.iterdir(), key=lambda p: p.name)
     except OSError as exc:
-        raise InputError(_one_line(f"{folder}: cannot list folder ({exc})")) from exc
+        raise InputError(one_line(f"{folder}: cannot list folder ({exc})")) from exc
     return [
         p for p in entries
         if not p.name.startswith(".") and file_extension(p) in IMAGE2D_EXTENSIONS and p.is_file()
@@ -183,7 +178,7 @@ def _open_picture(path: Path, max_pixels: int = MAX_PIXELS, reduced: bool = Fals
     except Image.DecompressionBombError as exc:
         raise InputError(f"{path}: declares too many pixels (over the decompression-bomb limit); refused before decoding") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise InputError(_one_line(f"{path}: not a readable picture ({type(exc).__name__}: {exc})")) from exc
+        raise InputError(one_line(f"{path}: not a readable picture ({type(exc).__name__}: {exc})")) from exc
     try:
         width, height = im.size
         if width * height == 0:
@@ -203,7 +198,7 @@ def _open_picture(path: Path, max_pixels: int = MAX_PIXELS, reduced: bool = Fals
         raise
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         im.close()
-        raise InputError(_one_line(f"{path}: corrupt or truncated picture data ({type(exc).__name__}: {exc})")) from exc
+        raise InputError(one_line(f"{path}: corrupt or truncated picture data ({type(exc).__name__}: {exc})")) from exc
     return im
 
 
@@ -377,7 +372,7 @@ def read_split_file(path: Path) -> dict[str, list[str]]:
     except FileNotFoundError as exc:
         raise InputError(f"{path}: split file not found") from exc
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(_one_line(f"{path}: cannot read split file ({exc})")) from exc
+        raise InputError(one_line(f"{path}: cannot read split file ({exc})")) from exc
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
     if not isinstance(data, dict) or not data:
@@ -752,7 +747,7 @@ def _read_dataset_file(root: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(_one_line(f"{path}: cannot read dataset description ({exc})")) from exc
+        raise InputError(one_line(f"{path}: cannot read dataset description ({exc})")) from exc
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object")
     return data

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import InputError
+from ..io import check_output_folder, default_mode
 
 __all__ = ["PREPARERS", "prepare_dataset"]
 
@@ -61,17 +62,14 @@ def prepare_dataset(name: str, raw_dir: str | os.PathLike, out_dir: str | os.Pat
     raw, out = Path(raw_dir), Path(out_dir)
     if not raw.is_dir():
         raise InputError(f"{raw}: raw dataset folder not found")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: output exists and is not a folder")
+    check_output_folder(out)
     if out.resolve() == raw.resolve():
         raise InputError(f"{out}: the output folder must differ from the raw dataset folder")
     module = importlib.import_module(f"{__name__}.{PREPARERS[name]}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(staging, 0o777 & ~mask)  # mkdtemp makes 0700; the output folder gets the usual mode
+        os.chmod(staging, default_mode(0o777))  # mkdtemp makes 0700; the output folder gets the usual mode
     except OSError as exc:
         raise InputError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from exc
     try:
