@@ -12,11 +12,14 @@ rate (1e-6) where rounding stays below the tolerance.
 import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+import yaml
 from conftest import small_train_config
 
 from simmpnet.errors import InputError
@@ -154,3 +157,60 @@ def test_global_batch_is_shared_contiguously_and_must_divide(brain_data, tmp_pat
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(InputError, match="batch_size 5 is the global batch.*divisible by the 2 processes"):
         Trainer(TrainConfig.from_dict(_config(brain_data, tmp_path / "x", batch_size=5)))
+
+
+def _cli_config(brain_data, tmp_path) -> Path:
+    """A YAML config for the real command line: 2 processes x 2 slices, 3 steps."""
+    values = _config(brain_data, tmp_path / "unused", lr=1e-3, max_steps=3, warmup_iters=1)
+    del values["output_dir"], values["max_steps"]
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def _train_command(config: Path, output: Path) -> list[str]:
+    return ["-m", "simmpnet", "--quiet", "train", "--config", str(config), "--output", str(output), "--max-steps", "3"]
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    return env
+
+
+def test_cli_nproc_and_two_torchrun_nodes_train_the_same_model(brain_data, tmp_path):
+    """`simmpnet train --nproc 2` (one node) and two `torchrun --nnodes 2` launches of one
+    process each (two "nodes" on the loopback interface) give the same weights and banks; on
+    the second, the node of rank 1 writes nothing into its own output folder."""
+    config = _cli_config(brain_data, tmp_path)
+    single_node = tmp_path / "one_node"
+    done = subprocess.run(
+        [sys.executable, *_train_command(config, single_node), "--nproc", "2"],
+        env=_child_env(), capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    port = _free_port()
+    outputs = [tmp_path / "node0", tmp_path / "node1"]
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={rank}", "--nproc-per-node=1",
+             "--master-addr=127.0.0.1", f"--master-port={port}", *_train_command(config, outputs[rank])],
+            env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for rank in range(2)
+    ]
+    logs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(log[-3000:] for log in logs)
+
+    assert not outputs[1].exists()  # only rank 0 writes: checkpoints, log, pictures
+    assert sorted(p.name for p in outputs[0].iterdir()) == sorted(p.name for p in single_node.iterdir())
+    reference = torch.load(single_node / "last.pt", weights_only=True)
+    multi_node = torch.load(outputs[0] / "last.pt", weights_only=True)
+    assert reference["state"]["global_step"] == multi_node["state"]["global_step"] == 3
+    weights, other = reference["model"]["state_dict"], multi_node["model"]["state_dict"]
+    assert weights.keys() == other.keys() and len(_memory_keys(weights)) == 40
+    for key in weights:  # weights, BatchNorm statistics, memory banks and counters
+        assert torch.equal(weights[key], other[key]), key
+    assert _step_losses(single_node) == _step_losses(outputs[0])
