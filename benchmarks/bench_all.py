@@ -11,6 +11,11 @@ ONNX Runtime latency, and the `tiny` training step.  Writes its table into READM
 (c) ONNX Runtime (CPU) latency of the exported eval networks of `paper` and `tiny`, B=1,
     against PyTorch eager eval.
 (d) `tiny` training step, B=8, 128 px.
+(e) the floor under (a) with the same mathematics: the global reads ``softmax(t q^T) v`` of the
+    `paper` DMW-LA blocks (SPEC section 3: over all N positions of each map; N = 3,136 at the
+    first stage) replayed alone with the shapes one training step / eval forward gives them,
+    and a square fp32 matrix product for the rate the CPU reaches.  Encoder A is the yardstick
+    itself, so "yardstick + global reads" is a lower bound on Sim-MPNet's time.
 
 All timed cases run interleaved, round by round, after warm-up runs; the figures are medians.
 torch and ONNX Runtime use one thread per available core.
@@ -119,6 +124,54 @@ def yardstick(batch: int, side: int) -> tuple[Callable[[], None], Callable[[], N
     return train_step, eval_forward
 
 
+def global_reads(model: torch.nn.Module, batch: int, side: int) -> tuple[Callable[[], None], Callable[[], None], float]:
+    """(e): the scaled-dot-product attentions one training forward of ``model`` at
+    (batch, side) and one eval forward at B=1 call, replayed on random tensors: (forward +
+    backward of the training ones, eval forwards, multiply-adds x 2 of the eval forwards)."""
+    import torch.nn.functional as F
+
+    shapes: dict[str, list[tuple[torch.Size, torch.Size, torch.Size, float | None]]] = {"train": [], "eval": []}
+    original = F.scaled_dot_product_attention
+
+    def recording(q, k, v, *args, **kwargs):
+        shapes["train" if model.training else "eval"].append((q.shape, k.shape, v.shape, kwargs.get("scale")))
+        return original(q, k, v, *args, **kwargs)
+
+    F.scaled_dot_product_attention = recording
+    try:
+        model.train()
+        model(torch.rand(batch, 1, side, side))
+        model.discard_memory()
+        model.eval()
+        with torch.inference_mode():
+            model(torch.rand(1, 1, side, side))
+    finally:
+        F.scaled_dot_product_attention = original
+
+    def tensors(mode: str, grad: bool) -> list[tuple[torch.Tensor, ...]]:
+        return [tuple(torch.randn(s, requires_grad=grad) for s in call[:3]) for call in shapes[mode]]
+
+    train_inputs, eval_inputs = tensors("train", True), tensors("eval", False)
+    scales = {mode: [call[3] for call in shapes[mode]] for mode in shapes}
+
+    def train_reads() -> None:
+        total = sum(original(q, k, v, scale=s).sum() for (q, k, v), s in zip(train_inputs, scales["train"]))
+        total.backward()
+
+    def eval_reads() -> None:
+        with torch.inference_mode():
+            for (q, k, v), s in zip(eval_inputs, scales["eval"]):
+                original(q, k, v, scale=s)
+
+    flops = sum(2.0 * q.numel() * k.shape[-2] + 2.0 * q.shape[:-1].numel() * k.shape[-2] * v.shape[-1] for q, k, v in eval_inputs)
+    return train_reads, eval_reads, flops
+
+
+def matmul_case(n: int = 2048) -> Callable[[], None]:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return lambda: torch.mm(a, b)
+
+
 def onnx_case(model: torch.nn.Module, folder: Path, name: str) -> Callable[[], None]:
     """Export the eval network of ``model`` and return a B=1 ONNX Runtime (CPU) run."""
     import onnxruntime as ort
@@ -182,7 +235,12 @@ def profile(variant: str, rows: int, shapes: bool) -> None:
 
 # --------------------------------------------------------------------- report
 def render(
-    times: dict[str, list[float]], rss: dict[str, tuple[float, float]], repeats: int, warmup: int, command: str
+    times: dict[str, list[float]],
+    rss: dict[str, tuple[float, float]],
+    repeats: int,
+    warmup: int,
+    command: str,
+    reads_flops: float = 0.0,
 ) -> str:
     ms = {name: median_ms(samples) for name, samples in times.items()}
 
@@ -214,6 +272,25 @@ def render(
             f"| training step peak RSS, `ru_maxrss` (MB; + over the RSS before the step) | "
             f"{ours_peak:.0f} (+{ours_growth:.0f}) | {yard_peak:.0f} (+{yard_growth:.0f}) | {ours_peak / yard_peak:.2f} |"
         )
+    if "reads_train" in ms:
+        floor_train = (ms["yard_train"] + ms["reads_train"]) / ms["yard_train"]
+        floor_eval = (ms["yard_eval"] + ms["reads_eval"]) / ms["yard_eval"]
+        gflops_reads = reads_flops / ms["reads_eval"] / 1e6
+        gflops_mm = 2.0 * 2048**3 / ms["matmul"] / 1e6
+        lines += [
+            "",
+            "The floor with the same mathematics: the global reads `softmax(t q^T) v` of the `paper`",
+            "DMW-LA blocks (SPEC section 3), replayed alone at the shapes of one training step / eval",
+            "forward, added to the yardstick (which is our encoder A):",
+            "",
+            "| case | global reads alone (ms) | yardstick + global reads (ms) | floor ratio | target |",
+            "|---|---:|---:|---:|---:|",
+            f"| training step, B=2 (forward + backward) | {ms['reads_train']:.0f} | {ms['yard_train'] + ms['reads_train']:.0f} | {floor_train:.2f} | 1.5 |",
+            f"| eval forward, B=1 | {ms['reads_eval']:.0f} | {ms['yard_eval'] + ms['reads_eval']:.0f} | {floor_eval:.2f} | 1.75 |",
+            "",
+            f"The eval reads run at {gflops_reads:.0f} GFLOP/s; a 2048 x 2048 fp32 matrix product on the",
+            f"same threads runs at {gflops_mm:.0f} GFLOP/s.",
+        ]
     lines += [
         "",
         "| eval forward, B=1 | PyTorch eager (ms) | ONNX Runtime CPU (ms) | ONNX / eager |",
@@ -287,11 +364,15 @@ def main() -> None:
     paper, paper_train, paper_eval = ours("paper", *PAPER_TRAIN)
     tiny, tiny_train, tiny_eval = ours("tiny", *TINY_TRAIN)
     yard_train, yard_eval = yardstick(*PAPER_TRAIN)
+    reads_train, reads_eval, reads_flops = global_reads(paper, *PAPER_TRAIN)
     cases: dict[str, Callable[[], None]] = {
         "paper_train": paper_train,
         "yard_train": yard_train,
+        "reads_train": reads_train,
         "paper_eval": paper_eval,
         "yard_eval": yard_eval,
+        "reads_eval": reads_eval,
+        "matmul": matmul_case(),
         "tiny_train": tiny_train,
         "tiny_eval": tiny_eval,
     }
@@ -302,7 +383,7 @@ def main() -> None:
             cases["ort_tiny"] = onnx_case(tiny, Path(folder), "tiny")
         print(f"timing {len(cases)} cases, {repeats} rounds ...", flush=True)
         times = time_interleaved(cases, repeats, warmup=warmup)
-    block = render(times, rss, repeats, warmup, command)
+    block = render(times, rss, repeats, warmup, command, reads_flops)
     print(block)
     readme = args.readme or (None if args.quick else HERE / "README.md")
     if readme is not None:
