@@ -191,3 +191,37 @@ def test_deferred_commit_equals_the_immediate_update():
     block.commit_memory()
     assert torch.equal(block.memory.bank, reference.memory.bank)
     assert torch.equal(block.memory.prototypes, reference.memory.prototypes)
+
+
+def test_non_finite_candidates_never_reach_the_bank(caplog):
+    # warm-up: the phi columns of a NaN input are not written
+    block = make_block(warmup_iters=2).train()
+    x = torch.randn(2, 8, 5, 5)
+    x[0, 0, 1, 1] = float("nan")
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    block(x)
+    with caplog.at_level("WARNING", logger="simmpnet.models.dmwla"):
+        assert not block.commit_memory()
+    assert "non-finite candidate features" in caplog.text
+    for key, value in block.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+    # after warm-up: momentum keys that overflow fp16 under autocast
+    block = make_block(warmup_iters=0).train()
+    x = torch.randn(2, 8, 5, 5)
+    x[0, :, 2, 2] = 3e4
+    with torch.no_grad():
+        block.key_weight.abs_().add_(0.5)  # a key of the large position: above 8 * 0.5 * 3e4 > 65504
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    with torch.autocast("cpu", dtype=torch.float16):
+        block(x)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="simmpnet.models.dmwla"):
+        assert not block.commit_memory()
+    assert "non-finite candidate features" in caplog.text
+    for key, value in block.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    # the same batch in fp32 is a normal update
+    block(x)
+    assert block.commit_memory() and torch.isfinite(block.memory.bank).all()
+    assert not torch.equal(block.memory.bank, before["memory.bank"])

@@ -15,6 +15,7 @@ is not committed (a skipped step) is simply replaced by the next training forwar
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable
 
@@ -24,6 +25,8 @@ from torch import nn
 
 from ..errors import InputError
 from .memory import PrototypeMemory
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["DMWLA", "Gather"]
 
@@ -168,6 +171,14 @@ class DMWLA(nn.Module):
             }
         )
 
+    @staticmethod
+    def _finite(candidates: torch.Tensor) -> bool:
+        # After the gather: every process sees the same candidates and decides alike.
+        if bool(torch.isfinite(candidates).all()):
+            return True
+        logger.warning("DMW-LA: non-finite candidate features; this memory change is dropped")
+        return False
+
     def discard_memory(self) -> None:
         """Drop the memory change recorded by the last training forward without applying it."""
         self._pending = None
@@ -183,6 +194,8 @@ class DMWLA(nn.Module):
         towards the ``phi`` weight *of that forward* (the optimiser may have moved ``phi``
         since).  ``gather`` (distributed training) concatenates the candidate features of all
         processes in rank order, so every process applies the same change to the same bank.
+        A change whose candidate features are not all finite (e.g. an fp16 overflow of the
+        momentum keys while the loss stayed finite) is dropped: the bank never holds NaN or Inf.
         """
         pending, self._pending = self._pending, None
         if pending is None:
@@ -193,6 +206,8 @@ class DMWLA(nn.Module):
             features = pending["features"]
             if gather is not None:
                 features = gather(features.contiguous())
+            if not self._finite(features):
+                return False
             self.memory.warmup_write(features)
             return True
         x = pending["input"]
@@ -204,6 +219,8 @@ class DMWLA(nn.Module):
         keys = keys.reshape(-1, self.feature_dim).float()
         if gather is not None:
             keys = gather(keys.contiguous())
+        if not self._finite(keys):
+            return False
         self.memory.update(keys)
         self.key_weight.copy_(pending["next_key"])
         return True
