@@ -8,7 +8,7 @@ ONNX Runtime latency, and the `tiny` training step.  Writes its table into READM
     Yardstick: forward, loss = sum of the means of its feature maps, backward, AdamW step.
     Both use the fused AdamW kernel, as the trainer does.
 (b) peak RSS (``ru_maxrss``) of the two training steps, each in a fresh child process.
-(c) ONNX Runtime (CPU) latency of the exported eval networks of `paper` and `tiny`, B=1,
+(c) ONNX Runtime (CPU, `simmpnet.export.onnxruntime_session`) latency of the exported eval networks of `paper` and `tiny`, B=1,
     against PyTorch eager eval.
 (d) `tiny` training step, B=8, 128 px.
 (e) the floor under (a) with the same mathematics: the global reads ``softmax(t q^T) v`` of the
@@ -44,7 +44,7 @@ sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
 
-from harness import cpu_model, median_ms, peak_rss_mb, rss_mb, time_interleaved  # noqa: E402
+from harness import cpu_model, median_ms, peak_rss_mb, rss_mb, time_interleaved, write_readme  # noqa: E402
 
 BEGIN, END = "<!-- bench_all:begin -->", "<!-- bench_all:end -->"
 N_CLASSES = 9
@@ -174,15 +174,10 @@ def matmul_case(n: int = 2048) -> Callable[[], None]:
 
 def onnx_case(model: torch.nn.Module, folder: Path, name: str) -> Callable[[], None]:
     """Export the eval network of ``model`` and return a B=1 ONNX Runtime (CPU) run."""
-    import onnxruntime as ort
-
-    from simmpnet.export import export_model
+    from simmpnet.export import export_model, onnxruntime_session
 
     path = export_model(model, folder / f"{name}.onnx", "onnx")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = cores()
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(path, threads=cores())
     side = model.config.img_size_a
     feed = {session.get_inputs()[0].name: torch.rand(1, 1, side, side).numpy()}
     return lambda: session.run(None, feed)
@@ -318,20 +313,6 @@ def render(
     return "\n".join(lines)
 
 
-def write_readme(path: Path, block: str) -> None:
-    """Replace the text between the markers of ``path`` (append the block if there are none)."""
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -387,7 +368,7 @@ def main() -> None:
     print(block)
     readme = args.readme or (None if args.quick else HERE / "README.md")
     if readme is not None:
-        write_readme(readme, block)
+        write_readme(readme, block, BEGIN, END)
         print(f"written to {readme}")
     else:
         print("(--quick: README left unchanged; pass --readme FILE to write the block)")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -94,3 +95,17 @@ def report_rss(workload: Callable[[], None], runs: int = 3) -> None:
     for _ in range(runs):
         workload()
     print(json.dumps({"peak_rss_mb": peak_rss_mb(), "idle_rss_mb": idle}))
+
+
+def write_readme(path: Path, block: str, begin: str, end: str) -> None:
+    """Replace the text between the markers ``begin`` and ``end`` of ``path`` by ``block``
+    (which carries the markers), or append the block if the markers are not there."""
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
