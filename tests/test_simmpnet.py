@@ -66,6 +66,27 @@ def test_gradients_reach_every_trainable_parameter_after_warmup():
     assert missing == []
 
 
+def test_gate_starts_open_and_learns(brain_data):
+    """Encoder B sees the image from the first step: the gate is 0.5 at every pixel, so
+    encoder B gets half the image encoder A gets, and the gate's gradient is not zero."""
+    import h5py
+
+    with h5py.File(sorted((brain_data / "test_vol_h5").glob("*.h5"))[1], "r") as handle:
+        x = torch.from_numpy(handle["image"][:2]).float()[:, None]
+    torch.manual_seed(0)
+    model = SimMPNet.from_variant("tiny", n_classes=9).train()
+    seen = {}
+    model.encoder_a.register_forward_hook(lambda m, args, out: seen.update(image=args[0]))
+    model.encoder_b.register_forward_hook(lambda m, args, out: seen.update(gated=args[1]))
+    model.gate.register_forward_hook(lambda m, args, out: seen.update(gate=torch.sigmoid(out)))
+    loss = sum(h.square().mean() for h in model(x))
+    loss.backward()
+    model.discard_memory()
+    assert torch.equal(seen["gate"], torch.full_like(seen["gate"], 0.5))
+    assert seen["image"].abs().sum() > 0 and torch.equal(seen["gated"], seen["image"] * 0.5)
+    assert model.gate.weight.grad.abs().sum() > 0
+
+
 def test_eval_is_repeatable_and_leaves_buffers_untouched(tiny):
     tiny.train()
     with torch.no_grad():

@@ -188,6 +188,13 @@ class SimMPNet(nn.Module):
         self.encoder_a = MaxViTEncoder(config.backbone, config.img_size_a, pretrained)
         widths = self.encoder_a.channels
         self.gate = nn.Conv2d(widths[-1], 1, 1)
+        # Zero-initialised, so that the gate starts at p = 0.5 for every pixel and learns from
+        # there.  With PyTorch's default initialisation the large stage-4 features (|f_4| about
+        # 10) put the gate logits between about -10 and +8 at the first step, where the sigmoid
+        # is flat: in 10-minute demo runs from scratch the gate then stayed below 1e-8 at
+        # every pixel and encoder B received no image at all.
+        nn.init.zeros_(self.gate.weight)
+        nn.init.zeros_(self.gate.bias)
 
         def make_block(memory: MemoryConfig, channels: int) -> DMWLA:
             return DMWLA(channels, scale=config.attention_scale, **dataclasses.asdict(memory))
