@@ -89,7 +89,9 @@ def main() -> None:
         plain.intra_op_num_threads = cores()
         sessions = {
             "`simmpnet.export.onnxruntime_session`": onnxruntime_session(path, threads=cores()),
-            "ONNX Runtime defaults (`ORT_ENABLE_ALL`)": ort.InferenceSession(str(path), plain, providers=["CPUExecutionProvider"]),
+            "ONNX Runtime defaults (`ORT_ENABLE_ALL`, = `layout_rewrite=True`)": ort.InferenceSession(
+                str(path), plain, providers=["CPUExecutionProvider"]
+            ),
         }
         one = slices[len(slices) // 2]
         runs = {label: (lambda s=s: s.run(None, {s.get_inputs()[0].name: one})) for label, s in sessions.items()}
