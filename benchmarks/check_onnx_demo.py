@@ -35,7 +35,7 @@ from harness import cpu_model, median_ms, time_interleaved, write_readme  # noqa
 BEGIN, END = "<!-- check_onnx_demo:begin -->", "<!-- check_onnx_demo:end -->"
 
 
-def test_slices(data: Path, size: int) -> list[np.ndarray]:
+def held_out_volumes(data: Path, size: int) -> list[np.ndarray]:
     """The test volumes, each resized slice by slice as prediction does: (D, 1, S, S) float32."""
     from simmpnet.data.transforms import resize_image
 
@@ -49,14 +49,17 @@ def test_slices(data: Path, size: int) -> list[np.ndarray]:
     return volumes
 
 
-def compare(model: torch.nn.Module, session: ort.InferenceSession, batches: list[np.ndarray]) -> tuple[float, float]:
+def pytorch_logits(model: torch.nn.Module, batches: list[np.ndarray]) -> list[np.ndarray]:
+    with torch.no_grad():
+        return [model(torch.from_numpy(x)).numpy() for x in batches]
+
+
+def compare(session: ort.InferenceSession, batches: list[np.ndarray], references: list[np.ndarray]) -> tuple[float, float]:
     """(share of pixels with the PyTorch label, largest |logit difference|) over ``batches``."""
     same = total = 0
     worst = 0.0
     name = session.get_inputs()[0].name
-    for x in batches:
-        with torch.no_grad():
-            reference = model(torch.from_numpy(x)).numpy()
+    for x, reference in zip(batches, references):
         got = session.run(None, {name: x})[0]
         same += int((reference.argmax(1) == got.argmax(1)).sum())
         total += reference.shape[0] * reference.shape[2] * reference.shape[3]
@@ -80,25 +83,24 @@ def main() -> None:
         raise SystemExit(f"{args.checkpoint} not found; run `make demo` first")
     model, size, _ = load_trained_model(args.checkpoint, "cpu")
     model.eval()
-    volumes = test_slices(args.data, size)
+    volumes = held_out_volumes(args.data, size)
     slices = [v[i : i + 1] for v in volumes for i in range(len(v))]
     rows = []
     with tempfile.TemporaryDirectory(prefix="check_onnx_") as folder:
         path = export_model(model, Path(folder) / "demo.onnx", "onnx")
-        plain = ort.SessionOptions()
-        plain.intra_op_num_threads = cores()
         sessions = {
             "`simmpnet.export.onnxruntime_session`": onnxruntime_session(path, threads=cores()),
-            "ONNX Runtime defaults (`ORT_ENABLE_ALL`, = `layout_rewrite=True`)": ort.InferenceSession(
-                str(path), plain, providers=["CPUExecutionProvider"]
+            "ONNX Runtime defaults (`ORT_ENABLE_ALL`, = `layout_rewrite=True`)": onnxruntime_session(
+                path, threads=cores(), layout_rewrite=True
             ),
         }
         one = slices[len(slices) // 2]
         runs = {label: (lambda s=s: s.run(None, {s.get_inputs()[0].name: one})) for label, s in sessions.items()}
         times = time_interleaved(runs, repeats=20, warmup=5)
+        single_reference, batched_reference = pytorch_logits(model, slices), pytorch_logits(model, volumes)
         for label, session in sessions.items():
-            single, single_diff = compare(model, session, slices)
-            batched, batched_diff = compare(model, session, volumes)
+            single, single_diff = compare(session, slices, single_reference)
+            batched, batched_diff = compare(session, volumes, batched_reference)
             rows.append(
                 f"| {label} | {100 * single:.3f} | {single_diff:.2g} | {100 * batched:.3f} | {batched_diff:.2g} | "
                 f"{median_ms(times[label]):.1f} |"

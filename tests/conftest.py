@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -50,3 +51,9 @@ def small_train_config(data_root, output_dir, **changes):
     }
     config.update(changes)
     return config
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a `python -m simmpnet` child process: this one, with the package's
+    source folder importable."""
+    return dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"), **extra)

@@ -24,6 +24,7 @@ import torch
 import yaml
 from PIL import Image
 
+from conftest import cli_env
 from simmpnet import checkpoint as checkpoint_module
 from simmpnet.checkpoint import load_checkpoint, save_checkpoint
 from simmpnet.cli import main
@@ -234,9 +235,8 @@ EPOCHS = 120
 
 
 def _cli(args: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
     return subprocess.Popen(
-        [sys.executable, "-m", "simmpnet", "--quiet", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [sys.executable, "-m", "simmpnet", "--quiet", *args], env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
 
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
-from conftest import small_train_config
+from conftest import cli_env, small_train_config
 
 from simmpnet.errors import InputError
 from simmpnet.training import TrainConfig, Trainer
@@ -173,7 +173,7 @@ def _train_command(config: Path, output: Path) -> list[str]:
 
 
 def _child_env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    env = cli_env(OMP_NUM_THREADS="1")
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     return env

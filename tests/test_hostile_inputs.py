@@ -32,6 +32,7 @@ import torch
 import yaml
 from PIL import Image, ImageFile
 
+from conftest import cli_env
 from simmpnet.cli import main
 from simmpnet.data.io import MAX_PIXELS
 from simmpnet.errors import SimMPNetError
@@ -321,8 +322,7 @@ def _chmod_protects(tmp: Path) -> bool:
 
 
 def _run_cli(argv: list[str], prefix: list[str] = ()) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
-    return subprocess.run([*prefix, sys.executable, "-m", "simmpnet", *argv], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run([*prefix, sys.executable, "-m", "simmpnet", *argv], capture_output=True, text=True, env=cli_env(), timeout=120)
 
 
 # -- predict: the input files --------------------------------------------------------------

@@ -1,5 +1,4 @@
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import small_train_config
+from conftest import cli_env, small_train_config
 
 from simmpnet.errors import CheckpointError, InputError
 from simmpnet.training import TrainConfig, Trainer, TrainingError
@@ -22,8 +21,7 @@ def _write_config(path: Path, values: dict) -> Path:
 
 
 def _run_cli(args, **kwargs):
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
-    return subprocess.Popen([sys.executable, "-m", "simmpnet", "--quiet", *args], env=env, **kwargs)
+    return subprocess.Popen([sys.executable, "-m", "simmpnet", "--quiet", *args], env=cli_env(), **kwargs)
 
 
 def _model_state(path: Path) -> dict:
