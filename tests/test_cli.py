@@ -174,3 +174,35 @@ def test_predict_window_replaces_the_normalisation(trained, tmp_path):
     with np.load(tmp_path / "a" / "slab.npz") as a, np.load(tmp_path / "b" / "slab.npz") as b:
         assert np.array_equal(a["label"], b["label"])
     assert main([*common, "--input", str(inputs), "--output", str(tmp_path / "d"), "--window", "900", "500"]) == 2
+
+
+def test_compare_trains_both_models_on_the_demo_footing(brain_data, tmp_path, capsys):
+    """`simmpnet compare` (what `make compare` runs; `make demo` is its first half) end to end
+    with a 2-second budget per model: the demo config's per-model sections reach the right
+    model, and both networks see the same 96 px slices."""
+    from simmpnet.checkpoint import load_checkpoint
+
+    out = tmp_path / "compare"
+    quick = ["--set", "train_list=small", "--set", "eval_start_epoch=1000", "--set", "progress=false"]
+    assert main(["compare", "--data", str(brain_data), "--output", str(out), "--budget", "2", "--device", "cpu", *quick]) == 0
+    printed = capsys.readouterr().out
+    assert "simmpnet DSC" in printed and "unet DSC" in printed and "medial_temporal" in printed
+    for name in ("simmpnet", "unet"):
+        summary = json.loads((out / name / "metrics.json").read_text())
+        assert 0.0 <= summary["mean"]["dsc"] <= 1.0 and summary["n_cases"] == 3
+        assert summary["training"]["stop"] == "time_budget"
+        config = load_checkpoint(out / name / "last.pt")["config"]
+        assert config["model"] == name and config["input_size"] == 96
+        assert config["augment"] == {"p_rot_flip": 0.0}
+    sim = load_checkpoint(out / "simmpnet" / "last.pt")["config"]
+    assert sim["model_overrides"] == {"img_size_a": 96, "img_size_b": 84}
+    assert load_checkpoint(out / "unet" / "last.pt")["config"]["model_overrides"] == {}
+
+
+def test_demo_config_layers_yaml_model_section_and_command_line(tmp_path):
+    from simmpnet.cli import demo_config
+
+    unet = demo_config("unet", tmp_path, tmp_path / "out", 60, "cpu")
+    assert unet.model == "unet" and unet.model_overrides == {} and unet.input_size == 96
+    sim = demo_config("simmpnet", tmp_path, tmp_path / "out", 60, "cpu", ["input_size=128", "model_overrides={}"])
+    assert sim.input_size == 128 and sim.model_overrides == {} and sim.time_budget_s == 60

@@ -159,6 +159,9 @@ def test_bad_input_is_refused_clearly(tiny):
         SimMPNet.from_variant("tiny", n_classes=1)
     with pytest.raises(InputError, match="unknown Sim-MPNet config keys"):
         SimMPNet.from_variant("tiny", n_classes=2, no_such_option=1)
+    # 112 = 3.5 windows of 32: timm itself would only fail at the first forward
+    with pytest.raises(InputError, match="multiple of 32.*got 112"):
+        SimMPNet.from_variant("tiny", n_classes=2, img_size_a=112)
 
 
 def test_overrides_reach_the_right_blocks():

@@ -211,19 +211,31 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_demo(args: argparse.Namespace, model: str, output: Path) -> tuple[dict, list[Path]]:
-    """Prepare the brain data, train ``model`` within the budget, evaluate its last checkpoint."""
-    from .data.brain_demo import CLASS_NAMES, prepare_brain_demo
-    from .training import TrainConfig, Trainer
+def demo_config(model: str, data: Path, output: Path, budget: float, device: str, sets: Sequence[str] = ()):
+    """The :class:`TrainConfig` of the demo for ``model``: ``configs/brain_demo.yaml``, its
+    section for that model, then the command line (``budget``, ``device``, ``--set`` pairs)."""
+    from .data.brain_demo import CLASS_NAMES
+    from .models.factory import MODEL_NAMES
+    from .training import TrainConfig
 
-    data = prepare_brain_demo(Path(args.data) if args.data else output.parent / "brain_demo_data")
     values = yaml.safe_load(DEMO_CONFIG.read_text())
+    sections = {name: values.pop(name, None) or {} for name in MODEL_NAMES}
+    values.update(sections[model])
     values.update(
         data_root=str(data), output_dir=str(output), class_names=list(CLASS_NAMES), n_classes=len(CLASS_NAMES),
-        time_budget_s=args.budget, device=args.device, model=model,
+        time_budget_s=budget, device=device, model=model,
     )
-    values.update(_parse_sets(args.set or []))
-    trainer = Trainer(TrainConfig.from_dict(values))
+    values.update(_parse_sets(sets))
+    return TrainConfig.from_dict(values)
+
+
+def _run_demo(args: argparse.Namespace, model: str, output: Path) -> tuple[dict, list[Path]]:
+    """Prepare the brain data, train ``model`` within the budget, evaluate its last checkpoint."""
+    from .data.brain_demo import prepare_brain_demo
+    from .training import Trainer
+
+    data = prepare_brain_demo(Path(args.data) if args.data else output.parent / "brain_demo_data")
+    trainer = Trainer(demo_config(model, data, output, args.budget, args.device, args.set or []))
     if args.resume and (output / "last.pt").is_file():
         trainer.resume()
     result = trainer.fit()

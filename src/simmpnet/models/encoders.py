@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputError
 
 __all__ = ["ImageInjection", "MaxViTEncoder", "MemoryEncoder"]
 
@@ -44,7 +44,8 @@ class MaxViTEncoder(nn.Module):
 
     Args:
         backbone: timm model name (e.g. ``maxxvit_rmlp_small_rw_256``).
-        img_size: input side the backbone is built for (its windows follow from it).
+        img_size: input side the backbone is built for: a positive multiple of 32, because
+            MaxViT cuts every stage into windows (and grids) of ``img_size / 32`` pixels.
         pretrained: ``False``, ``True`` (timm's weights, needs network access) or a path to a
             local timm checkpoint of that backbone.
 
@@ -54,6 +55,12 @@ class MaxViTEncoder(nn.Module):
 
     def __init__(self, backbone: str, img_size: int, pretrained: bool | str | Path = False) -> None:
         super().__init__()
+        if img_size <= 0 or img_size % 32:
+            # timm would only fail at the first forward, deep inside a window partition
+            raise InputError(
+                f"encoder A's img_size must be a positive multiple of 32 (MaxViT cuts each stage "
+                f"into windows of img_size / 32 pixels), got {img_size}; e.g. 96, 128, 160 or 256"
+            )
         kwargs: dict = {"features_only": True, "out_indices": (1, 2, 3, 4), "img_size": img_size}
         if isinstance(pretrained, (str, Path)):
             path = Path(pretrained)
