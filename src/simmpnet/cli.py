@@ -11,12 +11,15 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
 from .errors import SimMPNetError, one_line
+
+if TYPE_CHECKING:  # the commands import the heavy modules only when they run
+    from .training import TrainConfig
 
 logger = logging.getLogger("simmpnet")
 
@@ -211,9 +214,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo_config(model: str, data: Path, output: Path, budget: float, device: str, sets: Sequence[str] = ()):
+def demo_config(
+    model: str, data: Path, output: Path, budget: float, device: str, sets: Sequence[str] = ()
+) -> TrainConfig:
     """The :class:`TrainConfig` of the demo for ``model``: ``configs/brain_demo.yaml``, its
-    section for that model, then the command line (``budget``, ``device``, ``--set`` pairs)."""
+    section for that model, then the command line (``budget``, ``device``, ``--set`` pairs; a
+    ``--set`` replaces the whole value of its key, e.g. all of ``model_overrides``)."""
     from .data.brain_demo import CLASS_NAMES
     from .models.factory import MODEL_NAMES
     from .training import TrainConfig
