@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import resource
 import shlex
 import subprocess
@@ -44,20 +43,13 @@ sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
 
-from harness import cpu_model, median_ms, peak_rss_mb, rss_mb, time_interleaved, write_readme  # noqa: E402
+from harness import cores, cpu_model, median_ms, peak_rss_mb, rss_mb, time_interleaved, write_readme  # noqa: E402
 
 BEGIN, END = "<!-- bench_all:begin -->", "<!-- bench_all:end -->"
 N_CLASSES = 9
 YARDSTICK = "maxxvit_rmlp_small_rw_256"
 PAPER_TRAIN = (2, 256)
 TINY_TRAIN = (8, 128)
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def memory_gib() -> str:

@@ -24,29 +24,26 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from bench_all import cores  # noqa: E402
-from harness import cpu_model, median_ms, time_interleaved, write_readme  # noqa: E402
+from harness import cores, cpu_model, median_ms, time_interleaved, write_readme  # noqa: E402
 
 BEGIN, END = "<!-- check_onnx_demo:begin -->", "<!-- check_onnx_demo:end -->"
 
 
 def held_out_volumes(data: Path, size: int) -> list[np.ndarray]:
-    """The test volumes, each resized slice by slice as prediction does: (D, 1, S, S) float32."""
+    """The test volumes (the demo's Synapse layout, split ``test_vol``), each resized slice by
+    slice as prediction does: (D, 1, S, S) float32."""
+    from simmpnet.data.layouts import open_layout
     from simmpnet.data.transforms import resize_image
 
-    volumes = []
-    for path in sorted((data / "test_vol_h5").glob("*.h5")):
-        with h5py.File(path, "r") as handle:
-            image = np.asarray(handle["image"], dtype=np.float32)
-        volumes.append(np.stack([resize_image(s, (size, size)) for s in image])[:, None].astype(np.float32))
-    if not volumes:
-        raise SystemExit(f"no test volumes in {data / 'test_vol_h5'}; run `make demo` first")
-    return volumes
+    cases = open_layout("synapse", data).cases("test_vol")
+    return [
+        np.stack([resize_image(s, (size, size)) for s in case["image"]])[:, None].astype(np.float32)
+        for case in cases
+    ]
 
 
 def pytorch_logits(model: torch.nn.Module, batches: list[np.ndarray]) -> list[np.ndarray]:
@@ -76,6 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(cores())
 
+    from simmpnet.errors import InputError
     from simmpnet.export import export_model, onnxruntime_session
     from simmpnet.training.trainer import load_trained_model
 
@@ -83,7 +81,10 @@ def main() -> None:
         raise SystemExit(f"{args.checkpoint} not found; run `make demo` first")
     model, size, _ = load_trained_model(args.checkpoint, "cpu")
     model.eval()
-    volumes = held_out_volumes(args.data, size)
+    try:
+        volumes = held_out_volumes(args.data, size)
+    except InputError as err:
+        raise SystemExit(f"{err}; run `make demo` first") from err
     slices = [v[i : i + 1] for v in volumes for i in range(len(v))]
     rows = []
     with tempfile.TemporaryDirectory(prefix="check_onnx_") as folder:
