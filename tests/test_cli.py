@@ -187,16 +187,16 @@ def test_compare_trains_both_models_on_the_demo_footing(brain_data, tmp_path, ca
     assert main(["compare", "--data", str(brain_data), "--output", str(out), "--budget", "2", "--device", "cpu", *quick]) == 0
     printed = capsys.readouterr().out
     assert "simmpnet DSC" in printed and "unet DSC" in printed and "medial_temporal" in printed
+    configs = {}
     for name in ("simmpnet", "unet"):
         summary = json.loads((out / name / "metrics.json").read_text())
         assert 0.0 <= summary["mean"]["dsc"] <= 1.0 and summary["n_cases"] == 3
         assert summary["training"]["stop"] == "time_budget"
-        config = load_checkpoint(out / name / "last.pt")["config"]
+        config = configs[name] = load_checkpoint(out / name / "last.pt")["config"]
         assert config["model"] == name and config["input_size"] == 96
         assert config["augment"] == {"p_rot_flip": 0.0}
-    sim = load_checkpoint(out / "simmpnet" / "last.pt")["config"]
-    assert sim["model_overrides"] == {"img_size_a": 96, "img_size_b": 84}
-    assert load_checkpoint(out / "unet" / "last.pt")["config"]["model_overrides"] == {}
+    assert configs["simmpnet"]["model_overrides"] == {"img_size_a": 96, "img_size_b": 84}
+    assert configs["unet"]["model_overrides"] == {}
 
 
 def test_demo_config_layers_yaml_model_section_and_command_line(tmp_path):
