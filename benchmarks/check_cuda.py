@@ -11,9 +11,10 @@ Checks, each reported as ok / FAILED with its figures (the script carries on aft
   bf16 and fp16 (with gradient scaling), and the memory banks stay finite; the host
   synchronisations of one training step after warm-up are counted, by source line, with
   ``torch.cuda.set_sync_debug_mode``;
-- timings (medians of CUDA-synchronised steps): training step and eval forward of `tiny` and
-  `paper`, fp32 against bf16, and the training step with DMW-LA's finiteness check of the
-  memory update (one host sync per block) against the same step without it.
+- timings (medians of 15 interleaved rounds after 3 warm-up runs, each run followed by a wait
+  for the GPU): training step and batch-1 eval forward of `tiny` and `paper`, fp32 against
+  bf16, and the training step with DMW-LA's finiteness check of the memory update (one host
+  sync per block) against the same step without it.
 Results are printed and written to ``OUT/check_cuda.json``.
 """
 from __future__ import annotations
@@ -22,7 +23,6 @@ import argparse
 import collections
 import copy
 import json
-import statistics
 import time
 import traceback
 import warnings
@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from harness import median_ms, time_interleaved
 from simmpnet import SimMPNet
 from simmpnet.models.dmwla import DMWLA
 from simmpnet.training.losses import DeepSupervisionLoss
@@ -162,69 +163,83 @@ def train_steps(amp: str) -> dict[str, Any]:
     }
 
 
-def median_ms(fn: Callable[[], None], repeats: int = 15, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        synchronize()
-        t0 = time.perf_counter()
+def synced(fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn`` followed by a wait for the GPU, so that a wall-clock time covers its kernels."""
+
+    def run() -> None:
         fn()
         synchronize()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return round(statistics.median(times), 2)
+
+    return run
 
 
-def timings(cases: list[tuple[str, int, int]]) -> dict[str, Any]:
+def without_finiteness_check(fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn`` with DMW-LA's finiteness check of the memory update (one host sync per block) off."""
+    original = DMWLA.__dict__["_finite"]  # the staticmethod itself, not its function
+
+    def run() -> None:
+        DMWLA._finite = staticmethod(lambda candidates: True)
+        try:
+            fn()
+        finally:
+            DMWLA._finite = original
+
+    return run
+
+
+def time_network(variant: str, size: int, side: int, repeats: int) -> dict[str, float]:
+    """Median milliseconds of the training step and the batch-1 eval forward, fp32 and bf16,
+    and of the fp32 step without the finiteness check, interleaved; peak GPU memory."""
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    model = built(variant).to(DEVICE)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=DEVICE == "cuda")
+    criterion = DeepSupervisionLoss()
+    x, y = batch(size, side, DEVICE)
+    x1 = x[:1].contiguous()
+
+    def train_step(dtype: torch.dtype | None) -> Callable[[], None]:
+        def run() -> None:
+            model.train()
+            optimiser.zero_grad(set_to_none=True)
+            with torch.autocast(DEVICE, dtype=dtype or torch.float32, enabled=dtype is not None):
+                heads = model(x)
+            criterion([h.float() for h in heads], y).backward()
+            optimiser.step()
+            model.commit_memory()
+
+        return run
+
+    def eval_forward(dtype: torch.dtype | None) -> Callable[[], None]:
+        @torch.no_grad()
+        def run() -> None:
+            model.eval()
+            with torch.autocast(DEVICE, dtype=dtype or torch.float32, enabled=dtype is not None):
+                model(x1)
+
+        return run
+
+    runs = {
+        "train_step_fp32": train_step(None),
+        "train_step_bf16": train_step(torch.bfloat16),
+        "train_step_fp32_without_finiteness_check": without_finiteness_check(train_step(None)),
+        "eval_forward_B1_fp32": eval_forward(None),
+        "eval_forward_B1_bf16": eval_forward(torch.bfloat16),
+    }
+    times = time_interleaved({name: synced(fn) for name, fn in runs.items()}, repeats, warmup=3)
+    figures = {f"{name}_ms": round(median_ms(samples), 2) for name, samples in times.items()}
+    if DEVICE == "cuda":
+        figures["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return figures
+
+
+def timings(cases: list[tuple[str, int, int]], repeats: int = 15) -> dict[str, Any]:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    figures: dict[str, Any] = {}
-    criterion = DeepSupervisionLoss()
-    for variant, size, side in cases:
-        model = built(variant).to(DEVICE)
-        optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=DEVICE == "cuda")
-        x, y = batch(size, side, DEVICE)
-        x1 = x[:1].contiguous()
-        for amp in ("fp32", "bf16"):
-            dtype = AMP[amp]
-
-            def train_step() -> None:
-                model.train()
-                optimiser.zero_grad(set_to_none=True)
-                with torch.autocast(DEVICE, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    heads = model(x)
-                criterion([h.float() for h in heads], y).backward()
-                optimiser.step()
-                model.commit_memory()
-
-            @torch.no_grad()
-            def eval_forward() -> None:
-                model.eval()
-                with torch.autocast(DEVICE, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    model(x1)
-
-            key = f"{variant}_B{size}_{side}px_{amp}"
-            figures[f"{key}_train_step_ms"] = median_ms(train_step)
-            figures[f"{key}_eval_forward_B1_ms"] = median_ms(eval_forward)
-            if amp == "fp32":
-                # The finiteness check of the memory update syncs once per DMW-LA block.
-                original = DMWLA.__dict__["_finite"]  # the staticmethod itself, not its function
-                rounds = {"with_check": [], "without_check": []}
-                for _ in range(5):
-                    for label in rounds:
-                        DMWLA._finite = original if label == "with_check" else staticmethod(lambda t: True)
-                        try:
-                            rounds[label].append(median_ms(train_step, repeats=5, warmup=1))
-                        finally:
-                            DMWLA._finite = original
-                for label, values in rounds.items():
-                    figures[f"{key}_train_step_{label}_ms"] = round(statistics.median(values), 2)
-        if DEVICE == "cuda":
-            figures[f"{variant}_B{size}_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-            torch.cuda.reset_peak_memory_stats()
-            del model, optimiser
-            torch.cuda.empty_cache()
-    return figures
+    return {
+        f"{variant}_B{size}_{side}px": time_network(variant, size, side, repeats) for variant, size, side in cases
+    }
 
 
 def main() -> None:
