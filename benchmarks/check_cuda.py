@@ -34,6 +34,7 @@ import torch
 
 from harness import median_ms, time_interleaved
 from simmpnet import SimMPNet
+from simmpnet.data.io import atomic_write
 from simmpnet.models.dmwla import DMWLA
 from simmpnet.training.losses import DeepSupervisionLoss
 
@@ -72,6 +73,35 @@ def batch(size: int, side: int, device: str, seed: int = 1) -> tuple[torch.Tenso
     return x.to(device), y.to(device)
 
 
+def autocast(dtype: torch.dtype | None) -> torch.autocast:
+    """Autocast to ``dtype`` on the checked device; ``None``: plain fp32."""
+    return torch.autocast(DEVICE, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def training_step(
+    model: SimMPNet, optimiser: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+    dtype: torch.dtype | None, scaler: torch.amp.GradScaler | None = None,
+) -> Callable[[], torch.Tensor]:
+    """One step as the trainer takes it: forward under ``dtype``, the 15-subset loss in fp32,
+    backward (through ``scaler`` for fp16), AdamW, the memory commit.  Returns the loss."""
+    criterion = DeepSupervisionLoss()
+    scaler = scaler or torch.amp.GradScaler(DEVICE, enabled=False)
+
+    def step() -> torch.Tensor:
+        model.train()
+        optimiser.zero_grad(set_to_none=True)
+        with autocast(dtype):
+            heads = model(x)
+        loss = criterion([h.float() for h in heads], y)
+        scaler.scale(loss).backward()
+        scaler.step(optimiser)
+        scaler.update()
+        model.commit_memory()
+        return loss.detach()
+
+    return step
+
+
 def parity() -> dict[str, Any]:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -92,7 +122,7 @@ def purity() -> dict[str, Any]:
     x, _ = batch(4, 128, DEVICE)
     figures: dict[str, Any] = {"ok": True}
     for amp, dtype in AMP.items():
-        with torch.no_grad(), torch.autocast(DEVICE, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with torch.no_grad(), autocast(dtype):
             first, second = model(x), model(x)
         same = torch.equal(first, second)
         finite = bool(torch.isfinite(first).all())
@@ -110,7 +140,7 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def count_syncs(step: Callable[[], None]) -> dict[str, int]:
+def count_syncs(step: Callable[[], object]) -> dict[str, int]:
     """Host synchronisations of one call of ``step``, by the source line that caused them."""
     if DEVICE != "cuda":
         step()
@@ -134,26 +164,14 @@ def train_steps(amp: str) -> dict[str, Any]:
     model = built("tiny", warm=False).to(DEVICE).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     scaler = torch.amp.GradScaler(DEVICE, enabled=amp == "fp16")
-    criterion = DeepSupervisionLoss()
     x, y = batch(8, 128, DEVICE)
+    step = training_step(model, optimiser, x, y, dtype, scaler)
     losses: list[torch.Tensor] = []
-
-    def step() -> None:
-        optimiser.zero_grad(set_to_none=True)
-        with torch.autocast(DEVICE, dtype=dtype or torch.float32, enabled=dtype is not None):
-            heads = model(x)
-        loss = criterion([h.float() for h in heads], y)
-        scaler.scale(loss).backward()
-        scaler.step(optimiser)
-        scaler.update()
-        model.commit_memory()
-        losses.append(loss.detach())
-
     for i in range(30):
         if i == 10:
             model.end_warmup()
-        step()
-    syncs = count_syncs(step)
+        losses.append(step())
+    syncs = count_syncs(lambda: losses.append(step()))
     values = [v.item() for v in losses]
     banks_finite = all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
     return {
@@ -163,7 +181,7 @@ def train_steps(amp: str) -> dict[str, Any]:
     }
 
 
-def synced(fn: Callable[[], None]) -> Callable[[], None]:
+def synced(fn: Callable[[], object]) -> Callable[[], None]:
     """``fn`` followed by a wait for the GPU, so that a wall-clock time covers its kernels."""
 
     def run() -> None:
@@ -173,7 +191,7 @@ def synced(fn: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
-def without_finiteness_check(fn: Callable[[], None]) -> Callable[[], None]:
+def without_finiteness_check(fn: Callable[[], object]) -> Callable[[], None]:
     """``fn`` with DMW-LA's finiteness check of the memory update (one host sync per block) off."""
     original = DMWLA.__dict__["_finite"]  # the staticmethod itself, not its function
 
@@ -195,37 +213,26 @@ def time_network(variant: str, size: int, side: int, repeats: int) -> dict[str, 
         torch.cuda.reset_peak_memory_stats()
     model = built(variant).to(DEVICE)
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=DEVICE == "cuda")
-    criterion = DeepSupervisionLoss()
     x, y = batch(size, side, DEVICE)
     x1 = x[:1].contiguous()
-
-    def train_step(dtype: torch.dtype | None) -> Callable[[], None]:
-        def run() -> None:
-            model.train()
-            optimiser.zero_grad(set_to_none=True)
-            with torch.autocast(DEVICE, dtype=dtype or torch.float32, enabled=dtype is not None):
-                heads = model(x)
-            criterion([h.float() for h in heads], y).backward()
-            optimiser.step()
-            model.commit_memory()
-
-        return run
 
     def eval_forward(dtype: torch.dtype | None) -> Callable[[], None]:
         @torch.no_grad()
         def run() -> None:
             model.eval()
-            with torch.autocast(DEVICE, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with autocast(dtype):
                 model(x1)
 
         return run
 
     runs = {
-        "train_step_fp32": train_step(None),
-        "train_step_bf16": train_step(torch.bfloat16),
-        "train_step_fp32_without_finiteness_check": without_finiteness_check(train_step(None)),
-        "eval_forward_B1_fp32": eval_forward(None),
-        "eval_forward_B1_bf16": eval_forward(torch.bfloat16),
+        "train_step_fp32": training_step(model, optimiser, x, y, AMP["fp32"]),
+        "train_step_bf16": training_step(model, optimiser, x, y, AMP["bf16"]),
+        "train_step_fp32_without_finiteness_check": without_finiteness_check(
+            training_step(model, optimiser, x, y, AMP["fp32"])
+        ),
+        "eval_forward_B1_fp32": eval_forward(AMP["fp32"]),
+        "eval_forward_B1_bf16": eval_forward(AMP["bf16"]),
     }
     times = time_interleaved({name: synced(fn) for name, fn in runs.items()}, repeats, warmup=3)
     figures = {f"{name}_ms": round(median_ms(samples), 2) for name, samples in times.items()}
@@ -257,7 +264,9 @@ def main() -> None:
     if DEVICE == "cuda" and not torch.cuda.is_available():
         raise SystemExit("check_cuda.py needs a CUDA GPU; torch sees none")
     RESULTS["machine"] = {
-        "gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else "none (dry run on the CPU)", "torch": torch.__version__, "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else "none (dry run on the CPU)",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
     }
     print(json.dumps(RESULTS["machine"]), flush=True)
     check("parity_cpu_cuda", parity)
@@ -269,7 +278,8 @@ def main() -> None:
         check("timings", lambda: timings(cases))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "check_cuda.json").write_text(json.dumps(RESULTS, indent=1))
+    text = json.dumps(RESULTS, indent=1)
+    atomic_write(out / "check_cuda.json", lambda tmp: tmp.write_text(text))
     failed = [k for k, v in RESULTS.items() if isinstance(v, dict) and v.get("ok") is False]
     print("all checks passed" if not failed else f"FAILED: {failed}", flush=True)
     raise SystemExit(1 if failed else 0)
