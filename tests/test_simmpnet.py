@@ -162,6 +162,10 @@ def test_bad_input_is_refused_clearly(tiny):
     # 112 = 3.5 windows of 32: timm itself would only fail at the first forward
     with pytest.raises(InputError, match="multiple of 32.*got 112"):
         SimMPNet.from_variant("tiny", n_classes=2, img_size_a=112)
+    # any positive side works for encoder B (it pads to its windows); 0 would fail in interpolate
+    for size in (0, -4, 84.5):
+        with pytest.raises(InputError, match=f"img_size_b must be a positive integer, got {size}"):
+            SimMPNet.from_variant("tiny", n_classes=2, img_size_b=size)
 
 
 def test_overrides_reach_the_right_blocks():

@@ -178,6 +178,9 @@ class SimMPNet(nn.Module):
         self.config = config = config or SimMPNetConfig()
         if len(config.depths) != 4:
             raise InputError(f"depths needs four stages, got {config.depths}")
+        size_b = config.img_size_b
+        if isinstance(size_b, bool) or not isinstance(size_b, int) or size_b < 1:
+            raise InputError(f"encoder B's img_size_b must be a positive integer, got {size_b!r}")
         self.n_classes = n_classes
         self.in_channels = in_channels
         self.stem = (
