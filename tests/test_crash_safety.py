@@ -4,11 +4,12 @@
   ``torch.save`` fail with ENOSPC) ends in a clear error naming the file, leaves the previous
   version of the file as it was and no temporary file behind.
 * Training killed with SIGKILL at random moments, again and again, and resumed each time,
-  ends with the same weights as a run that was never interrupted.
+  ends with the same weights and the same training log as a run that was never interrupted.
 """
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import signal
@@ -77,6 +78,14 @@ def _same_training_state(a: Path, b: Path) -> None:
         assert torch.equal(weights_a[key], weights_b[key]), key
     for index, state in first["optimizer"]["state"].items():
         assert torch.equal(state["exp_avg"], second["optimizer"]["state"][index]["exp_avg"])
+
+
+def _log_records(path: Path) -> list[dict]:
+    """The records of a training log without their clock readings."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for record in records:
+        record.pop("elapsed_s", None)
+    return records
 
 
 # ------------------------------------------------------------------------- failed writes
@@ -278,5 +287,7 @@ def test_sigkill_at_random_moments_then_resume_reaches_the_same_weights(tmp_path
     assert kills == KILLS
     assert epochs_at_kill == sorted(epochs_at_kill), epochs_at_kill  # never a step back
     _same_training_state(tmp_path / "straight" / "last.pt", last)
+    # the log tells the story of the uninterrupted run: each step once, no line cut off by a kill
+    assert _log_records(log) == _log_records(tmp_path / "straight" / "log.jsonl")
     assert load_checkpoint(last)["state"]["global_step"] == EPOCHS
     assert not list((tmp_path / "killed").glob(".last.pt.*.tmp"))  # killed writes are cleaned up

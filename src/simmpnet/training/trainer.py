@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..data.io import atomic_write
 from ..data.layouts import open_layout
 from ..data.transforms import RandomAugment
 from ..errors import CheckpointError, InputError, SimMPNetError
@@ -347,7 +348,8 @@ class Trainer:
 
     def resume(self, path: str | os.PathLike | None = None) -> None:
         """Continue from a checkpoint (default ``output_dir/last.pt``).  Every rank of a
-        distributed run reads it; it may come from a run with another number of processes."""
+        distributed run reads it; it may come from a run with another number of processes.
+        Resuming this run's own checkpoint also drops the log records written after it."""
         path = Path(path) if path else self.output_dir / "last.pt"
         payload = load_checkpoint(path, map_location="cpu")
         if payload.get("format") != TRAIN_FORMAT:
@@ -370,7 +372,31 @@ class Trainer:
             torch.cuda.set_rng_state(payload["rng"]["cuda_device"], self.device)
         elif "cuda" in payload["rng"] and torch.cuda.is_available() and not self.dist.enabled:
             torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+        if self.dist.is_main and path.resolve().parent == self.output_dir.resolve():
+            self._rewind_log()
         logger.info("resumed from %s at epoch %d, step %d", path, self.state["epoch"], self.state["global_step"])
+
+    def _rewind_log(self) -> None:
+        """Drop the log records written after the checkpoint being resumed (the steps a killed
+        run did not save, a line cut off by the kill), so that the resumed run logs those
+        steps once, as an uninterrupted run would."""
+        log = self.output_dir / "log.jsonl"
+        if not log.is_file():
+            return
+        step, epoch = self.state["global_step"], self.state["epoch"]
+        kept: list[str] = []
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(record, dict):
+                continue
+            at_step, at_epoch = record.get("step", record.get("steps")), record.get("epoch", 0)
+            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (at_step, at_epoch))
+            if numbers and at_step <= step and at_epoch <= epoch:
+                kept.append(line)
+        atomic_write(log, lambda tmp: tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8"))
 
     # ------------------------------------------------------------------ loop
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
