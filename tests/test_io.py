@@ -2,7 +2,6 @@
 atomic writes."""
 from __future__ import annotations
 
-import gzip
 import io
 import logging
 import os
