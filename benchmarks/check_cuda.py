@@ -276,10 +276,8 @@ def main() -> None:
     if not args.skip_timings:
         cases = [(v, int(b), int(p)) for v, b, p in (c.split(":") for c in args.timing_cases)]
         check("timings", lambda: timings(cases))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(RESULTS, indent=1)
-    atomic_write(out / "check_cuda.json", lambda tmp: tmp.write_text(text))
+    atomic_write(Path(args.out) / "check_cuda.json", lambda tmp: tmp.write_text(text))  # creates the folder
     failed = [k for k, v in RESULTS.items() if isinstance(v, dict) and v.get("ok") is False]
     print("all checks passed" if not failed else f"FAILED: {failed}", flush=True)
     raise SystemExit(1 if failed else 0)
