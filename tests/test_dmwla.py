@@ -137,6 +137,33 @@ def test_autocast_bf16_keeps_memory_in_fp32():
     assert block.memory.bank.dtype == torch.float32 and torch.isfinite(block.memory.bank).all()
 
 
+@pytest.mark.parametrize("warmup_iters", [5, 0], ids=["warm-up", "after warm-up"])
+def test_fp16_autocast_reads_survive_logits_beyond_fp16(warmup_iters):
+    # The decoder's deepest block of a trained demo network has read logits t.q of about 1e5-1e6,
+    # above fp16's largest value (65504), while t, q, v themselves fit in fp16.
+    block = make_block(warmup_iters=warmup_iters).eval()
+    x = 300 * torch.randn(2, 8, 5, 5)
+    with torch.no_grad():
+        block.memory.bank.mul_(300)  # the bank holds momentum keys of the same scale as q
+        t = block.theta(x).flatten(2).transpose(1, 2)
+        assert (t @ block.phi(x).flatten(2)).abs().max() > 65504
+        assert (t @ block.memory.bank).abs().max() > 65504
+    with torch.no_grad():
+        reference = block(x)
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = block(x)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), reference, rtol=0.02, atol=3.0)
+
+    block.train()
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = block(x).float().square().mean()
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, p in block.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
 def test_bad_input_and_bad_update_count():
     block = make_block()
     with pytest.raises(InputError, match=r"\(B, 8, H, W\)"):

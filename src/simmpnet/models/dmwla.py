@@ -122,18 +122,31 @@ class DMWLA(nn.Module):
         t = self.theta(x).flatten(2).transpose(1, 2)  # (B, N, d)
         q = self.phi(x).flatten(2)  # (B, d, N)
         v = self.g(x).flatten(2).transpose(1, 2)
-        context = F.scaled_dot_product_attention(
-            t.unsqueeze(1), q.transpose(1, 2).unsqueeze(1), v.unsqueeze(1), scale=self.scale
-        ).squeeze(1)
         if self.memory.in_warmup:
             if self.training:
                 self._record({"kind": "warmup", "features": q.detach()})
-            read = context
+        elif self.training:
+            self._record_update(x)
+        if t.dtype == torch.float16:
+            # The read logits t.q (and t.M) of trained blocks reach 1e5-1e6: the input of the
+            # decoder's deepest block is not normalised and the authors' read has no 1/sqrt(d)
+            # scale.  fp16 ends at 65504, so under fp16 autocast both reads run in fp32 (bf16
+            # has the range of fp32).
+            with torch.autocast(x.device.type, enabled=False):
+                read = self._read(t.float(), q.float(), v.float())
         else:
-            read = context + self.memory.read(t.reshape(b * h * w, -1)).view(b, h * w, -1)
-            if self.training:
-                self._record_update(x)
+            read = self._read(t, q, v)
         return x + self.o(read.transpose(1, 2).reshape(b, -1, h, w))
+
+    def _read(self, t: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``r_ctx`` (+ ``r_mem`` after warm-up): ``(B, N, d)`` from ``t, v`` ``(B, N, d)`` and
+        ``q`` ``(B, d, N)``."""
+        read = F.scaled_dot_product_attention(
+            t.unsqueeze(1), q.transpose(1, 2).unsqueeze(1), v.unsqueeze(1), scale=self.scale
+        ).squeeze(1)
+        if not self.memory.in_warmup:
+            read = read + self.memory.read(t.flatten(0, 1)).view_as(read)
+        return read
 
     # ------------------------------------------------------------ memory commit
     @property
