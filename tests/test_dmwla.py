@@ -137,10 +137,12 @@ def test_autocast_bf16_keeps_memory_in_fp32():
     assert block.memory.bank.dtype == torch.float32 and torch.isfinite(block.memory.bank).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("warmup_iters", [5, 0], ids=["warm-up", "after warm-up"])
-def test_fp16_autocast_reads_survive_logits_beyond_fp16(warmup_iters):
+def test_autocast_reads_keep_logits_beyond_half_precision(warmup_iters, dtype):
     # The decoder's deepest block of a trained demo network has read logits t.q of about 1e5-1e6,
-    # above fp16's largest value (65504), while t, q, v themselves fit in fp16.
+    # above fp16's largest value (65504) and far beyond what bf16's 8-bit mantissa resolves,
+    # while t, q, v themselves fit in either.
     block = make_block(warmup_iters=warmup_iters).eval()
     x = 300 * torch.randn(2, 8, 5, 5)
     with torch.no_grad():
@@ -148,15 +150,14 @@ def test_fp16_autocast_reads_survive_logits_beyond_fp16(warmup_iters):
         t = block.theta(x).flatten(2).transpose(1, 2)
         assert (t @ block.phi(x).flatten(2)).abs().max() > 65504
         assert (t @ block.memory.bank).abs().max() > 65504
-    with torch.no_grad():
         reference = block(x)
-        with torch.autocast("cpu", dtype=torch.float16):
+        with torch.autocast("cpu", dtype=dtype):
             out = block(x)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out.float(), reference, rtol=0.02, atol=3.0)
 
     block.train()
-    with torch.autocast("cpu", dtype=torch.float16):
+    with torch.autocast("cpu", dtype=dtype):
         loss = block(x).float().square().mean()
     loss.backward()
     assert torch.isfinite(loss)

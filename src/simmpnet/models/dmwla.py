@@ -127,11 +127,13 @@ class DMWLA(nn.Module):
                 self._record({"kind": "warmup", "features": q.detach()})
         elif self.training:
             self._record_update(x)
-        if t.dtype == torch.float16:
+        if t.dtype in (torch.float16, torch.bfloat16):
             # The read logits t.q (and t.M) of trained blocks reach 1e5-1e6: the input of the
             # decoder's deepest block is not normalised and the authors' read has no 1/sqrt(d)
-            # scale.  fp16 ends at 65504, so under fp16 autocast both reads run in fp32 (bf16
-            # has the range of fp32).
+            # scale.  fp16 overflows there (it ends at 65504), and bf16 keeps 8 bits of
+            # mantissa, so logits that differ by less than ~2000 become equal and the softmax
+            # is noise; a demo run under bf16 collapsed late in training.  Both reads therefore
+            # run in fp32 under autocast.
             with torch.autocast(x.device.type, enabled=False):
                 read = self._read(t.float(), q.float(), v.float())
         else:
