@@ -1,6 +1,6 @@
 """Checks and timings on a CUDA GPU (CI has none: run this where one is).
 
-    python benchmarks/check_cuda.py [--out DIR] [--skip-timings]
+    python benchmarks/check_cuda.py [--out DIR] [--skip-timings] [--checkpoint runs/demo/last.pt [--data DIR]]
 
 Checks, each reported as ok / FAILED with its figures (the script carries on after a failure):
 - parity: `tiny` after warm-up gives the same eval logits on the CPU and the GPU (TF32 off);
@@ -11,6 +11,11 @@ Checks, each reported as ok / FAILED with its figures (the script carries on aft
   bf16 and fp16 (with gradient scaling), and the memory banks stay finite; the host
   synchronisations of one training step after warm-up are counted, by source line, with
   ``torch.cuda.set_sync_debug_mode``;
+- trained network (with ``--checkpoint``, e.g. the ``last.pt`` of ``make demo``, and its data
+  ``--data``): the held-out slices predicted under bf16 and fp16 autocast are finite and carry
+  the fp32 labels on at least 99 % of the pixels.  A trained network's activations are far
+  larger than a fresh one's (DMW-LA read logits of about 5e5 in the demo network), so this
+  catches fp16 overflows that the fresh networks above never reach;
 - timings (medians of 15 interleaved rounds after 3 warm-up runs, each run followed by a wait
   for the GPU): training step and batch-1 eval forward of `tiny` and `paper`, fp32 against
   bf16, and the training step with DMW-LA's finiteness check of the memory update (one host
@@ -30,13 +35,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from harness import median_ms, time_interleaved
 from simmpnet import SimMPNet
 from simmpnet.data.io import atomic_write
+from simmpnet.data.layouts import open_layout
+from simmpnet.data.transforms import resize_image
 from simmpnet.models.dmwla import DMWLA
 from simmpnet.training.losses import DeepSupervisionLoss
+from simmpnet.training.trainer import load_trained_model
 
 N_CLASSES = 9
 DEVICE = "cuda"  # --device cpu: a dry run of this script's code paths where no GPU is
@@ -132,6 +141,24 @@ def purity() -> dict[str, Any]:
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     figures["changed_state"] = changed[:5]
     figures["ok"] &= not changed
+    return figures
+
+
+def trained_network(checkpoint: Path, data: Path) -> dict[str, Any]:
+    model, size, _ = load_trained_model(checkpoint, DEVICE)
+    slices = [s for case in open_layout("synapse", data).cases("test_vol") for s in case["image"]]
+    x = torch.from_numpy(np.stack([resize_image(s, (size, size)) for s in slices])[:, None]).float().to(DEVICE)
+    figures: dict[str, Any] = {"ok": True, "slices": len(slices)}
+    with torch.no_grad():
+        reference = model(x).argmax(1)
+        for amp in ("bf16", "fp16"):
+            with autocast(AMP[amp]):
+                logits = model(x)
+            finite = bool(torch.isfinite(logits).all())
+            agreement = (logits.argmax(1) == reference).float().mean().item()
+            figures[f"{amp}_finite"] = finite
+            figures[f"{amp}_label_agreement_with_fp32"] = round(agreement, 5)
+            figures["ok"] &= finite and agreement >= 0.99
     return figures
 
 
@@ -258,6 +285,8 @@ def main() -> None:
         metavar="VARIANT:BATCH:SIDE", help="networks and batches to time",
     )
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run of the code paths")
+    parser.add_argument("--checkpoint", type=Path, help="a trained network (e.g. runs/demo/last.pt) to check under autocast")
+    parser.add_argument("--data", type=Path, default=Path("runs/brain_demo_data"), help="its data (Synapse layout)")
     args = parser.parse_args()
     global DEVICE
     DEVICE = args.device
@@ -273,6 +302,8 @@ def main() -> None:
     check("inference_leaves_model_unchanged", purity)
     for amp in AMP:
         check(f"train_{amp}", lambda amp=amp: train_steps(amp))
+    if args.checkpoint is not None:
+        check("trained_network_under_autocast", lambda: trained_network(args.checkpoint, args.data))
     if not args.skip_timings:
         cases = [(v, int(b), int(p)) for v, b, p in (c.split(":") for c in args.timing_cases)]
         check("timings", lambda: timings(cases))
