@@ -253,6 +253,22 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
+def test_resuming_a_finished_run_logs_as_one_uninterrupted_run(tmp_path):
+    """A run killed after its end record (or resumed once done, or resumed with more epochs)
+    keeps one end record: the log equals that of a run that was never stopped."""
+    data = _dataset(tmp_path / "data")
+    for epochs in (2, 3):
+        Trainer(TrainConfig.from_dict(_config(data, tmp_path / f"straight{epochs}", epochs=epochs))).fit()
+    Trainer(TrainConfig.from_dict(_config(data, tmp_path / "run", epochs=2))).fit()
+    log = tmp_path / "run" / "log.jsonl"
+    for epochs in (2, 3):
+        trainer = Trainer(TrainConfig.from_dict(_config(data, tmp_path / "run", epochs=epochs)))
+        trainer.resume()
+        trainer.fit()
+        assert _log_records(log) == _log_records(tmp_path / f"straight{epochs}" / "log.jsonl"), epochs
+        assert [r["event"] for r in _log_records(log)].count("end") == 1
+
+
 def test_sigkill_at_random_moments_then_resume_reaches_the_same_weights(tmp_path):
     """``simmpnet train --resume`` killed with SIGKILL ``KILLS`` times at random moments of
     training (mid-step, mid-log, mid-checkpoint) always resumes from a usable checkpoint and

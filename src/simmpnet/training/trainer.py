@@ -379,7 +379,9 @@ class Trainer:
     def _rewind_log(self) -> None:
         """Drop the log records written after the checkpoint being resumed (the steps a killed
         run did not save, a line cut off by the kill), so that the resumed run logs those
-        steps once, as an uninterrupted run would."""
+        steps once, as an uninterrupted run would.  The end record goes too: the resumed run
+        writes its own when it stops (a run killed after its end record, before it exited,
+        would otherwise end twice)."""
         log = self.output_dir / "log.jsonl"
         if not log.is_file():
             return
@@ -390,7 +392,7 @@ class Trainer:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if not isinstance(record, dict):
+            if not isinstance(record, dict) or record.get("event") == "end":
                 continue
             at_step, at_epoch = record.get("step", record.get("steps")), record.get("epoch", 0)
             numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (at_step, at_epoch))
