@@ -394,7 +394,7 @@ class Trainer:
                 continue
             if not isinstance(record, dict) or record.get("event") == "end":
                 continue
-            at_step, at_epoch = record.get("step", record.get("steps")), record.get("epoch", 0)
+            at_step, at_epoch = record.get("step"), record.get("epoch", 0)
             numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (at_step, at_epoch))
             if numbers and at_step <= step and at_epoch <= epoch:
                 kept.append(line)
