@@ -165,6 +165,17 @@ def test_autocast_reads_keep_logits_beyond_half_precision(warmup_iters, dtype):
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_block_cast_to_half_precision_runs_in_its_dtype(dtype):
+    block = make_block(warmup_iters=0).eval()
+    x = torch.randn(2, 8, 5, 5)
+    with torch.no_grad():
+        reference = block(x)
+        out = block.to(dtype)(x.to(dtype))
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), reference, rtol=0.05, atol=0.05)
+
+
 def test_bad_input_and_bad_update_count():
     block = make_block()
     with pytest.raises(InputError, match=r"\(B, 8, H, W\)"):

@@ -133,9 +133,10 @@ class DMWLA(nn.Module):
             # scale.  fp16 overflows there (it ends at 65504), and bf16 keeps 8 bits of
             # mantissa, so logits that differ by less than ~2000 become equal and the softmax
             # is noise; a demo run under bf16 collapsed late in training.  Both reads therefore
-            # run in fp32 under autocast.
+            # run in fp32, under autocast and in a block cast to half precision alike; the
+            # result goes back to the block's dtype for `o`.
             with torch.autocast(x.device.type, enabled=False):
-                read = self._read(t.float(), q.float(), v.float())
+                read = self._read(t.float(), q.float(), v.float()).to(t.dtype)
         else:
             read = self._read(t, q, v)
         return x + self.o(read.transpose(1, 2).reshape(b, -1, h, w))
