@@ -38,11 +38,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness import median_ms, time_interleaved
+from harness import held_out_volumes, median_ms, time_interleaved
 from simmpnet import SimMPNet
 from simmpnet.data.io import atomic_write
-from simmpnet.data.layouts import open_layout
-from simmpnet.data.transforms import resize_image
 from simmpnet.models.dmwla import DMWLA
 from simmpnet.training.losses import DeepSupervisionLoss
 from simmpnet.training.trainer import load_trained_model
@@ -146,9 +144,8 @@ def purity() -> dict[str, Any]:
 
 def trained_network(checkpoint: Path, data: Path) -> dict[str, Any]:
     model, size, _ = load_trained_model(checkpoint, DEVICE)
-    slices = [s for case in open_layout("synapse", data).cases("test_vol") for s in case["image"]]
-    x = torch.from_numpy(np.stack([resize_image(s, (size, size)) for s in slices])[:, None]).float().to(DEVICE)
-    figures: dict[str, Any] = {"ok": True, "slices": len(slices)}
+    x = torch.from_numpy(np.concatenate(held_out_volumes(data, size))).to(DEVICE)
+    figures: dict[str, Any] = {"ok": True, "slices": len(x)}
     with torch.no_grad():
         reference = model(x).argmax(1)
         for amp in ("bf16", "fp16"):

@@ -28,22 +28,9 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from harness import cores, cpu_model, median_ms, time_interleaved, write_readme  # noqa: E402
+from harness import cores, cpu_model, held_out_volumes, median_ms, time_interleaved, write_readme  # noqa: E402
 
 BEGIN, END = "<!-- check_onnx_demo:begin -->", "<!-- check_onnx_demo:end -->"
-
-
-def held_out_volumes(data: Path, size: int) -> list[np.ndarray]:
-    """The test volumes (the demo's Synapse layout, split ``test_vol``), each resized slice by
-    slice as prediction does: (D, 1, S, S) float32."""
-    from simmpnet.data.layouts import open_layout
-    from simmpnet.data.transforms import resize_image
-
-    cases = open_layout("synapse", data).cases("test_vol")
-    return [
-        np.stack([resize_image(s, (size, size)) for s in case["image"]])[:, None].astype(np.float32)
-        for case in cases
-    ]
 
 
 def pytorch_logits(model: torch.nn.Module, batches: list[np.ndarray]) -> list[np.ndarray]:

@@ -1,5 +1,5 @@
-"""Timing helpers shared by the benchmark scripts: medians after warm-up runs, peak RSS
-measured in a fresh child process per case, and a one-line machine description."""
+"""Helpers shared by the benchmark scripts: medians after warm-up runs, peak RSS measured in
+a fresh child process per case, a one-line machine description, and the held-out demo slices."""
 from __future__ import annotations
 
 import json
@@ -13,9 +13,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from simmpnet.data.io import atomic_write
+from simmpnet.data.layouts import open_layout
+from simmpnet.data.transforms import resize_image
 
 
 def cores() -> int:
@@ -117,3 +120,13 @@ def write_readme(path: Path, block: str, begin: str, end: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def held_out_volumes(data: Path, size: int) -> list[np.ndarray]:
+    """The test volumes (the demo's Synapse layout, split ``test_vol``), each resized slice by
+    slice as prediction does: (D, 1, S, S) float32."""
+    cases = open_layout("synapse", data).cases("test_vol")
+    return [
+        np.stack([resize_image(s, (size, size)) for s in case["image"]])[:, None].astype(np.float32)
+        for case in cases
+    ]
