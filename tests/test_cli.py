@@ -10,6 +10,7 @@ import yaml
 from conftest import small_train_config
 from PIL import Image
 
+from simmpnet.checkpoint import load_checkpoint, save_checkpoint
 from simmpnet.cli import main
 
 
@@ -174,6 +175,39 @@ def test_predict_window_replaces_the_normalisation(trained, tmp_path):
     with np.load(tmp_path / "a" / "slab.npz") as a, np.load(tmp_path / "b" / "slab.npz") as b:
         assert np.array_equal(a["label"], b["label"])
     assert main([*common, "--input", str(inputs), "--output", str(tmp_path / "d"), "--window", "900", "500"]) == 2
+
+
+def test_resample_option_of_evaluate_and_predict(brain_data, trained, tmp_path, capsys):
+    """``--resample logits`` reaches the evaluation (recorded in metrics.json and metrics.md)
+    and the prediction (label maps in the input's size); without the option, evaluate uses the
+    training config's ``resample``; an unknown mode is refused."""
+    payload = load_checkpoint(trained)
+    assert payload["config"]["resample"] == "labels"
+    payload["config"]["resample"] = "logits"
+    trained_logits = save_checkpoint(payload, tmp_path / "logits.pt")
+    common = ["--quiet", "evaluate", "--data", str(brain_data), "--overlays", "0"]
+    runs = {
+        "flag": ["--checkpoint", str(trained), "--resample", "logits"],
+        "config": ["--checkpoint", str(trained_logits)],
+        "default": ["--checkpoint", str(trained)],
+    }
+    for name, args in runs.items():
+        assert main([*common, *args, "--output", str(tmp_path / name)]) == 0
+    recorded = {name: json.loads((tmp_path / name / "metrics.json").read_text())["resample"] for name in runs}
+    assert recorded == {"flag": "logits", "config": "logits", "default": "labels"}
+    assert "bilinear interpolation of the logits" in (tmp_path / "flag" / "metrics.md").read_text()
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    np.savez(inputs / "slab.npz", image=np.random.default_rng(0).random((2, 50, 70), dtype=np.float32))
+    predict = ["--quiet", "predict", "--checkpoint", str(trained), "--input", str(inputs)]
+    assert main([*predict, "--output", str(tmp_path / "p"), "--resample", "logits"]) == 0
+    with np.load(tmp_path / "p" / "slab.npz") as f:
+        assert f["label"].shape == (2, 50, 70) and f["label"].max() < 9
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main([*predict, "--output", str(tmp_path / "q"), "--resample", "cubic"])
+    assert exc.value.code == 2 and "invalid choice: 'cubic'" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
 
 
 def test_compare_trains_both_models_on_the_demo_footing(brain_data, tmp_path, capsys):

@@ -141,6 +141,8 @@ def test_config_errors_are_clear(tmp_path):
         TrainConfig.from_dict({"learning_rate": 1})
     with pytest.raises(InputError, match="model must be one of"):
         TrainConfig.from_dict({"model": "resnet"})
+    with pytest.raises(InputError, match=r"resample must be one of \['labels', 'logits'\], got 'nearest'"):
+        TrainConfig.from_dict({"resample": "nearest"})
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: [1,\n")
     with pytest.raises(InputError, match="not valid YAML"):

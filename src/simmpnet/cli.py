@@ -100,10 +100,12 @@ def _evaluate(
     layout: str | None = None,
     layout_options: dict | None = None,
     workers: int = 1,
+    resample: str | None = None,
 ) -> tuple[dict, list[Path]]:
     """Evaluate ``checkpoint`` on the volumes of ``split``; write metrics.json (with ``extra``
     merged in), metrics.md and overlay pictures.  ``layout_options`` override those the model
-    was trained with; ``workers`` processes compute the metrics.  Returns the summary and
+    was trained with; ``workers`` processes compute the metrics; ``resample`` is how the
+    predictions return to the slice size (None: as the model's validation did).  Returns the summary and
     the pictures.  Nothing is written unless every case was scored."""
     from .data.io import check_output_folder
     from .data.layouts import open_layout
@@ -127,7 +129,8 @@ def _evaluate(
     volumes = found.cases(split)
     on_case, chosen = _pick_overlays(overlays)
     summary = evaluate_volumes(
-        model, volumes, input_size, n_classes, names, dev, on_case=on_case if overlays else None, workers=workers
+        model, volumes, input_size, n_classes, names, dev, on_case=on_case if overlays else None, workers=workers,
+        resample=resample or config.get("resample", "labels"),
     )
     summary["checkpoint"] = str(checkpoint)
     summary.update(extra or {})
@@ -179,6 +182,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         layout=args.layout,
         layout_options=_parse_sets(args.set or []),
         workers=args.workers,
+        resample=args.resample,
     )
     print(format_table(summary))
     print(f"metrics: {Path(args.output) / 'metrics.json'}, {Path(args.output) / 'metrics.md'}")
@@ -194,6 +198,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         Path(args.checkpoint), Path(args.input), Path(args.output), device=args.device,
         overlay=args.overlay,
         intensity_window=tuple(args.window) if args.window else None,
+        resample=args.resample,
     )
     print(f"{len(written)} label map(s) written to {args.output}")
     return 0
@@ -308,6 +313,17 @@ def build_parser() -> argparse.ArgumentParser:
     def device(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
 
+    from .evaluation.inference import RESAMPLE_MODES
+
+    def resample(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--resample", choices=RESAMPLE_MODES,
+            help="how a prediction returns to the image size: labels (the paper's nearest resize of the "
+            "label map) or logits (bilinear interpolation of the logits, then the argmax; smoother "
+            "boundaries when the network's input size is below the image's); default: the training "
+            "config's resample key, labels unless set",
+        )
+
     demo_help = "train on the embedded brain-lobes MRI (Debian mricron-data) and evaluate"
     for name, func, text in (("demo", cmd_demo, demo_help), ("compare", cmd_compare, "demo for Sim-MPNet and a U-Net, side by side")):
         p = sub.add_parser(name, help=text, description=text)
@@ -366,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlays", type=int, default=5, help="cases to draw (0: none)")
     p.add_argument("--workers", type=int, default=1, help="processes computing the metrics (default 1)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="layout option, e.g. split_file=splits.json")
+    resample(p)
     device(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -378,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--window", nargs=2, type=float, metavar=("LOW", "HIGH"),
         help="intensity window mapped to [0, 1] (default: the one the model was trained with)",
     )
+    resample(p)
     device(p)
     p.set_defaults(func=cmd_predict)
 

@@ -13,7 +13,7 @@ import torch
 from .data.io import default_label_path, list_inputs, read_image, write_label_map
 from .data.transforms import normalise_percentile
 from .errors import InputError
-from .evaluation.inference import predict_slices
+from .evaluation.inference import check_resample, predict_slices
 from .training.trainer import load_trained_model, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -62,17 +62,24 @@ def predict_paths(
     device: str = "auto",
     overlay: bool = False,
     intensity_window: tuple[float, float] | None = None,
+    resample: str | None = None,
 ) -> list[Path]:
     """Predict every supported file at ``input_path`` (a file or a folder) into ``output_dir``.
 
     ``intensity_window`` (low, high) replaces the window the model was trained with (e.g. a HU
     window for CT); None keeps the training one, or percentile normalisation when it had none.
+    ``resample`` is how predictions return to the input's size: ``"labels"`` (the paper's
+    nearest resize) or ``"logits"`` (see :mod:`simmpnet.evaluation.inference`); None takes
+    the training config's, "labels" unless it was set.
 
     Returns the label maps written.  Files are read, predicted and written one at a time, so
     memory stays flat over long folders.
     """
+    if resample is not None:
+        check_resample(resample)
     dev = resolve_device(device)
     model, input_size, config = load_trained_model(checkpoint, dev)
+    resample = resample or config.get("resample", "labels")
     in_channels = int(getattr(model, "in_channels", config.get("in_channels", 1)))
     names = config.get("class_names")
     window = intensity_window if intensity_window is not None else config.get("intensity_window")
@@ -87,7 +94,7 @@ def predict_paths(
         image = normalise_intensity(loaded.array, window)
         slices = _as_slices(image, loaded.kind, in_channels, path)
         with torch.no_grad():
-            labels = predict_slices(model, slices, input_size, dev)
+            labels = predict_slices(model, slices, input_size, dev, resample=resample)
         if loaded.kind == "image2d":
             labels = labels[0]
         target = write_label_map(labels, loaded, default_label_path(loaded, out_dir))

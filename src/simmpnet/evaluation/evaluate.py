@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, SimMPNetError
-from .inference import predict_slices
+from .inference import check_resample, predict_slices
 from .metrics import evaluate_case, summarize
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ def evaluate_volumes(
     device: torch.device | str = "cpu",
     on_case: Callable[[str, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
     workers: int = 1,
+    resample: str = "labels",
 ) -> dict[str, Any]:
     """Predict and score every volume.
 
@@ -61,10 +62,12 @@ def evaluate_volumes(
             volumes) while the next case is predicted; 1 computes them here.  Each case goes
             to a worker as soon as it is predicted and at most ``2 * workers`` cases are in
             flight.  The result does not depend on ``workers``.
+        resample: how predictions return to the slice size (:data:`~simmpnet.evaluation.inference.RESAMPLE_MODES`):
+            ``"labels"`` (the paper's nearest resize of the label map) or ``"logits"``.
 
     Returns:
         the :func:`simmpnet.evaluation.metrics.summarize` dictionary (headline: empty/empty
-        excluded, HD95/ASD in mm; the paper protocol next to it).
+        excluded, HD95/ASD in mm; the paper protocol next to it), with ``"resample"``.
 
     Raises:
         InputError: ``workers`` below 1, or a case the metrics refuse.
@@ -72,6 +75,7 @@ def evaluate_volumes(
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise InputError(f"workers must be a positive integer, got {workers!r}")
+    check_resample(resample)
     results: dict[str, Any] = {}
     pool = _metric_pool(workers) if workers > 1 else None
     pending: deque[tuple[str, Future]] = deque()
@@ -79,7 +83,7 @@ def evaluate_volumes(
         for item in volumes:
             name = item["name"]
             image, truth = np.asarray(item["image"]), np.asarray(item["label"])
-            prediction = predict_slices(model, image, input_size, device)
+            prediction = predict_slices(model, image, input_size, device, resample=resample)
             if pool is None:
                 results[name] = evaluate_case(prediction, truth, n_classes, spacing=item.get("spacing"))
             else:
@@ -101,4 +105,6 @@ def evaluate_volumes(
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    return summarize(results, list(class_names[1:]))
+    summary = summarize(results, list(class_names[1:]))
+    summary["resample"] = resample
+    return summary

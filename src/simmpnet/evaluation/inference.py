@@ -1,16 +1,38 @@
-"""Slice-wise prediction of volumes and images with the paper's resizing (SPEC section 5):
-each slice is resized to the network's input size (cubic), predicted, and the label map is
-resized back (nearest)."""
+"""Slice-wise prediction of volumes and images.
+
+Each slice is resized to the network's input size (cubic) and predicted.  The prediction
+goes back to the slice's own size in one of two ways:
+
+- ``"labels"`` (the paper's, SPEC section 5): the label map at the network's size is
+  resized back with nearest-neighbour interpolation;
+- ``"logits"``: the logits are interpolated bilinearly to the slice's size and the label
+  is their argmax there, as nnU-Net does with its class scores.  A network trained below the
+  data's resolution then gives smooth boundaries instead of blocks of the network's pixels.
+
+Both map pixel centres the way the input resize does (corners aligned, as
+:func:`scipy.ndimage.zoom` does), so neither shifts the prediction against the image.
+"""
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..data.transforms import resize_image, resize_slice
 from ..errors import InputError
 
-__all__ = ["predict_slices"]
+__all__ = ["RESAMPLE_MODES", "check_resample", "predict_slices"]
+
+#: How a prediction returns to the slice's size (see the module docstring).
+RESAMPLE_MODES = ("labels", "logits")
+
+
+def check_resample(resample: str) -> str:
+    """``resample`` if it is one of :data:`RESAMPLE_MODES`, else an :class:`InputError`."""
+    if resample not in RESAMPLE_MODES:
+        raise InputError(f"resample must be one of {list(RESAMPLE_MODES)}, got {resample!r}")
+    return resample
 
 
 @torch.no_grad()
@@ -20,6 +42,7 @@ def predict_slices(
     input_size: int,
     device: torch.device | str = "cpu",
     batch_size: int = 16,
+    resample: str = "labels",
 ) -> np.ndarray:
     """Predict a stack of 2D slices.
 
@@ -29,10 +52,13 @@ def predict_slices(
         input_size: side of the square the network expects.
         device: where the network runs (the model must already be there).
         batch_size: slices per forward.
+        resample: ``"labels"`` (the paper's nearest resize of the label map) or ``"logits"``
+            (bilinear interpolation of the logits, then the argmax).
 
     Returns:
         ``(D, H, W)`` uint8 label map.
     """
+    check_resample(resample)
     if slices.ndim not in (3, 4) or slices.shape[0] == 0:
         raise InputError(f"expected (D, H, W) or (D, H, W, C) slices, got shape {slices.shape}")
     if not np.isfinite(slices).all():
@@ -45,7 +71,13 @@ def predict_slices(
         resized = np.stack([resize_image(s, (input_size, input_size)) for s in chunk])  # (b, S, S[, C])
         resized = resized[:, None] if resized.ndim == 3 else np.moveaxis(resized, -1, 1)  # (b, C, S, S)
         logits = model(torch.from_numpy(resized).to(device))  # eval mode: one tensor
-        small = logits.argmax(1).to(torch.uint8).cpu().numpy()
-        for offset, label in enumerate(small):
-            labels[start + offset] = resize_slice(label, (height, width), order=0)
+        if resample == "logits":
+            # one slice at a time: the full-size logits of a whole batch can be large
+            for offset, slice_logits in enumerate(logits):
+                full = F.interpolate(slice_logits[None].float(), size=(height, width), mode="bilinear", align_corners=True)
+                labels[start + offset] = full[0].argmax(0).to(torch.uint8).cpu().numpy()
+        else:
+            small = logits.argmax(1).to(torch.uint8).cpu().numpy()
+            for offset, label in enumerate(small):
+                labels[start + offset] = resize_slice(label, (height, width), order=0)
     return labels

@@ -224,6 +224,13 @@ def _md_table(header: list[str], rows: list[list[str]], mean: list[str]) -> list
     return lines
 
 
+#: ``summary["resample"]`` (:data:`simmpnet.evaluation.inference.RESAMPLE_MODES`) in words
+_RESAMPLE_WORDS = {
+    "labels": "a nearest resize of the label map (the paper's)",
+    "logits": "a bilinear interpolation of the logits, then the argmax",
+}
+
+
 def _title(convention: str) -> str:
     return "paper protocol" if convention == "paper" else f"{convention!r} convention"
 
@@ -236,7 +243,8 @@ def metrics_markdown(summary: Mapping[str, Any]) -> str:
 
     Returns:
         Markdown text: case and class counts, a line naming the convention and distance
-        unit of each table, the headline table (one row per class, then the mean over
+        unit of each table, one naming the resampling when the summary records it
+        (:func:`~simmpnet.evaluation.evaluate.evaluate_volumes` does), the headline table (one row per class, then the mean over
         classes; DSC and Jaccard in %, HD95 and ASD in the convention's unit, and the number
         of cases that define DSC and HD95), the convention's description, the same table for
         the other convention, and the pooled DSC.
@@ -266,8 +274,11 @@ def metrics_markdown(summary: Mapping[str, Any]) -> str:
         f"- Cases: {summary['n_cases']}",
         f"- Classes ({len(classes)}): {', '.join(classes)}",
         f"- {which}",
-        "",
     ]
+    resample = summary.get("resample")
+    if resample in _RESAMPLE_WORDS:
+        lines.append(f"- Predictions return to the image size by {_RESAMPLE_WORDS[resample]}.")
+    lines.append("")
     tables = [(1, headline)] + ([(2, other)] if other is not None else [])
     for number, conv in tables:
         role = "headline, " if conv == headline else ""

@@ -38,6 +38,7 @@ from ..data.layouts import open_layout
 from ..data.transforms import RandomAugment
 from ..errors import CheckpointError, InputError, SimMPNetError
 from ..evaluation.evaluate import evaluate_volumes
+from ..evaluation.inference import check_resample
 from ..models import SimMPNet, WLDSchedule
 from ..models.factory import MODEL_NAMES, build_model, input_size_of, model_from_payload, model_payload
 from . import distributed
@@ -70,7 +71,9 @@ class TrainConfig:
     ``lr (1 - progress)^0.9``, progress the larger of the step and time-budget fractions),
     ``augment`` (options of :class:`simmpnet.data.transforms.RandomAugment`: p_rot_flip,
     p_rotate, max_angle; default the paper's 0.5 / 0.5 / 20), ``seed``, ``wld_start_epoch``, ``wld_blocks`` ("encoder" as the
-    authors, "decoder", "all" or "none"), ``eval_start_epoch``, ``eval_every``.
+    authors, "decoder", "all" or "none"), ``eval_start_epoch``, ``eval_every``, ``resample``
+    (how validation predictions return to the slice size: "labels", the paper's, or "logits";
+    see :mod:`simmpnet.evaluation.inference`; ``evaluate`` and ``predict`` default to it).
     Budget: ``time_budget_s`` (wall clock of the whole run, across resumes), ``max_steps``.
     Mixed precision: ``amp`` "none", "bf16" (CPU or CUDA), "fp16" (CUDA, with gradient
     scaling) or "auto" (bf16 where the hardware computes it natively, else none); the memory
@@ -111,6 +114,7 @@ class TrainConfig:
     wld_blocks: str = "encoder"
     eval_start_epoch: int = 100
     eval_every: int = 1
+    resample: str = "labels"
     time_budget_s: float | None = None
     max_steps: int | None = None
     amp: str = "none"
@@ -164,6 +168,7 @@ class TrainConfig:
             raise InputError(f"lr_schedule must be constant or poly, got {self.lr_schedule!r}")
         if self.wld_blocks not in ("encoder", "decoder", "all", "none"):
             raise InputError(f"wld_blocks must be encoder, decoder, all or none, got {self.wld_blocks!r}")
+        check_resample(self.resample)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise InputError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -495,7 +500,8 @@ class Trainer:
         if self.val_set is None:
             return None
         return evaluate_volumes(
-            self.model, self.val_set, self.input_size, self.config.n_classes, self.config.names, self.device
+            self.model, self.val_set, self.input_size, self.config.n_classes, self.config.names, self.device,
+            resample=self.config.resample,
         )
 
     def fit(self) -> dict[str, Any]:
