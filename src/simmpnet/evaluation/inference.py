@@ -28,11 +28,10 @@ __all__ = ["RESAMPLE_MODES", "check_resample", "predict_slices"]
 RESAMPLE_MODES = ("labels", "logits")
 
 
-def check_resample(resample: str) -> str:
-    """``resample`` if it is one of :data:`RESAMPLE_MODES`, else an :class:`InputError`."""
+def check_resample(resample: str) -> None:
+    """Raise an :class:`InputError` unless ``resample`` is one of :data:`RESAMPLE_MODES`."""
     if resample not in RESAMPLE_MODES:
         raise InputError(f"resample must be one of {list(RESAMPLE_MODES)}, got {resample!r}")
-    return resample
 
 
 @torch.no_grad()

@@ -244,10 +244,11 @@ def metrics_markdown(summary: Mapping[str, Any]) -> str:
     Returns:
         Markdown text: case and class counts, a line naming the convention and distance
         unit of each table, one naming the resampling when the summary records it
-        (:func:`~simmpnet.evaluation.evaluate.evaluate_volumes` does), the headline table (one row per class, then the mean over
-        classes; DSC and Jaccard in %, HD95 and ASD in the convention's unit, and the number
-        of cases that define DSC and HD95), the convention's description, the same table for
-        the other convention, and the pooled DSC.
+        (:func:`~simmpnet.evaluation.evaluate.evaluate_volumes` does), the headline table
+        (one row per class, then the mean over classes; DSC and Jaccard in %, HD95 and ASD in
+        the convention's unit, and the number of cases that define DSC and HD95), the
+        convention's description, the same table for the other convention, and the pooled
+        DSC.
 
     Raises:
         InputError: ``summary`` does not have the structure ``summarize`` produces.
