@@ -105,8 +105,8 @@ def _evaluate(
     """Evaluate ``checkpoint`` on the volumes of ``split``; write metrics.json (with ``extra``
     merged in), metrics.md and overlay pictures.  ``layout_options`` override those the model
     was trained with; ``workers`` processes compute the metrics; ``resample`` is how the
-    predictions return to the slice size (None: as the model's validation did).  Returns the summary and
-    the pictures.  Nothing is written unless every case was scored."""
+    predictions return to the slice size (None: as the model's validation did).  Returns the
+    summary and the pictures.  Nothing is written unless every case was scored."""
     from .data.io import check_output_folder
     from .data.layouts import open_layout
     from .errors import CheckpointError

@@ -62,8 +62,9 @@ def evaluate_volumes(
             volumes) while the next case is predicted; 1 computes them here.  Each case goes
             to a worker as soon as it is predicted and at most ``2 * workers`` cases are in
             flight.  The result does not depend on ``workers``.
-        resample: how predictions return to the slice size (:data:`~simmpnet.evaluation.inference.RESAMPLE_MODES`):
-            ``"labels"`` (the paper's nearest resize of the label map) or ``"logits"``.
+        resample: how predictions return to the slice size
+            (:data:`~simmpnet.evaluation.inference.RESAMPLE_MODES`): ``"labels"`` (the paper's
+            nearest resize of the label map) or ``"logits"``.
 
     Returns:
         the :func:`simmpnet.evaluation.metrics.summarize` dictionary (headline: empty/empty

@@ -73,8 +73,10 @@ def predict_slices(
         if resample == "logits":
             # one slice at a time: the full-size logits of a whole batch can be large
             for offset, slice_logits in enumerate(logits):
-                full = F.interpolate(slice_logits[None].float(), size=(height, width), mode="bilinear", align_corners=True)
-                labels[start + offset] = full[0].argmax(0).to(torch.uint8).cpu().numpy()
+                full = F.interpolate(
+                    slice_logits[None].float(), size=(height, width), mode="bilinear", align_corners=True
+                )[0]
+                labels[start + offset] = full.argmax(0).to(torch.uint8).cpu().numpy()
         else:
             small = logits.argmax(1).to(torch.uint8).cpu().numpy()
             for offset, label in enumerate(small):
