@@ -56,13 +56,14 @@ def main() -> None:
     rows = []
     for name, vols in volumes.items():
         slices = sum(len(v) for v in vols)
-        cases = {
-            mode: (lambda mode=mode: [predict_slices(model, v, size, resample=mode) for v in vols])
-            for mode in RESAMPLE_MODES
-        }
-        times = time_interleaved(cases, args.repeats)
+        predicted: dict[str, list[np.ndarray]] = {}  # each mode's last timed run, compared below
+
+        def run(mode: str, vols: list[np.ndarray] = vols) -> None:
+            predicted[mode] = [predict_slices(model, v, size, resample=mode) for v in vols]
+
+        times = time_interleaved({mode: (lambda mode=mode: run(mode)) for mode in RESAMPLE_MODES}, args.repeats)
         per_slice = {mode: median_ms(times[mode]) / slices for mode in RESAMPLE_MODES}
-        same = np.mean([np.mean(a == b) for a, b in zip(*(cases[m]() for m in RESAMPLE_MODES))])
+        same = np.mean([np.mean(a == b) for a, b in zip(*(predicted[m] for m in RESAMPLE_MODES))])
         rows.append(
             f"| {name} | {per_slice['labels']:.1f} | {per_slice['logits']:.1f} | "
             f"{per_slice['logits'] / per_slice['labels']:.2f} | {100 * same:.2f} |"
