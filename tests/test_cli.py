@@ -208,6 +208,14 @@ def test_resample_option_of_evaluate_and_predict(brain_data, trained, tmp_path, 
         main([*predict, "--output", str(tmp_path / "q"), "--resample", "cubic"])
     assert exc.value.code == 2 and "invalid choice: 'cubic'" in capsys.readouterr().err
     assert not (tmp_path / "q").exists()
+    # a hand-edited checkpoint with an unknown mode: one line, and no output folder
+    payload["config"]["resample"] = "cubic"
+    edited = save_checkpoint(payload, tmp_path / "cubic.pt")
+    for command in (["predict", "--input", str(inputs)], ["evaluate", "--data", str(brain_data)]):
+        out = tmp_path / f"edited_{command[0]}"
+        assert main(["--quiet", command[0], "--checkpoint", str(edited), *command[1:], "--output", str(out)]) == 2
+        assert "resample must be one of ['labels', 'logits'], got 'cubic'" in capsys.readouterr().err
+        assert not out.exists()
 
 
 def test_compare_trains_both_models_on_the_demo_footing(brain_data, tmp_path, capsys):

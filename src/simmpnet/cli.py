@@ -111,6 +111,7 @@ def _evaluate(
     from .data.layouts import open_layout
     from .errors import CheckpointError
     from .evaluation.evaluate import evaluate_volumes
+    from .evaluation.inference import resolve_resample
     from .evaluation.report import write_json, write_metrics_markdown
     from .training import load_trained_model, resolve_device
 
@@ -130,7 +131,7 @@ def _evaluate(
     on_case, chosen = _pick_overlays(overlays)
     summary = evaluate_volumes(
         model, volumes, input_size, n_classes, names, dev, on_case=on_case if overlays else None, workers=workers,
-        resample=resample or config.get("resample", "labels"),
+        resample=resolve_resample(resample, config),
     )
     summary["checkpoint"] = str(checkpoint)
     summary.update(extra or {})

@@ -13,7 +13,7 @@ import torch
 from .data.io import default_label_path, list_inputs, read_image, write_label_map
 from .data.transforms import normalise_percentile
 from .errors import InputError
-from .evaluation.inference import check_resample, predict_slices
+from .evaluation.inference import predict_slices, resolve_resample
 from .training.trainer import load_trained_model, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -75,11 +75,9 @@ def predict_paths(
     Returns the label maps written.  Files are read, predicted and written one at a time, so
     memory stays flat over long folders.
     """
-    if resample is not None:
-        check_resample(resample)
     dev = resolve_device(device)
     model, input_size, config = load_trained_model(checkpoint, dev)
-    resample = resample or config.get("resample", "labels")
+    resample = resolve_resample(resample, config)
     in_channels = int(getattr(model, "in_channels", config.get("in_channels", 1)))
     names = config.get("class_names")
     window = intensity_window if intensity_window is not None else config.get("intensity_window")

@@ -14,6 +14,9 @@ Both map pixel centres the way the input resize does (corners aligned, as
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -22,7 +25,7 @@ from torch import nn
 from ..data.transforms import resize_image, resize_slice
 from ..errors import InputError
 
-__all__ = ["RESAMPLE_MODES", "check_resample", "predict_slices"]
+__all__ = ["RESAMPLE_MODES", "check_resample", "predict_slices", "resolve_resample"]
 
 #: How a prediction returns to the slice's size (see the module docstring).
 RESAMPLE_MODES = ("labels", "logits")
@@ -32,6 +35,15 @@ def check_resample(resample: str) -> None:
     """Raise an :class:`InputError` unless ``resample`` is one of :data:`RESAMPLE_MODES`."""
     if resample not in RESAMPLE_MODES:
         raise InputError(f"resample must be one of {list(RESAMPLE_MODES)}, got {resample!r}")
+
+
+def resolve_resample(resample: str | None, config: Mapping[str, Any]) -> str:
+    """The mode a trained model predicts with: ``resample`` when given, else its training
+    config's ``resample``, else ``"labels"``; checked, so that a hand-edited checkpoint fails
+    before anything is written."""
+    chosen = resample or config.get("resample", "labels")
+    check_resample(chosen)
+    return chosen
 
 
 @torch.no_grad()
