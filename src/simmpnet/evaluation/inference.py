@@ -25,10 +25,15 @@ from torch import nn
 from ..data.transforms import resize_image, resize_slice
 from ..errors import InputError
 
-__all__ = ["RESAMPLE_MODES", "check_resample", "predict_slices", "resolve_resample"]
+__all__ = ["RESAMPLE_MODES", "RESAMPLE_WORDS", "check_resample", "predict_slices", "resolve_resample"]
 
-#: How a prediction returns to the slice's size (see the module docstring).
-RESAMPLE_MODES = ("labels", "logits")
+#: How a prediction returns to the slice's size (see the module docstring), in the words of
+#: the reports.
+RESAMPLE_WORDS = {
+    "labels": "a nearest resize of the label map (the paper's)",
+    "logits": "a bilinear interpolation of the logits, then the argmax",
+}
+RESAMPLE_MODES = tuple(RESAMPLE_WORDS)
 
 
 def check_resample(resample: str) -> None:

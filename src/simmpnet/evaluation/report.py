@@ -35,6 +35,7 @@ import numpy as np
 
 from simmpnet.data.io import atomic_write
 from simmpnet.errors import InputError
+from simmpnet.evaluation.inference import RESAMPLE_WORDS
 
 __all__ = [
     "CLASS_COLORS",
@@ -224,13 +225,6 @@ def _md_table(header: list[str], rows: list[list[str]], mean: list[str]) -> list
     return lines
 
 
-#: ``summary["resample"]`` (:data:`simmpnet.evaluation.inference.RESAMPLE_MODES`) in words
-_RESAMPLE_WORDS = {
-    "labels": "a nearest resize of the label map (the paper's)",
-    "logits": "a bilinear interpolation of the logits, then the argmax",
-}
-
-
 def _title(convention: str) -> str:
     return "paper protocol" if convention == "paper" else f"{convention!r} convention"
 
@@ -277,8 +271,8 @@ def metrics_markdown(summary: Mapping[str, Any]) -> str:
         f"- {which}",
     ]
     resample = summary.get("resample")
-    if resample in _RESAMPLE_WORDS:
-        lines.append(f"- Predictions return to the image size by {_RESAMPLE_WORDS[resample]}.")
+    if resample in RESAMPLE_WORDS:
+        lines.append(f"- Predictions return to the image size by {RESAMPLE_WORDS[resample]}.")
     lines.append("")
     tables = [(1, headline)] + ([(2, other)] if other is not None else [])
     for number, conv in tables:
