@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from simmpnet.data.brain_demo import CLASS_NAMES  # noqa: E402
+from simmpnet.data.io import atomic_write  # noqa: E402
 from simmpnet.data.layouts.synapse import load_h5_volume, load_npz_slice  # noqa: E402
 from simmpnet.evaluation.inference import predict_slices  # noqa: E402
 from simmpnet.training.trainer import load_trained_model  # noqa: E402
@@ -74,8 +75,7 @@ def main() -> None:
         ax.axis("off")
     fig.suptitle(f"{args.class_name}: truth (green), prediction (red); slab 6 trains, slab 7 is held out", fontsize=9)
     fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=80)
+    atomic_write(args.out, lambda tmp: fig.savefig(tmp, format="png", dpi=80), suffix=".png")
     print(f"picture: {args.out}")
 
 
