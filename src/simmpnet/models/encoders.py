@@ -1,9 +1,10 @@
 """The two encoders of Sim-MPNet and the image injection they share (SPEC section 2).
 
-Encoder A is a timm MaxViT (``features_only``) whose stage outputs are re-injected with the
-image; its last stage also produces a gate that re-weights the image for encoder B.  Encoder B
+Encoder A is a timm MaxViT whose stem and stages run one after the other with the image
+re-injected after each stage, in line: the injected feature of stage i is the input of stage
+i + 1.  Its last stage also produces a gate that re-weights the image for encoder B.  Encoder B
 is built from overlapping patch embeddings and DMW-LA blocks, with DS-GIM after each block of
-its third stage.
+its third stage, and the same in-line injection.
 """
 from __future__ import annotations
 
@@ -42,6 +43,11 @@ class ImageInjection(nn.Module):
 class MaxViTEncoder(nn.Module):
     """Encoder A: a timm MaxViT backbone with image injection after each of its four stages.
 
+    timm builds the backbone (``features_only``, so its weights load as timm's and no
+    classifier head is kept), but this module runs the stem and the stages itself: the
+    injected output of stage i feeds stage i + 1, as in the authors' network.  timm's own
+    ``features_only`` forward would pass the un-injected stage output on, a different function.
+
     Args:
         backbone: timm model name (e.g. ``maxxvit_rmlp_small_rw_256``).
         img_size: input side the backbone is built for: a positive multiple of 32, because
@@ -74,18 +80,30 @@ class MaxViTEncoder(nn.Module):
             raise CheckpointError(f"cannot build backbone {backbone!r} (pretrained={pretrained}): {err}") from err
         self.channels: list[int] = list(self.backbone.feature_info.channels())
         self.injections = nn.ModuleList(ImageInjection(3, c) for c in self.channels)
+        # The backbone's modules in order (stem, stages); the ones whose outputs timm would
+        # return are each followed by an injection.
+        self._tapped = [(name, name in self.backbone.return_layers) for name in self.backbone]
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
-        return [inject(f, image) for f, inject in zip(self.backbone(image), self.injections)]
+        features: list[torch.Tensor] = []
+        x = image
+        for name, tapped in self._tapped:
+            x = self.backbone[name](x)
+            if tapped:
+                x = self.injections[len(features)](x, image)
+                features.append(x)
+        return features
 
 
 class PatchEmbedding(nn.Module):
-    """Overlapping patch embedding: strided conv, then LayerNorm over channels."""
+    """Overlapping patch embedding: strided conv, then LayerNorm over channels with eps 1e-5
+    (``torch.nn.LayerNorm``'s default, which the authors use; timm's ``LayerNorm2d`` defaults
+    to 1e-6)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2)
-        self.norm = LayerNorm2d(out_channels)
+        self.norm = LayerNorm2d(out_channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.proj(x))
