@@ -1,5 +1,6 @@
 import itertools
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -33,3 +34,30 @@ def test_deep_supervision_sums_all_fifteen_subsets():
     assert all(h.grad is not None and h.grad.abs().sum() > 0 for h in heads)
     single = torch.randn(2, 3, 5, 5)
     torch.testing.assert_close(DeepSupervisionLoss()(single, target), criterion(single, target))
+
+
+def test_soft_dice_has_squared_terms_in_its_denominator():
+    # Two classes, one image of three pixels, target (0, 0, 1); the logits give
+    # p_0 = (1/2, 3/4, 1/4) and p_1 = (1/2, 1/4, 3/4).  By hand, with eps = 1e-5:
+    # class 0: 2 sum(p g) = 2.5, sum(p^2) = 0.875, sum(g^2) = 2 (linear: sum(p) = 1.5)
+    # class 1: 2 sum(p g) = 1.5, sum(p^2) = 0.875, sum(g^2) = 1 (linear: sum(p) = 1.5)
+    ln3 = 1.0986122886681098
+    logits = torch.tensor([[[[0.0, ln3, 0.0]], [[0.0, 0.0, ln3]]]], dtype=torch.float64)
+    target = torch.tensor([[[0, 0, 1]]])
+    eps = 1e-5
+    squared = 1 - ((2.5 + eps) / (2.875 + eps) + (1.5 + eps) / (1.875 + eps)) / 2
+    linear = 1 - ((2.5 + eps) / (3.5 + eps) + (1.5 + eps) / (2.5 + eps)) / 2
+    assert float(SoftDiceLoss()(logits, target)) == pytest.approx(squared, rel=1e-6)
+    assert float(SoftDiceLoss(denominator="linear")(logits, target)) == pytest.approx(linear, rel=1e-6)
+
+
+def test_dice_denominator_is_checked_and_reaches_the_training_loss():
+    with pytest.raises(ValueError, match="denominator must be one of"):
+        SoftDiceLoss(denominator="cubic")
+    assert DeepSupervisionLoss().criterion.dice.denominator == "squared"
+    assert DeepSupervisionLoss(dice_denominator="linear").criterion.dice.denominator == "linear"
+    from simmpnet.errors import InputError
+    from simmpnet.training import TrainConfig
+
+    with pytest.raises(InputError, match="dice_denominator must be one of"):
+        TrainConfig.from_dict({"dice_denominator": "cubic"})

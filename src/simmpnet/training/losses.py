@@ -1,8 +1,13 @@
 """The paper's losses: soft Dice, ``0.3 CE + 0.7 Dice``, and the "MUTATION" deep supervision
 over every non-empty subset of the head outputs (SPEC section 5).
 
+The Dice is the soft Dice of the TransUNet lineage that the paper trains with: squared terms in
+the denominator, ``sum(p^2) + sum(t^2)``.  The linear form ``sum(p) + sum(t)`` (V-Net's
+"generalised" habit, MONAI's default) is a different objective with different gradients; it is
+kept as ``denominator="linear"``.
+
 The Dice is taken over the whole batch: its sufficient statistics (per class, the sums of
-``p t`` and of ``p + t``) are summed over the batch before the ratio is formed.  In
+``p t`` and of the denominator terms) are summed over the batch before the ratio is formed.  In
 distributed training a ``reduce`` function (an autograd-aware all-reduce, see
 :mod:`simmpnet.training.distributed`) sums them over the processes too, so every process
 computes the Dice of the global batch, as one process would.
@@ -17,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SoftDiceLoss", "CEDiceLoss", "DeepSupervisionLoss", "Reduce"]
+__all__ = ["DICE_DENOMINATORS", "SoftDiceLoss", "CEDiceLoss", "DeepSupervisionLoss", "Reduce"]
 
 
 def one_hot(target: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -29,30 +34,40 @@ def one_hot(target: torch.Tensor, n_classes: int) -> torch.Tensor:
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
+#: Denominators of the soft Dice: the paper's squared terms, or the linear ones.
+DICE_DENOMINATORS = ("squared", "linear")
+
+
 class SoftDiceLoss(nn.Module):
-    """``1 - mean_c (2 |p_c t_c| + eps) / (|p_c| + |t_c| + eps)`` over all classes, background
-    included, with ``p = softmax(logits)`` and the sums taken over the whole batch (over the
-    global batch of all processes when ``reduce`` is given).
+    """``1 - mean_c (2 sum(p_c t_c) + eps) / (sum(p_c^2) + sum(t_c^2) + eps)`` over all classes,
+    background included, with ``p = softmax(logits)``, ``t`` the one-hot target and the sums
+    taken over the whole batch (over the global batch of all processes when ``reduce`` is
+    given).  ``denominator="linear"`` uses ``sum(p_c) + sum(t_c)`` instead.
 
     Shapes: logits ``(B, C, H, W)``, target ``(B, H, W)`` int64.
     """
 
-    def __init__(self, smooth: float = 1e-5, reduce: Reduce | None = None) -> None:
+    def __init__(self, smooth: float = 1e-5, reduce: Reduce | None = None, denominator: str = "squared") -> None:
         super().__init__()
+        if denominator not in DICE_DENOMINATORS:
+            raise ValueError(f"denominator must be one of {list(DICE_DENOMINATORS)}, got {denominator!r}")
         self.smooth = smooth
         self.reduce = reduce
+        self.denominator = denominator
 
     def statistics(
         self, logits: torch.Tensor, target: torch.Tensor, onehot: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``(2, C)``: per class the batch sums of ``p t`` and of ``p + t`` (not reduced)."""
+        """``(2, C)``: per class the batch sums of ``p t`` and of the denominator terms (not
+        reduced)."""
         probs = torch.softmax(logits.float(), dim=1)
         if onehot is None:
             onehot = one_hot(target, logits.shape[1])
         dims = (0, 2, 3)
         intersection = (probs * onehot).sum(dims)
-        denominator = probs.sum(dims) + onehot.sum(dims)
-        return torch.stack([intersection, denominator])
+        # t is 0/1, so sum(t^2) = sum(t)
+        predicted = probs.square().sum(dims) if self.denominator == "squared" else probs.sum(dims)
+        return torch.stack([intersection, predicted + onehot.sum(dims)])
 
     def from_statistics(self, stats: torch.Tensor) -> torch.Tensor:
         """The loss from (already reduced) :meth:`statistics`."""
@@ -73,11 +88,17 @@ class CEDiceLoss(nn.Module):
     """``ce_weight * CE + dice_weight * Dice`` (paper: 0.3 / 0.7).  The CE is the mean over
     this process's pixels; the Dice is that of the global batch when ``reduce`` is given."""
 
-    def __init__(self, ce_weight: float = 0.3, dice_weight: float = 0.7, reduce: Reduce | None = None) -> None:
+    def __init__(
+        self,
+        ce_weight: float = 0.3,
+        dice_weight: float = 0.7,
+        reduce: Reduce | None = None,
+        dice_denominator: str = "squared",
+    ) -> None:
         super().__init__()
         self.ce_weight = ce_weight
         self.dice_weight = dice_weight
-        self.dice = SoftDiceLoss(reduce=reduce)
+        self.dice = SoftDiceLoss(reduce=reduce, denominator=dice_denominator)
 
     def terms(
         self, logits: torch.Tensor, target: torch.Tensor, onehot: torch.Tensor | None = None
@@ -103,19 +124,23 @@ class DeepSupervisionLoss(nn.Module):
     (15 subsets for 4 heads).  A single tensor (a network with one head) is scored as is.
 
     Args:
-        criterion: the loss applied to each subset (default ``CEDiceLoss(reduce=reduce)``).
+        criterion: the loss applied to each subset (default ``CEDiceLoss(reduce=reduce,
+            dice_denominator=dice_denominator)``).
         reduce: distributed training: sums the Dice statistics over the processes (one
             collective for all subsets).  Each process's loss is then ``0.3 * local CE +
             0.7 * global Dice``; their mean is the loss of the global batch, and because the
             backward of an all-reduce sums the gradients of all processes, DDP's averaging of
             the gradients yields exactly the gradient of the global-batch loss.
+        dice_denominator: ``"squared"`` (the paper's) or ``"linear"``, see :class:`SoftDiceLoss`.
     """
 
-    def __init__(self, criterion: nn.Module | None = None, reduce: Reduce | None = None) -> None:
+    def __init__(
+        self, criterion: nn.Module | None = None, reduce: Reduce | None = None, dice_denominator: str = "squared"
+    ) -> None:
         super().__init__()
-        if criterion is not None and reduce is not None:
-            raise ValueError("give reduce to the criterion, or no criterion")
-        self.criterion = criterion or CEDiceLoss(reduce=reduce)
+        if criterion is not None and (reduce is not None or dice_denominator != "squared"):
+            raise ValueError("give reduce and dice_denominator to the criterion, or no criterion")
+        self.criterion = criterion or CEDiceLoss(reduce=reduce, dice_denominator=dice_denominator)
 
     def forward(self, heads: Sequence[torch.Tensor] | torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if isinstance(heads, torch.Tensor):

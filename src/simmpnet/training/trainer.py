@@ -42,7 +42,7 @@ from ..evaluation.inference import check_resample
 from ..models import SimMPNet, WLDSchedule
 from ..models.factory import MODEL_NAMES, build_model, input_size_of, model_from_payload, model_payload
 from . import distributed
-from .losses import DeepSupervisionLoss
+from .losses import DICE_DENOMINATORS, DeepSupervisionLoss
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,9 @@ class TrainConfig:
     ``batch_size``, ``lr``, ``weight_decay``, ``lr_schedule`` ("constant" or "poly":
     ``lr (1 - progress)^0.9``, progress the larger of the step and time-budget fractions),
     ``augment`` (options of :class:`simmpnet.data.transforms.RandomAugment`: p_rot_flip,
-    p_rotate, max_angle; default the paper's 0.5 / 0.5 / 20), ``seed``, ``wld_start_epoch``, ``wld_blocks`` ("encoder" as the
+    p_rotate, max_angle; default the paper's 0.5 / 0.5 / 20), ``dice_denominator`` ("squared",
+    the paper's soft Dice, or "linear"), ``seed``, ``wld_start_epoch`` (the epoch whose losses
+    W-LD records first; ``K`` follows the rule from the next epoch on), ``wld_blocks`` ("encoder" as the
     authors, "decoder", "all" or "none"), ``eval_start_epoch``, ``eval_every``, ``resample``
     (how validation predictions return to the slice size: "labels", the paper's, or "logits";
     see :mod:`simmpnet.evaluation.inference`; ``evaluate`` and ``predict`` default to it).
@@ -109,6 +111,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     lr_schedule: str = "constant"
     augment: dict[str, float] = field(default_factory=dict)
+    dice_denominator: str = "squared"
     seed: int = 2222
     wld_start_epoch: int = 100
     wld_blocks: str = "encoder"
@@ -168,6 +171,10 @@ class TrainConfig:
             raise InputError(f"lr_schedule must be constant or poly, got {self.lr_schedule!r}")
         if self.wld_blocks not in ("encoder", "decoder", "all", "none"):
             raise InputError(f"wld_blocks must be encoder, decoder, all or none, got {self.wld_blocks!r}")
+        if self.dice_denominator not in DICE_DENOMINATORS:
+            raise InputError(
+                f"dice_denominator must be one of {list(DICE_DENOMINATORS)}, got {self.dice_denominator!r}"
+            )
         check_resample(self.resample)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise InputError(f"device must be auto, cpu or cuda, got {self.device!r}")
@@ -304,7 +311,9 @@ class Trainer:
             raise InputError("amp fp16 needs CUDA; use bf16 on the CPU")
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
-        self.criterion = DeepSupervisionLoss(reduce=distributed.all_reduce_sum if self.dist.enabled else None)
+        self.criterion = DeepSupervisionLoss(
+            reduce=distributed.all_reduce_sum if self.dist.enabled else None, dice_denominator=config.dice_denominator
+        )
         self.wld = (
             WLDSchedule(self.model.dmwla_blocks(config.wld_blocks), start_epoch=config.wld_start_epoch)
             if isinstance(self.model, SimMPNet) and config.wld_blocks != "none"
