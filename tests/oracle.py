@@ -32,10 +32,17 @@ def memory_update(bank, prototypes, keys, pool_size, k, momentum):
         members = [i for i in range(keys.shape[0]) if category[i] == c]
         if not members:
             continue
-        member_keys = keys[members]  # (n_c, d)
+        if len(members) < k:
+            # the authors' replication to k candidates, with the extra copies (which they
+            # draw at random) given to the best single positions
+            score = torch.softmax(keys[members], dim=0).sum(1)
+            by_score = [members[j] for j in sorted(range(len(members)), key=lambda j: -float(score[j]))]
+            q, extra = divmod(k, len(members))
+            members = [m for rank, m in enumerate(by_score) for _ in range(q + (rank < extra))]
+        member_keys = keys[members]  # (n_c or k, d)
         score = torch.softmax(member_keys, dim=0).sum(1)
         ranked = [members[j] for j in sorted(range(len(members)), key=lambda j: -float(score[j]))]
-        best = [ranked[j % len(ranked)] for j in range(k)]
+        best = ranked[:k]
         for slot, position in zip(weakest, best):
             column = c * pool_size + slot
             bank[:, column] = (1 - momentum) * bank[:, column] + momentum * keys[position]
@@ -93,3 +100,24 @@ def dsgim_attention(module, x: torch.Tensor, gamma: float) -> torch.Tensor:
         out = module.proj(weights @ v)
         outputs.append(module.refine(out.t().reshape(1, c, h, wd))[0])
     return torch.stack(outputs)
+
+
+def authors_split_weights(scores: torch.Tensor) -> torch.Tensor:
+    """The Euclidean part as the authors' code computes it, row by row: the near set compares
+    the 0/1 far mask with the split point, and masked scores become -100 (as does any score
+    that is exactly 0) before a softmax over the whole row."""
+    batch, n, _ = scores.shape
+    weights = torch.zeros_like(scores)
+    for b in range(batch):
+        a = scores[b]
+        mean = a.mean(1)
+        for i in range(n):
+            dist = (mean[i] - mean).abs()
+            split = float(torch.sort(dist, descending=True).values[n // 2 - 1])
+            far = [float(dist[j]) + (10000.0 if j == i else 0.0) >= split for j in range(n)]
+            near = [True] * n if split >= 1 else [not f for f in far]
+            for mask in (far, near):
+                kept = [float(a[i, j]) if m else 0.0 for j, m in enumerate(mask)]
+                kept = torch.tensor([-100.0 if v == 0 else v for v in kept], dtype=scores.dtype)
+                weights[b, i] += torch.softmax(kept, dim=0)
+    return weights

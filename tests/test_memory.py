@@ -44,7 +44,7 @@ def test_update_equals_oracle(rows, update_count):
     if rows == 2000:
         assert (counts >= update_count).all(), "the test wants every category populated"
     else:
-        assert (counts < update_count).any()  # exercises the cyclic reuse and the empty case
+        assert (counts < update_count).any()  # exercises the replication and the empty case
     bank, protos, chosen = oracle.memory_update(
         memory.bank, memory.prototypes, keys, memory.pool_size, update_count, memory.memory_momentum
     )
@@ -157,3 +157,20 @@ def test_warmup_state_follows_load_state_dict_and_warmup_iters():
     assert fresh.in_warmup
     fresh.load_state_dict(PrototypeMemory(8, 3, pool_size=4, warmup_iters=2).state_dict())
     assert fresh.in_warmup and int(fresh.warmup_counter) == 0
+
+
+def test_a_short_category_pairs_replicas_in_blocks_as_the_authors_do():
+    """Two positions for K = 5: the better one is copied 3 times, the other twice, and the copies
+    fill the weakest slots in order (best position's copies first), not alternately."""
+    memory = structured_memory(feature_dim=4, num_k=1, pool_size=10, update_count=5)
+    keys = torch.tensor([[0.0, 0.0, 0.0, 0.0], [2.0, 1.0, 2.0, 1.0]])  # position 1 scores higher
+    slot_score = torch.softmax(memory.bank, dim=1).sum(0)
+    weakest = slot_score.argsort()[:5]
+    before = memory.bank.clone()
+    memory.update(keys)
+    m = memory.memory_momentum
+    expected = before.clone()
+    for slot, position in zip(weakest.tolist(), [1, 1, 1, 0, 0]):
+        expected[:, slot] = (1 - m) * before[:, slot] + m * keys[position]
+    torch.testing.assert_close(memory.bank, expected, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(memory.prototypes, expected.mean(1, keepdim=True), atol=1e-6, rtol=1e-6)

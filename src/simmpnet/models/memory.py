@@ -337,9 +337,14 @@ class PrototypeMemory(nn.Module):
         Per category ``c``: the ``K`` slots with the lowest score (sum over rows of the
         softmax of ``M_c`` over its slots) are blended with the ``K`` positions of ``c`` with
         the highest score (sum over rows of the softmax of the keys over the positions of
-        ``c``), lowest slot with best position.  A category with fewer than ``K`` positions
-        reuses its positions in score order, cyclically; one with none is left unchanged.
-        Then the prototypes become the block means.  Runs in fp32, also under autocast.
+        ``c``), lowest slot with best position.  A category with ``n < K`` positions first
+        replicates them to ``K`` candidates, as the authors do: each position ``K // n`` times,
+        one copy more for the ``K % n`` best (the authors draw those at random); the
+        candidates are then scored among themselves (the softmax runs over the ``K`` copies)
+        and paired in that order, so the copies of the best position fill the first weakest
+        slots, those of the next one the following slots, and so on.  A category with no
+        position is left unchanged.  Then the prototypes become the block means.  Runs in
+        fp32, also under autocast.
         """
         with torch.autocast(keys.device.type, enabled=False):
             self._update(keys.float())
@@ -356,18 +361,39 @@ class PrototypeMemory(nn.Module):
         slot_score = torch.softmax(blocks, dim=2).sum(0)  # (num_k, P)
         weakest = slot_score.topk(k, dim=1, largest=False).indices  # (num_k, K)
 
-        # Softmax over the positions of each category, separately for every row of the keys.
+        # Softmax over the positions of each category, separately for every row of the keys;
+        # a position counts `copies` times in the denominator.
         index = category[:, None].expand(rows, d)
         seg_max = keys.new_full((self.num_k, d), float("-inf")).scatter_reduce(0, index, keys, "amax")
         expo = torch.exp(keys - seg_max[category])
-        seg_sum = keys.new_zeros(self.num_k, d).index_add_(0, category, expo)
-        position_score = (expo / seg_sum[category]).sum(1)  # (R,)
+        positions = torch.arange(rows, device=keys.device)
 
-        per_category = keys.new_full((self.num_k, rows), float("-inf"))
-        per_category[category, torch.arange(rows, device=keys.device)] = position_score
-        ranked = per_category.topk(min(k, rows), dim=1).indices  # best first
-        cycle = torch.arange(k, device=keys.device)[None, :] % counts.clamp(min=1)[:, None]
-        best = ranked.gather(1, cycle)  # (num_k, K)
+        def ranked_by_score(copies: torch.Tensor) -> torch.Tensor:
+            """``(num_k, min(K, R))`` positions of each category, best first (-1: none)."""
+            seg_sum = keys.new_zeros(self.num_k, d).index_add_(0, category, expo * copies[:, None])
+            score = (expo / seg_sum[category]).sum(1)  # (R,)
+            per_category = keys.new_full((self.num_k, rows), float("-inf"))
+            per_category[category, positions] = score
+            top = per_category.topk(min(k, rows), dim=1)
+            return torch.where(torch.isfinite(top.values), top.indices, -1)
+
+        # Copies per position: 1 where a category has at least K positions; else K // n, and
+        # one more for the K % n best by the score of the single positions.
+        ones = torch.ones(rows, dtype=keys.dtype, device=keys.device)
+        ranked = ranked_by_score(ones)
+        n = counts.clamp(min=1)[:, None]
+        rank = torch.arange(ranked.shape[1], device=keys.device)[None, :]
+        short = counts[:, None] < k
+        per_rank = torch.where(short, k // n + (rank < k % n).long(), 1)
+        copies = torch.cat([ones, ones[:1]]).index_put_(
+            (torch.where(ranked >= 0, ranked, rows).reshape(-1),), per_rank.reshape(-1).to(keys.dtype)
+        )[:rows]
+        ranked = ranked_by_score(copies)
+        # Slot j of the K weakest takes the candidate at rank j of the replicated, sorted list.
+        ranked_copies = torch.where(ranked >= 0, copies[ranked.clamp(min=0)], 0).cumsum(1)
+        slot = torch.arange(k, device=keys.device, dtype=keys.dtype).expand(self.num_k, k).contiguous()
+        pick = torch.searchsorted(ranked_copies.contiguous(), slot, right=True).clamp(max=ranked.shape[1] - 1)
+        best = ranked.gather(1, pick).clamp(min=0)  # (num_k, K); empty categories are masked below
 
         slots = (torch.arange(self.num_k, device=keys.device)[:, None] * self.pool_size + weakest).reshape(-1)
         old = self.bank[:, slots]
