@@ -2,6 +2,11 @@
 
 ``D = L_prev - L_cur``; ``K = int(100 * (0.5 - 0.5 D))``, replaced by 50 when it falls outside
 ``[25, 75]``.  A falling loss rewrites fewer slots (a stable memory), a rising loss more.
+
+The schedule follows the authors' training loop step for step: the losses of the start epoch
+(paper: 100, 0-based) are only recorded, ``K`` follows the rule from the next epoch on, and
+``int`` truncates the product as computed in binary floating point (``100 * 0.33`` gives 32.99...,
+hence 32).
 """
 from __future__ import annotations
 
@@ -21,7 +26,8 @@ class WLDSchedule:
         blocks: the blocks whose ``update_count`` the schedule sets.  The authors' code drives
             encoder B only (``model.dmwla_blocks("encoder")``); pass ``"all"`` blocks to
             drive the decoder's too.
-        start_epoch: epochs before this one leave ``K`` at ``default`` (paper: 100).
+        start_epoch: the epoch whose step losses are recorded first (paper: 100); ``K`` stays
+            ``default`` up to and including it and follows the rule from the next epoch on.
         default: ``K`` outside the range and before the start (50).
         low, high: the accepted range of ``K`` (25, 75).
         gain: the factor 100 of the rule.
@@ -49,22 +55,21 @@ class WLDSchedule:
 
     def k_for_change(self, loss_change: float) -> int:
         """``K`` for ``D = previous loss - current loss``."""
-        raw = self.gain * (0.5 - 0.5 * loss_change)
-        # floor with a tolerance: 100 * 0.4 is 40.000000000000004 in binary floating point,
-        # and 100 * 0.35 must give 35, not 34.
-        k = math.floor(raw + 1e-9) if math.isfinite(raw) else self.default
+        raw = (0.5 - 0.5 * loss_change) * self.gain
+        k = int(raw) if math.isfinite(raw) else self.default
         return k if self.low <= k <= self.high else self.default
 
     def step(self, loss: float, epoch: int) -> int:
         """Record the loss of one optimisation step and set ``K`` on the blocks.
 
-        Returns the ``K`` now in force.  Before ``start_epoch`` (and on the first step, which
-        has no previous loss) ``K`` is ``default``.  A non-finite loss changes nothing.
+        Returns the ``K`` now in force.  Up to and including ``start_epoch`` (and on the first
+        step, which has no previous loss) ``K`` is ``default``.  A non-finite loss changes
+        nothing.
         """
         loss = float(loss)
         if not math.isfinite(loss):
             return self.current_k
-        if epoch < self.start_epoch or self.previous_loss is None:
+        if epoch <= self.start_epoch or self.previous_loss is None:
             k = self.default
         else:
             k = self.k_for_change(self.previous_loss - loss)
