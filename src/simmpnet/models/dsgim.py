@@ -8,6 +8,12 @@ set, and the attention weights are the sum of one softmax per set.
 
 Unlike the authors' version this works for any size (windows are padded), any channel count
 and any batch size, and every sample of a batch is treated alike.
+
+``masks="authors"`` reproduces, for measuring what it does, how the authors' code builds the
+two softmaxes: their near set compares the 0/1 far mask (not the distances) with the row's
+split point, so wherever that point is at least 1 the near set is the whole row; and masked
+scores are filled with -100 rather than excluded, so an empty set still contributes a uniform
+softmax, and a set whose scores all lie below -100 hands its weight to the masked entries.
 """
 from __future__ import annotations
 
@@ -19,7 +25,10 @@ from torch import nn
 
 from ..errors import InputError
 
-__all__ = ["DSGIM", "decay_coefficient", "coherent_window_mask"]
+__all__ = ["DSGIM", "DSGIM_MASKS", "decay_coefficient", "coherent_window_mask", "euclidean_split_weights"]
+
+#: How the far and near softmaxes are masked: the method's, or the authors' code's.
+DSGIM_MASKS = ("method", "authors")
 
 
 def decay_coefficient(layer: int = 1, layers: int = 12) -> float:
@@ -63,6 +72,41 @@ def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.softmax(filled, dim=-1) * mask
 
 
+def _authors_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # Their code multiplies by the 0/1 mask and sets every resulting zero (a masked entry, or a
+    # score that is exactly 0) to -100 before a softmax over the whole row.
+    kept = scores * mask
+    return torch.softmax(kept.masked_fill(kept == 0, -100.0), dim=-1)
+
+
+def euclidean_split_weights(scores: torch.Tensor, masks: str = "method") -> torch.Tensor:
+    """The Euclidean part of DS-GIM: attention weights from the scores ``A`` ``(B, N, N)``.
+
+    ``s_i = mean_j A_ij`` and ``D_ij = |s_i - s_j|``; row ``i`` is split at its ``(N // 2)``-th
+    largest distance into a far set (``D_ij`` at least that, plus the diagonal) and a near set
+    (the rest); the weights are the softmax of ``A`` over the far set plus the softmax over the
+    near set (an empty set adds nothing).  ``masks="authors"``: their code's sets and fill, see
+    the module docstring.
+    """
+    n = scores.shape[-1]
+    with torch.no_grad():
+        row_mean = scores.mean(-1)
+        distance = (row_mean[:, :, None] - row_mean[:, None, :]).abs()
+        kth = n - max(n // 2, 1) + 1
+        threshold = distance.kthvalue(kth, dim=-1, keepdim=True).values
+        eye = torch.eye(n, dtype=torch.bool, device=scores.device)
+        if masks == "method":
+            far = (distance >= threshold) | eye
+            near = ~far
+        else:
+            # their diagonal joins the far set by adding 10000 to its distance of 0
+            far = distance + 10000.0 * eye >= threshold
+            near = ~far | (threshold >= 1)
+    if masks == "method":
+        return _masked_softmax(scores, far) + _masked_softmax(scores, near)
+    return _authors_softmax(scores, far) + _authors_softmax(scores, near)
+
+
 class ConvBlock(nn.Module):
     """conv3x3-BN-ReLU twice: ``in -> mid -> out`` channels."""
 
@@ -89,6 +133,8 @@ class DSGIM(nn.Module):
         window: window side for the cosine part (7).
         top_windows: number ``r`` of coherent windows (2).
         gamma: decay of the damped positions; 0 gives the authors' hard 0/1 masks.
+        masks: ``"method"`` (SPEC section 4) or ``"authors"``, their code's near set and -100
+            fill (see the module docstring), for comparison only.
 
     Shapes:
         input and output ``(B, C, H, W)``; any ``H, W``.  There is no residual connection
@@ -96,11 +142,19 @@ class DSGIM(nn.Module):
     """
 
     def __init__(
-        self, channels: int, window: int = 7, top_windows: int = 2, gamma: float = decay_coefficient()
+        self,
+        channels: int,
+        window: int = 7,
+        top_windows: int = 2,
+        gamma: float = decay_coefficient(),
+        masks: str = "method",
     ) -> None:
         super().__init__()
         if channels < 4:
             raise ValueError(f"DSGIM needs at least 4 channels, got {channels}")
+        if masks not in DSGIM_MASKS:
+            raise ValueError(f"masks must be one of {list(DSGIM_MASKS)}, got {masks!r}")
+        self.masks = masks
         self.channels = channels
         self.window = window
         self.top_windows = top_windows
@@ -115,7 +169,6 @@ class DSGIM(nn.Module):
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise InputError(f"DSGIM expects (B, {self.channels}, H, W), got {tuple(x.shape)}")
         b, c, h, w = x.shape
-        n = h * w
         coherent = coherent_window_mask(x, self.window, self.top_windows).unsqueeze(1)
         damped = torch.tensor(self.gamma, dtype=x.dtype, device=x.device)
         one = torch.ones((), dtype=x.dtype, device=x.device)
@@ -124,16 +177,6 @@ class DSGIM(nn.Module):
         q = self.query(x * query_weight).flatten(2).transpose(1, 2)  # (B, N, C)
         k = self.key(x * key_weight).flatten(2)  # (B, C, N)
         v = self.value(x).flatten(2).transpose(1, 2)
-        scores = q @ k  # (B, N, N)
-
-        with torch.no_grad():
-            row_mean = scores.mean(-1)
-            distance = (row_mean[:, :, None] - row_mean[:, None, :]).abs()
-            # The (N // 2)-th largest distance of each row is the split point.
-            kth = n - max(n // 2, 1) + 1
-            threshold = distance.kthvalue(kth, dim=-1, keepdim=True).values
-            eye = torch.eye(n, dtype=torch.bool, device=x.device)
-            far = (distance >= threshold) | eye
-        weights = _masked_softmax(scores, far) + _masked_softmax(scores, ~far)
+        weights = euclidean_split_weights(q @ k, self.masks)  # (B, N, N)
         out = self.proj(weights @ v)
         return self.refine(out.transpose(1, 2).reshape(b, c, h, w))

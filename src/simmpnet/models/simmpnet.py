@@ -54,6 +54,8 @@ class SimMPNetConfig:
         decoder_memory: DMW-LA settings of the decoder (n_k 10, d 128).
         attention_scale: factor of the global-read logits (the authors use 1: no scaling).
         dsgim_window, dsgim_top_windows, dsgim_gamma: DS-GIM window side, coherent windows, decay.
+        dsgim_masks: ``"method"`` or ``"authors"`` (their code's near set and -100 fill, to
+            measure what that bug does; see :mod:`simmpnet.models.dsgim`).
         share_dsgim: one DS-GIM for all blocks of stage 3 (the authors' code) or one per block.
     """
 
@@ -67,6 +69,7 @@ class SimMPNetConfig:
     dsgim_window: int = 7
     dsgim_top_windows: int = 2
     dsgim_gamma: float = decay_coefficient()
+    dsgim_masks: str = "method"
     share_dsgim: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -207,7 +210,11 @@ class SimMPNet(nn.Module):
             config.depths,
             make_block=partial(make_block, config.encoder_memory),
             make_dsgim=partial(
-                DSGIM, window=config.dsgim_window, top_windows=config.dsgim_top_windows, gamma=config.dsgim_gamma
+                DSGIM,
+                window=config.dsgim_window,
+                top_windows=config.dsgim_top_windows,
+                gamma=config.dsgim_gamma,
+                masks=config.dsgim_masks,
             ),
             share_dsgim=config.share_dsgim,
         )
