@@ -220,20 +220,20 @@ def test_resample_option_of_evaluate_and_predict(brain_data, trained, tmp_path, 
 
 def test_compare_trains_both_models_on_the_demo_footing(brain_data, tmp_path, capsys):
     """`simmpnet compare` (what `make compare` runs; `make demo` is its first half) end to end
-    with a 2-second budget per model: the demo config's per-model sections reach the right
-    model, and both networks see the same 96 px slices."""
+    with 2 steps per model: the demo config's per-model sections reach the right model, and
+    both networks see the same 96 px slices."""
     from simmpnet.checkpoint import load_checkpoint
 
     out = tmp_path / "compare"
     quick = ["--set", "train_list=small", "--set", "eval_start_epoch=1000", "--set", "progress=false"]
-    assert main(["compare", "--data", str(brain_data), "--output", str(out), "--budget", "2", "--device", "cpu", *quick]) == 0
+    assert main(["compare", "--data", str(brain_data), "--output", str(out), "--steps", "2", "--device", "cpu", *quick]) == 0
     printed = capsys.readouterr().out
     assert "simmpnet DSC" in printed and "unet DSC" in printed and "medial_temporal" in printed
     configs = {}
     for name in ("simmpnet", "unet"):
         summary = json.loads((out / name / "metrics.json").read_text())
         assert 0.0 <= summary["mean"]["dsc"] <= 1.0 and summary["n_cases"] == 3
-        assert summary["training"]["stop"] == "time_budget"
+        assert summary["training"]["stop"] == "max_steps" and summary["training"]["steps"] == 2
         config = configs[name] = load_checkpoint(out / name / "last.pt")["config"]
         assert config["model"] == name and config["input_size"] == 96
         assert config["augment"] == {"p_rot_flip": 0.0}
@@ -244,7 +244,9 @@ def test_compare_trains_both_models_on_the_demo_footing(brain_data, tmp_path, ca
 def test_demo_config_layers_yaml_model_section_and_command_line(tmp_path):
     from simmpnet.cli import demo_config
 
-    unet = demo_config("unet", tmp_path, tmp_path / "out", 60, "cpu")
+    unet = demo_config("unet", tmp_path, tmp_path / "out", "cpu")
     assert unet.model == "unet" and unet.model_overrides == {} and unet.input_size == 96
-    sim = demo_config("simmpnet", tmp_path, tmp_path / "out", 60, "cpu", ["input_size=128", "model_overrides={}"])
-    assert sim.input_size == 128 and sim.model_overrides == {} and sim.time_budget_s == 60
+    # a step budget: the demo's result must not depend on the machine's speed
+    assert unet.max_steps is not None and unet.max_steps > 0 and unet.time_budget_s is None
+    sim = demo_config("simmpnet", tmp_path, tmp_path / "out", "cpu", ["input_size=128", "model_overrides={}"], 7, 60)
+    assert sim.input_size == 128 and sim.model_overrides == {} and sim.max_steps == 7 and sim.time_budget_s == 60

@@ -221,11 +221,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def demo_config(
-    model: str, data: Path, output: Path, budget: float, device: str, sets: Sequence[str] = ()
+    model: str,
+    data: Path,
+    output: Path,
+    device: str,
+    sets: Sequence[str] = (),
+    steps: int | None = None,
+    budget: float | None = None,
 ) -> TrainConfig:
     """The :class:`TrainConfig` of the demo for ``model``: ``configs/brain_demo.yaml``, its
-    section for that model, then the command line (``budget``, ``device``, ``--set`` pairs; a
-    ``--set`` replaces the whole value of its key, e.g. all of ``model_overrides``)."""
+    section for that model, then the command line (``steps`` replaces the config's step count,
+    ``budget`` adds a wall-clock limit, then ``device`` and the ``--set`` pairs; a ``--set``
+    replaces the whole value of its key, e.g. all of ``model_overrides``)."""
     from .data.brain_demo import CLASS_NAMES
     from .models.factory import MODEL_NAMES
     from .training import TrainConfig
@@ -235,19 +242,23 @@ def demo_config(
     values.update(sections[model])
     values.update(
         data_root=str(data), output_dir=str(output), class_names=list(CLASS_NAMES), n_classes=len(CLASS_NAMES),
-        time_budget_s=budget, device=device, model=model,
+        device=device, model=model,
     )
+    if steps is not None:
+        values["max_steps"] = steps
+    if budget is not None:
+        values["time_budget_s"] = budget
     values.update(_parse_sets(sets))
     return TrainConfig.from_dict(values)
 
 
 def _run_demo(args: argparse.Namespace, model: str, output: Path) -> tuple[dict, list[Path]]:
-    """Prepare the brain data, train ``model`` within the budget, evaluate its last checkpoint."""
+    """Prepare the brain data, train ``model`` for the demo's steps, evaluate its last checkpoint."""
     from .data.brain_demo import prepare_brain_demo
     from .training import Trainer
 
     data = prepare_brain_demo(Path(args.data) if args.data else output.parent / "brain_demo_data")
-    trainer = Trainer(demo_config(model, data, output, args.budget, args.device, args.set or []))
+    trainer = Trainer(demo_config(model, data, output, args.device, args.set or [], args.steps, args.budget))
     if args.resume and (output / "last.pt").is_file():
         trainer.resume()
     result = trainer.fit()
@@ -329,7 +340,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in (("demo", cmd_demo, demo_help), ("compare", cmd_compare, "demo for Sim-MPNet and a U-Net, side by side")):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--output", default=f"runs/{name}", help="output folder")
-        p.add_argument("--budget", type=float, default=600.0, help="training wall-clock budget in seconds per model")
+        p.add_argument(
+            "--steps", type=int,
+            help="training steps per model (default: the demo config's, about 10 minutes on a 2-core CPU)",
+        )
+        p.add_argument(
+            "--budget", type=float,
+            help="also stop training after this many seconds per model (the result then depends on the machine's speed)",
+        )
         p.add_argument("--data", help="folder for the prepared demo data (default: next to the output)")
         p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a training config key")
