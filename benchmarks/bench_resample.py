@@ -27,7 +27,8 @@ import torch  # noqa: E402
 from harness import machine, median_ms, time_interleaved, write_readme  # noqa: E402
 from simmpnet import SimMPNet  # noqa: E402
 from simmpnet.data.layouts import open_layout  # noqa: E402
-from simmpnet.evaluation.inference import RESAMPLE_MODES, predict_slices  # noqa: E402
+from simmpnet.evaluation.inference import predict_slices  # noqa: E402
+from simmpnet.evaluation.resample import RESAMPLE_MODES  # noqa: E402
 from simmpnet.training import load_trained_model  # noqa: E402
 
 BEGIN, END = "<!-- bench_resample:begin -->", "<!-- bench_resample:end -->"

@@ -250,3 +250,42 @@ def test_demo_config_layers_yaml_model_section_and_command_line(tmp_path):
     assert unet.max_steps is not None and unet.max_steps > 0 and unet.time_budget_s is None
     sim = demo_config("simmpnet", tmp_path, tmp_path / "out", "cpu", ["input_size=128", "model_overrides={}"], 7, 60)
     assert sim.input_size == 128 and sim.model_overrides == {} and sim.max_steps == 7 and sim.time_budget_s == 60
+
+
+def test_help_version_and_argument_errors_do_not_import_the_network():
+    """`simmpnet --help` stays fast because nothing heavy is imported before a command runs:
+    checked by what the process imported, not by a clock."""
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    probe = (
+        "import sys, runpy\n"
+        "sys.argv = ['simmpnet', *sys.argv[1:]]\n"
+        "try:\n"
+        "    runpy.run_module('simmpnet', run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    heavy = sorted(m for m in ('torch', 'timm', 'torchvision', 'scipy', 'monai') if m in sys.modules)\n"
+        "    print('EXIT', exit.code, 'HEAVY', heavy)\n"
+    )
+    for argv, code in ((["--help"], 0), (["--version"], 0), (["train", "--help"], 0), (["evaluate"], 2)):
+        result = subprocess.run(
+            [sys.executable, "-c", probe, *argv], capture_output=True, text=True, env=cli_env(), timeout=120
+        )
+        assert f"EXIT {code} HEAVY []" in result.stdout, (argv, result.stdout, result.stderr)
+    version = subprocess.run(
+        [sys.executable, "-m", "simmpnet", "--version"], capture_output=True, text=True, env=cli_env(), timeout=120
+    )
+    from simmpnet import __version__
+
+    assert version.stdout.strip() == f"simmpnet {__version__}"
+
+
+def test_global_options_are_accepted_after_the_subcommand():
+    from simmpnet.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["--debug", "verify", "--data", "d"]).debug is True
+    assert parser.parse_args(["verify", "--data", "d", "--debug", "--quiet"]).quiet is True
+    assert parser.parse_args(["verify", "--data", "d"]).debug is False

@@ -8,7 +8,8 @@ from torch import nn
 
 from simmpnet.errors import InputError
 from simmpnet.evaluation.evaluate import evaluate_volumes
-from simmpnet.evaluation.inference import RESAMPLE_MODES, predict_slices
+from simmpnet.evaluation.inference import predict_slices
+from simmpnet.evaluation.resample import RESAMPLE_MODES
 from simmpnet.evaluation.metrics import dice
 from simmpnet.evaluation.report import metrics_markdown
 

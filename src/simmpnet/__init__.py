@@ -1,9 +1,11 @@
 """simmpnet: Sim-MPNet (ICCV 2025) medical image segmentation, device-agnostic and fast."""
 import logging
 
-from .models import VARIANTS, SimMPNet, SimMPNetConfig, WLDSchedule
+from ._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 __all__ = ["SimMPNet", "SimMPNetConfig", "VARIANTS", "WLDSchedule", "__version__"]
+
+__getattr__, __dir__ = lazy_attributes(__name__, {name: "simmpnet.models" for name in __all__[:-1]})
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -111,7 +111,7 @@ def _evaluate(
     from .data.layouts import open_layout
     from .errors import CheckpointError
     from .evaluation.evaluate import evaluate_volumes
-    from .evaluation.inference import resolve_resample
+    from .evaluation.resample import resolve_resample
     from .evaluation.report import write_json, write_metrics_markdown
     from .training import load_trained_model, resolve_device
 
@@ -318,14 +318,27 @@ def cmd_verify(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simmpnet", description="Sim-MPNet medical image segmentation")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"simmpnet {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors in the log")
+    # The same options after the subcommand; SUPPRESS keeps a subcommand from resetting what
+    # was given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    common.add_argument(
+        "--quiet", action="store_true", default=argparse.SUPPRESS, help="only warnings and errors in the log"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
 
     def device(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
 
-    from .evaluation.inference import RESAMPLE_MODES
+    from .evaluation.resample import RESAMPLE_MODES
 
     def resample(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -338,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo_help = "train on the embedded brain-lobes MRI (Debian mricron-data) and evaluate"
     for name, func, text in (("demo", cmd_demo, demo_help), ("compare", cmd_compare, "demo for Sim-MPNet and a U-Net, side by side")):
-        p = sub.add_parser(name, help=text, description=text)
+        p = add_command(name, help=text, description=text)
         p.add_argument("--output", default=f"runs/{name}", help="output folder")
         p.add_argument(
             "--steps", type=int,
@@ -356,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
         device(p)
         p.set_defaults(func=func)
 
-    p = sub.add_parser("train", help="train on a dataset in the Synapse layout", description="train a model")
+    p = add_command("train", help="train on a dataset in the Synapse layout", description="train a model")
     p.add_argument("--config", help="YAML training config (keys of simmpnet.training.TrainConfig)")
     p.add_argument("--data", help="dataset folder")
     p.add_argument("--layout", help="dataset layout (default synapse: train_npz/, test_vol_h5/, lists/)")
@@ -378,21 +391,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .data.prepare import PREPARERS
 
-    p = sub.add_parser("prepare", help="convert a raw dataset download", description="convert a raw dataset download")
+    p = add_command("prepare", help="convert a raw dataset download", description="convert a raw dataset download")
     p.add_argument("dataset", choices=sorted(PREPARERS))
     p.add_argument("--raw", required=True, help="the folder of the download as distributed")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="converter option, e.g. size=256")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("verify", help="check a dataset and list every problem", description="check a dataset")
+    p = add_command("verify", help="check a dataset and list every problem", description="check a dataset")
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--layout", default="synapse", help="dataset layout (default synapse)")
     p.add_argument("--n-classes", type=int, help="classes including background (checks the label range)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="layout option, e.g. mask_suffix=_mask")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("evaluate", help="evaluate a checkpoint on labelled volumes", description="evaluate a checkpoint")
+    p = add_command("evaluate", help="evaluate a checkpoint on labelled volumes", description="evaluate a checkpoint")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="dataset folder in the Synapse layout")
     p.add_argument("--split", help="split to evaluate (default: the layout's test_vol, test or val)")
@@ -405,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     device(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="predict label maps for images or volumes", description="predict label maps")
+    p = add_command("predict", help="predict label maps for images or volumes", description="predict label maps")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--input", required=True, help="a file or a folder (PNG, JPEG, TIFF, BMP, NIfTI, NRRD, MHA, npz, h5)")
     p.add_argument("--output", required=True, help="output folder")
@@ -419,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     text = "export the eval network (sum of the heads) of a checkpoint to ONNX or TorchScript"
-    p = sub.add_parser("export", help=text, description=text)
+    p = add_command("export", help=text, description=text)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--output", required=True, help="file to write (.onnx, or .pt for TorchScript)")
     p.add_argument("--format", choices=["onnx", "torchscript"], help="default: from the output's suffix")

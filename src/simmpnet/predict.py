@@ -13,7 +13,8 @@ import torch
 from .data.io import default_label_path, list_inputs, read_image, write_label_map
 from .data.transforms import normalise_percentile
 from .errors import InputError
-from .evaluation.inference import predict_slices, resolve_resample
+from .evaluation.inference import predict_slices
+from .evaluation.resample import resolve_resample
 from .training.trainer import load_trained_model, resolve_device
 
 logger = logging.getLogger(__name__)

@@ -4,21 +4,17 @@ Heavy optional dependencies (nibabel, h5py, scipy) are imported only where used.
 """
 from __future__ import annotations
 
-from simmpnet.data.brain_demo import (
-    CLASS_NAMES as BRAIN_DEMO_CLASS_NAMES,
-    fetch_mricron_templates,
-    prepare_brain_demo,
-)
-from simmpnet.data.layouts.synapse import SynapseSliceDataset, SynapseVolumeDataset
-from simmpnet.data.transforms import RandomAugment, Resize, resize_slice
+from .._lazy import lazy_attributes
 
-__all__ = [
-    "BRAIN_DEMO_CLASS_NAMES",
-    "RandomAugment",
-    "Resize",
-    "SynapseSliceDataset",
-    "SynapseVolumeDataset",
-    "fetch_mricron_templates",
-    "prepare_brain_demo",
-    "resize_slice",
-]
+_SOURCES = {
+    "BRAIN_DEMO_CLASS_NAMES": "simmpnet.data.brain_demo:CLASS_NAMES",
+    "fetch_mricron_templates": "simmpnet.data.brain_demo",
+    "prepare_brain_demo": "simmpnet.data.brain_demo",
+    "SynapseSliceDataset": "simmpnet.data.layouts.synapse",
+    "SynapseVolumeDataset": "simmpnet.data.layouts.synapse",
+    "RandomAugment": "simmpnet.data.transforms",
+    "Resize": "simmpnet.data.transforms",
+    "resize_slice": "simmpnet.data.transforms",
+}
+__all__ = sorted(_SOURCES)
+__getattr__, __dir__ = lazy_attributes(__name__, _SOURCES)

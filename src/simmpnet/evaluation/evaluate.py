@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ..errors import InputError, SimMPNetError
-from .inference import check_resample, predict_slices
+from .inference import predict_slices
+from .resample import check_resample
 from .metrics import evaluate_case, summarize
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def evaluate_volumes(
             to a worker as soon as it is predicted and at most ``2 * workers`` cases are in
             flight.  The result does not depend on ``workers``.
         resample: how predictions return to the slice size
-            (:data:`~simmpnet.evaluation.inference.RESAMPLE_MODES`): ``"labels"`` (the paper's
+            (:data:`~simmpnet.evaluation.resample.RESAMPLE_MODES`): ``"labels"`` (the paper's
             nearest resize of the label map) or ``"logits"``.
 
     Returns:

@@ -1,7 +1,7 @@
 """Slice-wise prediction of volumes and images.
 
 Each slice is resized to the network's input size (cubic) and predicted.  The prediction
-goes back to the slice's own size in one of two ways:
+goes back to the slice's own size in one of the two ways of :mod:`simmpnet.evaluation.resample`:
 
 - ``"labels"`` (the paper's, SPEC section 5): the label map at the network's size is
   resized back with nearest-neighbour interpolation;
@@ -14,9 +14,6 @@ Both map pixel centres the way the input resize does (corners aligned, as
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -24,32 +21,9 @@ from torch import nn
 
 from ..data.transforms import resize_image, resize_slice
 from ..errors import InputError
+from .resample import check_resample
 
-__all__ = ["RESAMPLE_MODES", "RESAMPLE_WORDS", "check_resample", "predict_slices", "resolve_resample"]
-
-#: How a prediction returns to the slice's size (see the module docstring), in the words of
-#: the reports.
-RESAMPLE_WORDS = {
-    "labels": "a nearest resize of the label map (the paper's)",
-    "logits": "a bilinear interpolation of the logits, then the argmax",
-}
-RESAMPLE_MODES = tuple(RESAMPLE_WORDS)
-
-
-def check_resample(resample: str) -> None:
-    """Raise an :class:`InputError` unless ``resample`` is one of :data:`RESAMPLE_MODES`."""
-    if resample not in RESAMPLE_MODES:
-        raise InputError(f"resample must be one of {list(RESAMPLE_MODES)}, got {resample!r}")
-
-
-def resolve_resample(resample: str | None, config: Mapping[str, Any]) -> str:
-    """The mode a trained model predicts with: ``resample`` when given, else its training
-    config's ``resample``, else ``"labels"``; checked, so that a hand-edited checkpoint fails
-    before anything is written."""
-    chosen = resample or config.get("resample", "labels")
-    check_resample(chosen)
-    return chosen
-
+__all__ = ["predict_slices"]
 
 @torch.no_grad()
 def predict_slices(

@@ -35,7 +35,7 @@ import numpy as np
 
 from simmpnet.data.io import atomic_write
 from simmpnet.errors import InputError
-from simmpnet.evaluation.inference import RESAMPLE_WORDS
+from simmpnet.evaluation.resample import RESAMPLE_WORDS
 
 __all__ = [
     "CLASS_COLORS",

@@ -38,7 +38,7 @@ from ..data.layouts import open_layout
 from ..data.transforms import RandomAugment
 from ..errors import CheckpointError, InputError, SimMPNetError
 from ..evaluation.evaluate import evaluate_volumes
-from ..evaluation.inference import check_resample
+from ..evaluation.resample import check_resample
 from ..models import SimMPNet, WLDSchedule
 from ..models.factory import MODEL_NAMES, build_model, input_size_of, model_from_payload, model_payload
 from . import distributed
