@@ -289,3 +289,23 @@ def test_global_options_are_accepted_after_the_subcommand():
     assert parser.parse_args(["--debug", "verify", "--data", "d"]).debug is True
     assert parser.parse_args(["verify", "--data", "d", "--debug", "--quiet"]).quiet is True
     assert parser.parse_args(["verify", "--data", "d"]).debug is False
+
+
+def test_training_into_a_folder_that_holds_a_run_is_refused_unless_resumed_or_overwritten(brain_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(small_train_config(brain_data, out, eval_start_epoch=100)))
+    assert main(["--quiet", "train", "--config", str(config), "--max-steps", "2"]) == 0
+    before = {name: (out / name).read_bytes() for name in ("last.pt", "log.jsonl")}
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(small_train_config(brain_data, out, eval_start_epoch=100, lr=0.1)))
+    _expect_clean_error(capsys, ["--quiet", "train", "--config", str(other), "--max-steps", "1"], str(out), "--resume", "--overwrite")
+    assert {name: (out / name).read_bytes() for name in before} == before  # nothing touched
+    # --resume continues the same run; --overwrite replaces it: one run per folder either way
+    assert main(["--quiet", "train", "--config", str(config), "--max-steps", "3", "--resume"]) == 0
+    assert load_checkpoint(out / "last.pt")["state"]["global_step"] == 3
+    assert main(["--quiet", "train", "--config", str(other), "--max-steps", "1", "--overwrite"]) == 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert sum(r.get("event") == "end" for r in records) == 1
+    payload = load_checkpoint(out / "last.pt")
+    assert payload["state"]["global_step"] == 1 and payload["config"]["lr"] == 0.1

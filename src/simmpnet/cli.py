@@ -145,6 +145,7 @@ def _evaluate(
 def cmd_train(args: argparse.Namespace) -> int:
     from .data.io import check_output_folder
     from .training import Trainer
+    from .training.trainer import check_run_folder
 
     config = _train_config(args, Path(args.config) if args.config else None)
     if (getattr(args, "nproc", None) or 1) > 1 and "LOCAL_RANK" not in os.environ:
@@ -158,7 +159,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) > 0:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the run
     check_output_folder(Path(config.output_dir))
-    trainer = Trainer(config)
+    if not args.resume:
+        check_run_folder(config.output_dir, args.overwrite)  # before any work
+    trainer = Trainer(config, overwrite=args.overwrite)
     try:
         if args.resume:
             trainer.resume()
@@ -258,7 +261,10 @@ def _run_demo(args: argparse.Namespace, model: str, output: Path) -> tuple[dict,
     from .training import Trainer
 
     data = prepare_brain_demo(Path(args.data) if args.data else output.parent / "brain_demo_data")
-    trainer = Trainer(demo_config(model, data, output, args.device, args.set or [], args.steps, args.budget))
+    # The demo's folder is its own: a new demo replaces the last one unless --resume continues it.
+    trainer = Trainer(
+        demo_config(model, data, output, args.device, args.set or [], args.steps, args.budget), overwrite=True
+    )
     if args.resume and (output / "last.pt").is_file():
         trainer.resume()
     result = trainer.fit()
@@ -380,6 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int)
     p.add_argument("--time-budget", type=float, help="seconds")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="replace the run already in OUTPUT (its checkpoints, log and curves) instead of refusing",
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (YAML value)")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument(

@@ -64,8 +64,10 @@ class TrainConfig:
     (e.g. ``{seed: 7}`` or ``{split_file: splits.json}``), ``train_list`` /
     ``val_list`` split names (``val_list`` None: no validation), ``n_classes`` with background, ``class_names`` (background first).
     Model: ``model`` ("simmpnet" or "unet"), ``variant``, ``model_overrides`` (config keys of
-    the network), ``pretrained``, ``input_size`` (slice side; default the variant's encoder-A
-    size, 128 for the U-Net), ``warmup_iters`` (DMW-LA warm-up, None keeps the variant's).
+    the network), ``pretrained``, ``input_size`` (slice side, a multiple of 32 for Sim-MPNet
+    and of 16 for the U-Net; Sim-MPNet's encoders then run at ``input_size`` and 7/8 of it
+    unless ``model_overrides`` sets ``img_size_a`` / ``img_size_b``; default the variant's
+    encoder-A size, 128 for the U-Net), ``warmup_iters`` (DMW-LA warm-up, None keeps the variant's).
     Optimisation (paper: AdamW 1e-4 constant, wd 1e-4, batch 20, seed 2222): ``epochs``,
     ``batch_size``, ``lr``, ``weight_decay``, ``lr_schedule`` ("constant" or "poly":
     ``lr (1 - progress)^0.9``, progress the larger of the step and time-budget fractions),
@@ -176,8 +178,35 @@ class TrainConfig:
                 f"dice_denominator must be one of {list(DICE_DENOMINATORS)}, got {self.dice_denominator!r}"
             )
         check_resample(self.resample)
+        self._check_input_size()
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise InputError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+    def _check_input_size(self) -> None:
+        if self.input_size is None:
+            return
+        step = _size_step(self.model, self.model_overrides)
+        size = self.input_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < step or size % step:
+            raise InputError(
+                f"input_size must be a positive multiple of {step} for {self.model} "
+                f"(e.g. {', '.join(str(step * k) for k in (2, 3, 4, 8))}), got {self.input_size!r}"
+            )
+        size_a = self.model_overrides.get("img_size_a")
+        if self.model == "simmpnet" and size_a is not None and size_a != self.input_size:
+            raise InputError(
+                f"input_size {self.input_size} and model_overrides.img_size_a {size_a} disagree: the slices "
+                f"are resized to input_size and encoder A runs at img_size_a; set one of them"
+            )
+
+    def model_overrides_sized(self) -> dict[str, Any]:
+        """``model_overrides`` with Sim-MPNet's encoder sizes following ``input_size``: encoder A
+        at ``input_size``, encoder B at 7/8 of it (the paper's 224 for 256) unless set."""
+        overrides = dict(self.model_overrides)
+        if self.model == "simmpnet" and self.input_size is not None:
+            overrides.setdefault("img_size_a", self.input_size)
+            overrides.setdefault("img_size_b", self.input_size * 7 // 8)
+        return overrides
 
     def model_identity(self) -> dict[str, Any]:
         """The settings a checkpoint must share with this config to be resumed."""
@@ -187,6 +216,14 @@ class TrainConfig:
     @property
     def names(self) -> list[str]:
         return list(self.class_names or ["background", *(f"class_{i}" for i in range(1, self.n_classes))])
+
+
+def _size_step(model: str, overrides: dict[str, Any]) -> int:
+    """The input sides a model accepts are the multiples of this: 32 for Sim-MPNet (encoder A's
+    MaxViT windows), the product of the strides for the U-Net (16 by default)."""
+    if model == "simmpnet":
+        return 32
+    return math.prod(int(s) for s in overrides.get("strides", (2, 2, 2, 2)))
 
 
 def _resolve_amp(amp: str, device: torch.device) -> str:
@@ -229,14 +266,36 @@ class _AugmentedSlices(Dataset):
         return {"image": image, "label": label}
 
 
+#: The files by which an output folder holds a training run.
+RUN_FILES = ("last.pt", "best.pt", "log.jsonl")
+
+
+def check_run_folder(output_dir: str | os.PathLike, overwrite: bool = False) -> list[str]:
+    """The run files already in ``output_dir``; an :class:`InputError` if there are any and
+    ``overwrite`` is false, so that a new run never mixes its checkpoints and log with another's."""
+    found = [name for name in RUN_FILES if (Path(output_dir) / name).exists()]
+    if found and not overwrite:
+        raise InputError(
+            f"{output_dir}: holds a training run ({', '.join(found)}); continue it with --resume, "
+            f"replace it with --overwrite, or choose another --output"
+        )
+    return found
+
+
 class Trainer:
     """Trains one model as :class:`TrainConfig` says and writes into ``output_dir``:
     ``last.pt`` (every epoch and when the budget ends), ``best.pt`` (best validation DSC),
-    ``log.jsonl`` and ``curves.png``."""
+    ``log.jsonl`` and ``curves.png``.
 
-    def __init__(self, config: TrainConfig) -> None:
+    A folder that already holds a run is refused when :meth:`fit` starts, unless the run is
+    continued (:meth:`resume`) or ``overwrite`` is true, which removes that run's files first.
+    """
+
+    def __init__(self, config: TrainConfig, overwrite: bool = False) -> None:
         config.validate()
         self.config = config
+        self.overwrite = overwrite
+        self._claimed = False  # the output folder holds this run's files (or none yet)
         world = distributed.environment_world_size()
         if config.batch_size % world:
             raise InputError(
@@ -266,7 +325,7 @@ class Trainer:
             )
         self.val_set = self.layout.cases(config.val_list) if config.val_list else None
         torch.manual_seed(config.seed)
-        overrides = dict(config.model_overrides)
+        overrides = config.model_overrides_sized()
         if config.warmup_iters is not None and config.model == "simmpnet":
             overrides["warmup_iters"] = config.warmup_iters
         self.model = build_model(
@@ -374,6 +433,7 @@ class Trainer:
                 f"{path}: written for another model configuration ({payload.get('identity')} vs {mine})"
             )
         restored = model_from_payload(payload["model"], str(path))
+        self._claimed = True
         self.model.load_state_dict(restored.state_dict())
         self.optimizer.load_state_dict(payload["optimizer"])
         if payload.get("scaler"):
@@ -523,6 +583,14 @@ class Trainer:
 
         cfg = self.config
         main = self.dist.is_main
+        if not self._claimed:
+            # Every rank sees the same files: with overwrite false all of them refuse alike.
+            found = check_run_folder(self.output_dir, self.overwrite)
+            if found and main:
+                logger.info("%s: replacing the run that was there (%s)", self.output_dir, ", ".join(found))
+                for name in (*RUN_FILES, "curves.png"):
+                    (self.output_dir / name).unlink(missing_ok=True)
+            self._claimed = True
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         self._started = time.monotonic()
