@@ -3,8 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.docs-installed
 
-.PHONY: test demo compare install clean bench
+.PHONY: test test-all docs docs-serve demo compare install clean bench
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -14,10 +15,26 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,docs]"
+	touch $(DOCS_STAMP)
+
 install: $(STAMP)
 
+# The fast suite: everything but the tests marked slow.
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+# Everything, and the documentation site with broken links failing the build: what CI runs.
+test-all: $(DOCS_STAMP)
 	$(PY) -m pytest -q
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+docs-serve: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
 
 # Train Sim-MPNet `tiny` on the embedded brain MRI (450 steps, about 10 minutes on a 2-core CPU), evaluate, draw.
 demo: $(STAMP)
@@ -31,4 +48,4 @@ bench: $(STAMP)
 	cd benchmarks && ../$(PY) bench_dmwla.py && ../$(PY) bench_model.py && ../$(PY) bench_all.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build site *.egg-info src/*.egg-info
