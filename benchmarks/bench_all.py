@@ -12,7 +12,7 @@ ONNX Runtime latency, and the `tiny` training step.  Writes its table into READM
     against PyTorch eager eval.
 (d) `tiny` training step, B=8, 128 px.
 (e) the floor under (a) with the same mathematics: the global reads ``softmax(t q^T) v`` of the
-    `paper` DMW-LA blocks (SPEC section 3: over all N positions of each map; N = 3,136 at the
+    `paper` DMW-LA blocks (docs/method.md: over all N positions of each map; N = 3,136 at the
     first stage) replayed alone with the shapes one training step / eval forward gives them,
     and a square fp32 matrix product for the rate the CPU reaches.  Encoder A is the yardstick
     itself, so "yardstick + global reads" is a lower bound on Sim-MPNet's time.
@@ -267,7 +267,7 @@ def render(
         lines += [
             "",
             "The floor with the same mathematics: the global reads `softmax(t q^T) v` of the `paper`",
-            "DMW-LA blocks (SPEC section 3), replayed alone at the shapes of one training step / eval",
+            "DMW-LA blocks (docs/method.md), replayed alone at the shapes of one training step / eval",
             "forward, added to the yardstick (which is our encoder A):",
             "",
             "| case | global reads alone (ms) | yardstick + global reads (ms) | floor ratio | target |",

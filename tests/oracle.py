@@ -1,4 +1,4 @@
-"""Plain, loop-based implementations of SPEC sections 3 and 4, written for clarity rather
+"""Plain, loop-based implementations of DMW-LA and DS-GIM (docs/method.md), written for clarity rather
 than speed.  They serve as independent oracles for the vectorised library code."""
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def memory_update(bank, prototypes, keys, pool_size, k, momentum):
 
 
 def dsgim_attention(module, x: torch.Tensor, gamma: float) -> torch.Tensor:
-    """DS-GIM of SPEC section 4, one sample and one window at a time, with the module's weights."""
+    """DS-GIM of docs/method.md, one sample and one window at a time, with the module's weights."""
     outputs = []
     w = module.window
     for b in range(x.shape[0]):

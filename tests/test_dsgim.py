@@ -10,7 +10,7 @@ from simmpnet.models.dsgim import coherent_window_mask, euclidean_split_weights
 
 def test_decay_coefficient_of_the_authors_runs():
     assert decay_coefficient(1, 12) == pytest.approx(math.exp(-(0.25 - 2 ** (-2.5 - 5 / 12))))
-    assert decay_coefficient(1, 12) == pytest.approx(0.889, abs=1e-3)  # SPEC section 4
+    assert decay_coefficient(1, 12) == pytest.approx(0.889, abs=1e-3)  # docs/method.md, DS-GIM
 
 
 @pytest.mark.parametrize("size", [(7, 7), (14, 14), (9, 13), (5, 3), (1, 1)])

@@ -259,11 +259,11 @@ def onnxruntime_session(path: str | os.PathLike, threads: int | None = None, lay
     from position to position.  DS-GIM's median split and window ranking treat exactly equal
     values as ties, and a network that maps many positions to exactly the same features
     (a closed gate before encoder B does: its input is then zero everywhere) has such ties;
-    last-bit differences break them and change the attention of whole rows.  A demo network
-    trained before the gate was zero-initialised gave the PyTorch label on 99.875 % of the test
-    pixels with the rewrite and on 99.986 % without; the current demo network gives 100 %
-    either way (``benchmarks/check_onnx_demo.py``).  The rewrite is therefore off by default
-    (every other optimisation stays on); ``layout_rewrite=True`` turns it on for speed.
+    last-bit differences break them and change the attention of whole rows, so that the file
+    no longer predicts what the checkpoint predicts (docs/export.md;
+    ``benchmarks/check_onnx_demo.py`` measures it on a trained network).  The rewrite is
+    therefore off by default (every other optimisation stays on); ``layout_rewrite=True`` turns
+    it on for speed.
 
     Args:
         path: the ``.onnx`` file.

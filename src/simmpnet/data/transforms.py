@@ -1,6 +1,6 @@
 """Slice transforms: the paper's training augmentation and the evaluation resize.
 
-Training (SPEC section 5, as in the TransUNet lineage the paper follows): with probability
+Training (as in the TransUNet lineage the paper follows; docs/training.md): with probability
 0.5 a random 90-degree rotation (k in 0..3) followed by a flip along axis 0 or 1 (so this
 branch always yields one of the 4 mirror images of the slice; on non-square slices an odd k
 swaps H and W before the resize); otherwise,
@@ -81,7 +81,8 @@ def normalise_percentile(volume: np.ndarray, low: float = 0.5, high: float = 99.
 
     Args:
         volume: any float array (e.g. ``D x H x W``), finite.
-        low, high: percentiles clipped to 0 and 1.
+        low: the percentile mapped to 0 (values below it are clipped).
+        high: the percentile mapped to 1 (values above it are clipped).
 
     Returns:
         float32 array of the same shape: ``volume`` itself when it already lies in ``[0, 1]``,

@@ -3,8 +3,8 @@
 Each slice is resized to the network's input size (cubic) and predicted.  The prediction
 goes back to the slice's own size in one of the two ways of :mod:`simmpnet.evaluation.resample`:
 
-- ``"labels"`` (the paper's, SPEC section 5): the label map at the network's size is
-  resized back with nearest-neighbour interpolation;
+- ``"labels"`` (the paper's evaluation, docs/evaluation.md): the label map at the network's
+  size is resized back with nearest-neighbour interpolation;
 - ``"logits"``: the logits are interpolated bilinearly to the slice's size and the label
   is their argmax there, as nnU-Net does with its class scores.  A network trained below the
   data's resolution then gives smooth boundaries instead of blocks of the network's pixels.
@@ -63,8 +63,8 @@ def predict_slices(
         logits = model(torch.from_numpy(resized).to(device))  # eval mode: one tensor
         if resample == "logits":
             # One slice at a time: the full-size logits of a whole batch can be large.  The
-            # argmax runs over (H, W, classes), contiguous: over the classes of a (classes, H, W)
-            # tensor it was 4x slower than the interpolation itself (512 x 512, this CPU).
+            # argmax runs over a contiguous (H, W, classes) copy: over the strided class axis of
+            # a (classes, H, W) tensor it costs several times the interpolation itself.
             for offset, slice_logits in enumerate(logits):
                 small = slice_logits[None].float().contiguous()
                 full = F.interpolate(small, size=(height, width), mode="bilinear", align_corners=True)[0]

@@ -1,4 +1,4 @@
-"""The DMW-LA decoder of Sim-MPNet (SPEC section 2): channel and spatial attention on the
+"""The DMW-LA decoder of Sim-MPNet (docs/method.md): channel and spatial attention on the
 skip connections, a DMW-LA block and a conv block per level, deepest level first."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DMW-LA: Dynamic Memory Weights-Loss Attention (SPEC section 3).
+"""DMW-LA: Dynamic Memory Weights-Loss Attention (docs/method.md).
 
 During warm-up the block is plain non-local attention ``x + o(softmax(t q^T) v)``.  After it,
 every position also reads the memory block of its nearest prototype:
@@ -131,10 +131,10 @@ class DMWLA(nn.Module):
             # The read logits t.q (and t.M) of trained blocks reach 1e5-1e6: the input of the
             # decoder's deepest block is not normalised and the authors' read has no 1/sqrt(d)
             # scale.  fp16 overflows there (it ends at 65504), and bf16 keeps 8 bits of
-            # mantissa, so logits that differ by less than ~2000 become equal and the softmax
-            # is noise; a demo run under bf16 collapsed late in training.  Both reads therefore
-            # run in fp32, under autocast and in a block cast to half precision alike; the
-            # result goes back to the block's dtype for `o`.
+            # mantissa, so logits that differ by less than ~2000 become equal, the softmax is
+            # noise and training can collapse (docs/training.md, "Mixed precision").  Both reads
+            # therefore run in fp32, under autocast and in a block cast to half precision alike;
+            # the result goes back to the block's dtype for `o`.
             with torch.autocast(x.device.type, enabled=False):
                 read = self._read(t.float(), q.float(), v.float()).to(t.dtype)
         else:

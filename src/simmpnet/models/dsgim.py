@@ -1,4 +1,4 @@
-"""DS-GIM: Double-Similarity Global Internal Enhancement Module (SPEC section 4).
+"""DS-GIM: Double-Similarity Global Internal Enhancement Module (docs/method.md).
 
 Cosine part: the ``r`` windows whose tokens are most alike (sum of pairwise cosine
 similarities) are found; queries come from the image with those windows damped by ``gamma``,
@@ -133,7 +133,7 @@ class DSGIM(nn.Module):
         window: window side for the cosine part (7).
         top_windows: number ``r`` of coherent windows (2).
         gamma: decay of the damped positions; 0 gives the authors' hard 0/1 masks.
-        masks: ``"method"`` (SPEC section 4) or ``"authors"``, their code's near set and -100
+        masks: ``"method"`` (docs/method.md) or ``"authors"``, their code's near set and -100
             fill (see the module docstring), for comparison only.
 
     Shapes:

@@ -1,4 +1,4 @@
-"""The two encoders of Sim-MPNet and the image injection they share (SPEC section 2).
+"""The two encoders of Sim-MPNet and the image injection they share (docs/method.md).
 
 Encoder A is a timm MaxViT whose stem and stages run one after the other with the image
 re-injected after each stage, in line: the injected feature of stage i is the input of stage

@@ -107,7 +107,7 @@ def kmeans(
 
 
 class PrototypeMemory(nn.Module):
-    """Category-structured memory bank with prototypes (SPEC section 3).
+    """Category-structured memory bank with prototypes (docs/method.md).
 
     Args:
         feature_dim: width ``d`` of the stored vectors.
@@ -328,7 +328,7 @@ class PrototypeMemory(nn.Module):
     # ------------------------------------------------------------------- update
     @torch.no_grad()
     def update(self, keys: torch.Tensor) -> None:
-        """One memory update from the momentum keys of a batch (SPEC section 3).
+        """One memory update from the momentum keys of a batch (docs/method.md, "The memory update").
 
         Args:
             keys: ``(R, d)`` keys ``phi_k(x)`` of every position of the batch (of every rank,

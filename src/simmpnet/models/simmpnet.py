@@ -1,5 +1,5 @@
 """Sim-MPNet: assembly of the two encoders, the fusion, the decoder and the four heads, and its
-named variants (SPEC section 2)."""
+named variants (docs/method.md)."""
 from __future__ import annotations
 
 import dataclasses
@@ -30,7 +30,7 @@ CHECKPOINT_FORMAT = "simmpnet-model"
 
 @dataclass(frozen=True)
 class MemoryConfig:
-    """Hyper-parameters of the DMW-LA blocks of one part of the network (SPEC section 3)."""
+    """Hyper-parameters of the DMW-LA blocks of one part of the network (docs/method.md, "DMW-LA")."""
 
     num_k: int = 9
     feature_dim: int = 256
@@ -126,7 +126,7 @@ def _memory_config(values: dict[str, Any]) -> MemoryConfig:
 
 
 VARIANTS: dict[str, SimMPNetConfig] = {
-    # The paper's network (SPEC sections 2-4): 256/224 inputs, MaxxViT-small, 96..768.
+    # The paper's network (docs/method.md): 256/224 inputs, MaxxViT-small, 96..768.
     "paper": SimMPNetConfig(),
     # For CPUs: the smallest timm MaxViT (pico, 32..256 channels), one DMW-LA block per stage
     # (two in stage 3), narrower memories and 128 px inputs.
@@ -195,10 +195,9 @@ class SimMPNet(nn.Module):
         widths = self.encoder_a.channels
         self.gate = nn.Conv2d(widths[-1], 1, 1)
         # Zero-initialised, so that the gate starts at p = 0.5 for every pixel and learns from
-        # there.  With PyTorch's default initialisation the large stage-4 features (|f_4| about
-        # 10) put the gate logits between about -10 and +8 at the first step, where the sigmoid
-        # is flat: in 10-minute demo runs from scratch the gate then stayed below 1e-8 at
-        # every pixel and encoder B received no image at all.
+        # there.  With PyTorch's default initialisation the large stage-4 features put the gate
+        # logits where the sigmoid is flat, and a gate trained from scratch can close for good:
+        # encoder B then receives no image at all (docs/method.md, "The gate").
         nn.init.zeros_(self.gate.weight)
         nn.init.zeros_(self.gate.bias)
 

@@ -1,4 +1,4 @@
-"""W-LD: the Weight-Loss Dynamic schedule of the memory update count ``K`` (SPEC section 3).
+"""W-LD: the Weight-Loss Dynamic schedule of the memory update count ``K`` (docs/method.md).
 
 ``D = L_prev - L_cur``; ``K = int(100 * (0.5 - 0.5 D))``, replaced by 50 when it falls outside
 ``[25, 75]``.  A falling loss rewrites fewer slots (a stable memory), a rising loss more.
@@ -29,7 +29,8 @@ class WLDSchedule:
         start_epoch: the epoch whose step losses are recorded first (paper: 100); ``K`` stays
             ``default`` up to and including it and follows the rule from the next epoch on.
         default: ``K`` outside the range and before the start (50).
-        low, high: the accepted range of ``K`` (25, 75).
+        low: the smallest accepted ``K`` (25).
+        high: the largest accepted ``K`` (75).
         gain: the factor 100 of the rule.
     """
 

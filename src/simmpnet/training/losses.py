@@ -1,5 +1,5 @@
 """The paper's losses: soft Dice, ``0.3 CE + 0.7 Dice``, and the "MUTATION" deep supervision
-over every non-empty subset of the head outputs (SPEC section 5).
+over every non-empty subset of the head outputs (docs/training.md, "The loss").
 
 The Dice is the soft Dice of the TransUNet lineage that the paper trains with: squared terms in
 the denominator, ``sum(p^2) + sum(t^2)``.  The linear form ``sum(p) + sum(t)`` (V-Net's
