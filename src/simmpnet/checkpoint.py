@@ -5,12 +5,15 @@ so a crash or a full disk never leaves a half-written checkpoint in place of a g
 are read with ``torch.load(weights_only=True)``: only tensors and plain containers, never
 arbitrary pickled objects.  A checkpoint from a newer simmpnet (a ``version`` above
 :data:`CHECKPOINT_VERSION`), a training checkpoint without its model part and one whose
-tensors hold NaN or Inf values are refused with a message naming the file.
+tensors hold NaN or Inf values are refused with a message naming the file; so is a file of
+another kind often passed for a checkpoint (a TorchScript archive, an ONNX model, a safetensors
+file), named as what it is.
 """
 from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ import torch
 from .data.io import atomic_write
 from .errors import CheckpointError, InputError, one_line
 
-__all__ = ["CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint"]
+__all__ = ["CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint", "foreign_file_kind"]
 
 #: Newest checkpoint ``version`` this code reads (the trainer and ``SimMPNet.save`` write 1).
 CHECKPOINT_VERSION = 1
@@ -77,6 +80,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
         raise CheckpointError(f"{path}: checkpoint not found")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: checkpoint is empty")
+    kind = foreign_file_kind(path)
+    if kind is not None:
+        raise CheckpointError(f"{path}: this is {kind}, not a simmpnet checkpoint; {_FOREIGN_ADVICE[kind]}")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -94,6 +100,62 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
         raise CheckpointError(f"{path}: expected a dictionary checkpoint, found {type(obj).__name__}")
     _check_contents(path, obj)
     return obj
+
+
+#: What to do with a file of another kind (:func:`foreign_file_kind`) than a checkpoint.
+_TAKES = (
+    "simmpnet reads the last.pt / best.pt of `simmpnet train`, a file of SimMPNet.save, or (with "
+    "SimMPNet.from_pretrained) a folder of SimMPNet.save_pretrained"
+)
+_FOREIGN_ADVICE = {
+    "a TorchScript archive": (
+        f"run it with torch.jit.load (`simmpnet export --format torchscript` writes these); {_TAKES}"
+    ),
+    "an ONNX model": f"run it with onnxruntime, e.g. simmpnet.export.onnxruntime_session; {_TAKES}",
+    "a safetensors weights file": (
+        "SimMPNet.from_pretrained reads it from its folder, next to the config.json that "
+        "SimMPNet.save_pretrained (or `simmpnet export --format safetensors`) writes with it"
+    ),
+}
+
+
+_ONNX_SECOND_FIELDS = b"\x12\x1a\x22\x28\x32\x3a\x42"  # ModelProto fields 2-8, wire type included
+
+
+def foreign_file_kind(path: str | os.PathLike) -> str | None:
+    """Name the kind of a file that is not a ``torch.save`` checkpoint but is often mistaken
+    for one: ``"a TorchScript archive"`` (a zip with ``constants.pkl`` or ``code/``, as
+    ``torch.jit.save`` writes), ``"an ONNX model"`` (a protobuf ``ModelProto`` starting with its
+    ``ir_version``), ``"a safetensors weights file"`` (an 8-byte header length, then a JSON
+    header); ``None`` for anything else (a checkpoint, or a file :func:`load_checkpoint`
+    reports as unreadable).  Reads only the file's first bytes and, for a zip, its index."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+            size = os.fstat(handle.fileno()).st_size
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return None
+        # torch.save archives hold data.pkl, data/, version ...; torch.jit.save adds the code
+        if any(name.endswith("/constants.pkl") or "/code/" in name for name in names):
+            return "a TorchScript archive"
+        return None
+    if len(head) >= 9 and head[8:9] == b"{":
+        header = int.from_bytes(head[:8], "little")
+        if 2 <= header <= size - 8:
+            return "a safetensors weights file"
+    # ModelProto: field 1 (ir_version, a small varint) first, then producer_name (0x12),
+    # producer_version (0x1a), domain (0x22), model_version (0x28), doc_string (0x32),
+    # graph (0x3a) or opset_import (0x42).  A pickle starts with 0x80 (protocol 2+) or an
+    # ASCII opcode, a zip with "PK": none of them with 0x08.
+    if len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] < 0x40 and head[2] in _ONNX_SECOND_FIELDS:
+        return "an ONNX model"
+    return None
 
 
 def _check_contents(path: Path, obj: dict[str, Any]) -> None:

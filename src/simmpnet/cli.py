@@ -214,7 +214,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     path, size, check = export_checkpoint(
         Path(args.checkpoint), Path(args.output), args.format, args.input_size, check=not args.no_check
     )
-    print(f"exported the eval network to {path} (input (batch, C, {size}, {size}), dynamic batch)")
+    if args.format == "safetensors":
+        print(f"wrote config.json + model.safetensors to {path} (load with SimMPNet.from_pretrained)")
+    else:
+        print(f"exported the eval network to {path} (input (batch, C, {size}, {size}), dynamic batch)")
     if check is not None:
         print(
             f"check on a random batch of {check.batch_size}: max |logit difference| {check.max_abs_diff:.2e}, "
@@ -441,11 +444,20 @@ def build_parser() -> argparse.ArgumentParser:
     device(p)
     p.set_defaults(func=cmd_predict)
 
-    text = "export the eval network (sum of the heads) of a checkpoint to ONNX or TorchScript"
-    p = add_command("export", help=text, description=text)
+    text = (
+        "export the eval network (sum of the heads) of a checkpoint to ONNX or TorchScript, or its "
+        "weights without the optimiser to a safetensors folder (SimMPNet.from_pretrained)"
+    )
+    p = add_command("export", help="export a checkpoint to ONNX, TorchScript or a safetensors folder", description=text)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--output", required=True, help="file to write (.onnx, or .pt for TorchScript)")
-    p.add_argument("--format", choices=["onnx", "torchscript"], help="default: from the output's suffix")
+    p.add_argument(
+        "--output", required=True,
+        help="file to write (.onnx, or .pt for TorchScript), or the folder for --format safetensors",
+    )
+    p.add_argument(
+        "--format", choices=["onnx", "torchscript", "safetensors"],
+        help="default: from the output's suffix; safetensors: config.json + model.safetensors in a folder",
+    )
     p.add_argument("--input-size", type=int, help="input side in pixels (default: the checkpoint's)")
     p.add_argument("--no-check", action="store_true", help="skip running the export once against PyTorch")
     p.set_defaults(func=cmd_export)

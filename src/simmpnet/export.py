@@ -1,4 +1,5 @@
-"""Export of the evaluation network to ONNX or TorchScript.
+"""Export of the evaluation network to ONNX or TorchScript, and of a checkpoint's model to the
+weights-only folder of :meth:`SimMPNet.save_pretrained` (``--format safetensors``).
 
 What is exported is the network of ``eval()`` mode: for Sim-MPNet the sum of the four heads,
 ``(B, C, S, S) -> (B, n_classes, S, S)`` logits at the input size ``S`` it was trained at
@@ -63,7 +64,10 @@ def format_from_path(path: str | os.PathLike) -> str:
     """The export format a file name asks for (``.onnx`` -> onnx; ``.pt``/``.ts`` -> torchscript)."""
     suffix = Path(path).suffix.lower()
     if suffix not in _SUFFIXES:
-        raise InputError(f"{path}: cannot tell the export format from the suffix; pass --format onnx or torchscript")
+        raise InputError(
+            f"{path}: cannot tell the export format from the suffix; pass --format onnx or torchscript "
+            "(or safetensors, a folder)"
+        )
     return _SUFFIXES[suffix]
 
 
@@ -328,6 +332,10 @@ def export_checkpoint(
     :meth:`SimMPNet.save`) on the CPU and export its eval network; see :func:`export_model`.
 
     Args:
+        format: ``"onnx"``, ``"torchscript"`` (default: from ``output``'s suffix) or
+            ``"safetensors"``: ``output`` is then a folder of :meth:`SimMPNet.save_pretrained`
+            (weights without the optimiser, and the preprocessing), for
+            :meth:`SimMPNet.from_pretrained`.
         input_size: defaults to the input size recorded in the checkpoint.
         check: also run the exported file on a random batch of 3 (:func:`check_export`).
 
@@ -336,9 +344,43 @@ def export_checkpoint(
     """
     from .training.trainer import load_trained_model
 
+    if format == "safetensors":
+        return _export_pretrained(checkpoint, output, input_size, check)
     format = format or format_from_path(output)
     model, trained_size, _ = load_trained_model(checkpoint, "cpu")
     size = int(input_size or trained_size)
     path = export_model(model, output, format=format, input_size=size)
     result = check_export(model, path, format, input_size=size) if check else None
     return path, size, result
+
+
+def _export_pretrained(
+    checkpoint: str | os.PathLike, output: str | os.PathLike, input_size: int | None, check: bool
+) -> tuple[Path, int, ExportCheck | None]:
+    """``export_checkpoint(format="safetensors")``: the folder of :meth:`SimMPNet.save_pretrained`
+    (config.json with the preprocessing, model.safetensors without the optimiser); the check
+    reloads it with :meth:`SimMPNet.from_pretrained` and compares weights and logits."""
+    from .models import SimMPNet
+
+    model = SimMPNet.from_pretrained(checkpoint, device="cpu")
+    size = model.preprocessing.input_size
+    if input_size is not None and int(input_size) != size:
+        raise InputError(
+            f"--input-size does not apply to --format safetensors: the folder keeps the training size {size}"
+        )
+    folder = model.save_pretrained(output)
+    if not check:
+        return folder, size, None
+    loaded = SimMPNet.from_pretrained(folder)
+    state, again = model.state_dict(), loaded.state_dict()
+    differing = [name for name in state if name not in again or not torch.equal(state[name], again[name])]
+    if differing or set(again) != set(state) or loaded.preprocessing != model.preprocessing:
+        raise SimMPNetError(f"{folder}: the written folder does not reload as the checkpoint's model ({differing[:3]})")
+    x = _example_input(model, size, 3, None)
+    with torch.no_grad():
+        reference, exported = model(x), loaded(x)
+    return folder, size, ExportCheck(
+        max_abs_diff=float((exported - reference).abs().max()),
+        label_agreement=float((exported.argmax(1) == reference.argmax(1)).float().mean()),
+        batch_size=3,
+    )

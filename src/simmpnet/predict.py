@@ -19,7 +19,7 @@ from .training.trainer import load_trained_model, resolve_device
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["predict_paths", "normalise_intensity"]
+__all__ = ["predict_paths", "predict_array", "normalise_intensity"]
 
 def normalise_intensity(array: np.ndarray, window: Sequence[float] | None = None) -> np.ndarray:
     """Map raw intensities to the ``[0, 1]`` range the networks are trained on.
@@ -54,6 +54,93 @@ def _as_slices(array: np.ndarray, kind: str, in_channels: int, source: Path) -> 
     if in_channels != 1:
         raise InputError(f"{source}: a single-channel volume, but the model takes {in_channels} channels")
     return array
+
+
+def predict_array(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    *,
+    preprocessing: object | None = None,
+    probabilities: bool = False,
+    device: str | torch.device | None = None,
+    batch_size: int = 16,
+    intensity_window: Sequence[float] | None = None,
+    resample: str | None = None,
+    volume: bool | None = None,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Predict one image or volume given as an array, exactly as :func:`predict_paths` does a
+    file (same normalisation, channel handling, resizing and resampling).
+
+    Args:
+        model: a Sim-MPNet (``model.preprocessing`` is used unless ``preprocessing`` is given).
+        image: raw intensities: ``(H, W)`` grey or ``(H, W, C)`` colour image, or ``(D, H, W)``
+            volume (axial slices along the first axis).  A 3-D array is taken for a colour
+            image when its last axis has 3 entries or ``in_channels`` (> 1) entries, otherwise
+            for a volume; ``volume`` overrides that guess.
+        preprocessing: a :class:`simmpnet.Preprocessing` (default ``model.preprocessing``).
+        probabilities: also return the softmax probabilities.
+        device: where to run (``"auto"``, ``"cpu"``, ``"cuda"`` ...); None: where the model is.
+            The model is moved there for the call and back afterwards (for many calls, move
+            the model once and leave this None).
+        batch_size: slices per forward.
+        intensity_window: replaces the preprocessing's window (as ``predict --window``).
+        resample: replaces the preprocessing's ``resample`` (as ``predict --resample``).
+        volume: True: ``image`` is a ``(D, H, W)`` volume; False: an image; None: guess.
+
+    Returns:
+        uint8 labels of the input's spatial shape (``(H, W)`` or ``(D, H, W)``); with
+        ``probabilities``, ``(labels, probabilities)`` where the probabilities are float32 and
+        class-first: ``(n_classes, H, W)`` or ``(n_classes, D, H, W)``.
+
+    The model is left as it was: its train/eval mode is restored, inference runs in
+    ``eval()`` mode under ``torch.no_grad()`` (no memory bank update), and it returns to its
+    device.
+    """
+    from .pretrained import Preprocessing
+
+    prep = preprocessing if preprocessing is not None else getattr(model, "preprocessing", None)
+    if not isinstance(prep, Preprocessing):
+        raise InputError("the model has no preprocessing; pass preprocessing=simmpnet.Preprocessing(...)")
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    array = np.asarray(image)
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"expected a numeric image array, got dtype {array.dtype}")
+    array = array.astype(np.float32, copy=False)  # as read_image gives it
+    if array.ndim not in (2, 3) or array.size == 0:
+        raise InputError(f"expected an (H, W) or (H, W, C) image or a (D, H, W) volume, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise InputError("the image holds NaN or Inf values")
+    in_channels = int(getattr(model, "in_channels", prep.in_channels))
+    if volume is None:
+        colour = array.ndim == 3 and (array.shape[-1] == 3 or (in_channels > 1 and array.shape[-1] == in_channels))
+        volume = array.ndim == 3 and not colour
+    elif volume and array.ndim != 3:
+        raise InputError(f"volume=True needs a (D, H, W) array, got shape {array.shape}")
+    kind = "volume" if volume else "image2d"
+    window = intensity_window if intensity_window is not None else prep.intensity_window
+    mode = resample or prep.resample
+    normalised = normalise_intensity(array, window)
+    slices = _as_slices(normalised, kind, in_channels, "input array")
+    was_training = model.training
+    home = next(model.parameters()).device
+    target = home if device is None else resolve_device(device) if isinstance(device, str) else torch.device(device)
+    moved = target != home
+    try:
+        if moved:
+            model.to(target)
+        result = predict_slices(
+            model, slices, prep.input_size, target, batch_size=batch_size, resample=mode, probabilities=probabilities
+        )
+    finally:
+        model.train(was_training)
+        if moved:
+            model.to(home)
+    labels, probs = result if probabilities else (result, None)
+    if kind == "image2d":
+        labels = labels[0]
+        probs = None if probs is None else probs[:, 0]
+    return (labels, probs) if probabilities else labels
 
 
 def predict_paths(

@@ -33,7 +33,8 @@ def predict_slices(
     device: torch.device | str = "cpu",
     batch_size: int = 16,
     resample: str = "labels",
-) -> np.ndarray:
+    probabilities: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Predict a stack of 2D slices.
 
     Args:
@@ -44,9 +45,15 @@ def predict_slices(
         batch_size: slices per forward.
         resample: ``"labels"`` (the paper's nearest resize of the label map) or ``"logits"``
             (bilinear interpolation of the logits, then the argmax).
+        probabilities: also return the softmax probabilities at the slices' size, returned
+            the way the labels are: ``"labels"``: the network-size probabilities resized
+            with the nearest-neighbour resize of the label map; ``"logits"``: the softmax of
+            the interpolated logits.  Their argmax is the label map either way (up to exact
+            ties).
 
     Returns:
-        ``(D, H, W)`` uint8 label map.
+        ``(D, H, W)`` uint8 label map; with ``probabilities``, ``(labels, probabilities)``
+        with float32 ``(n_classes, D, H, W)`` probabilities.
     """
     check_resample(resample)
     if slices.ndim not in (3, 4) or slices.shape[0] == 0:
@@ -56,11 +63,14 @@ def predict_slices(
     model.eval()
     depth, height, width = slices.shape[:3]
     labels = np.empty((depth, height, width), dtype=np.uint8)
+    probs: np.ndarray | None = None
     for start in range(0, depth, batch_size):
         chunk = slices[start : start + batch_size].astype(np.float32, copy=False)
         resized = np.stack([resize_image(s, (input_size, input_size)) for s in chunk])  # (b, S, S[, C])
         resized = resized[:, None] if resized.ndim == 3 else np.moveaxis(resized, -1, 1)  # (b, C, S, S)
         logits = model(torch.from_numpy(resized).to(device))  # eval mode: one tensor
+        if probabilities and probs is None:
+            probs = np.empty((logits.shape[1], depth, height, width), dtype=np.float32)
         if resample == "logits":
             # One slice at a time: the full-size logits of a whole batch can be large.  The
             # argmax runs over a contiguous (H, W, classes) copy: over the strided class axis of
@@ -70,8 +80,19 @@ def predict_slices(
                 full = F.interpolate(small, size=(height, width), mode="bilinear", align_corners=True)[0]
                 best = full.permute(1, 2, 0).contiguous().argmax(-1)
                 labels[start + offset] = best.to(torch.uint8).cpu().numpy()
+                if probs is not None:
+                    probs[:, start + offset] = torch.softmax(full, 0).cpu().numpy()
         else:
             small = logits.argmax(1).to(torch.uint8).cpu().numpy()
             for offset, label in enumerate(small):
                 labels[start + offset] = resize_slice(label, (height, width), order=0)
+            if probs is not None:
+                # the same nearest resize per class: each pixel takes the probabilities of
+                # the network pixel its label comes from
+                soft = torch.softmax(logits.float(), 1).cpu().numpy()
+                for offset, slice_probs in enumerate(soft):
+                    for c, plane in enumerate(slice_probs):
+                        probs[c, start + offset] = resize_slice(plane, (height, width), order=0)
+    if probabilities:
+        return labels, probs
     return labels

@@ -16,6 +16,13 @@ from torch import nn
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import CheckpointError, InputError
+from ..pretrained import (
+    Preprocessing,
+    load_pretrained,
+    model_from_checkpoint,
+    preprocessing_of_payload,
+    save_pretrained,
+)
 from .decoder import MemoryDecoder
 from .dmwla import DMWLA, Gather
 from .dsgim import DSGIM, decay_coefficient
@@ -156,6 +163,11 @@ class SimMPNet(nn.Module):
         ``train()`` mode: a tuple of four ``(B, n_classes, H, W)`` head logits (deepest head
         first).  ``eval()`` mode: their sum, one ``(B, n_classes, H, W)`` tensor.
 
+    Trained models: :meth:`save_pretrained` / :meth:`from_pretrained` (``config.json`` +
+    ``model.safetensors``; ``from_pretrained`` also reads the ``last.pt`` / ``best.pt`` of
+    ``simmpnet train``) and :meth:`predict` (raw images or volumes to label maps, with the
+    :attr:`preprocessing` the model was trained with).
+
     Training: a ``train()`` forward only records the memory changes of the DMW-LA blocks;
     call :meth:`commit_memory` after each optimisation step (``loss.backward();
     optimizer.step(); model.commit_memory()``), as :class:`simmpnet.training.Trainer` does.
@@ -219,6 +231,9 @@ class SimMPNet(nn.Module):
         )
         self.decoder = MemoryDecoder(widths, make_block=partial(make_block, config.decoder_memory))
         self.heads = nn.ModuleList(nn.Conv2d(c, n_classes, 1) for c in reversed(widths))
+        #: What :meth:`predict` does to an input (see :class:`simmpnet.Preprocessing`); a new
+        #: network: its encoder-A size, percentile normalisation, no class names, "labels".
+        self.preprocessing = Preprocessing(input_size=config.img_size_a, in_channels=in_channels)
 
     # ----------------------------------------------------------------- building
     @classmethod
@@ -318,8 +333,11 @@ class SimMPNet(nn.Module):
 
     # ----------------------------------------------------------------- saving
     def save(self, path: str | os.PathLike) -> Path:
-        """Write config and weights (memory banks included) to ``path`` atomically."""
-        return save_checkpoint(self.checkpoint_payload(), path)
+        """Write config, preprocessing and weights (memory banks included) to ``path``
+        atomically, as one ``torch.save`` file (:meth:`save_pretrained` writes the folder form)."""
+        payload = self.checkpoint_payload()
+        payload["preprocessing"] = self.preprocessing.to_dict()
+        return save_checkpoint(payload, path)
 
     def checkpoint_payload(self) -> dict[str, Any]:
         return {
@@ -341,12 +359,95 @@ class SimMPNet(nn.Module):
         except (KeyError, TypeError, InputError) as err:
             raise CheckpointError(f"{source}: malformed Sim-MPNet checkpoint ({err})") from err
         model.load_weights(payload["state_dict"], source)
+        model.preprocessing = preprocessing_of_payload(payload, model, source)
         return model
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> SimMPNet:
-        """Rebuild a model written by :meth:`save`."""
-        return cls.from_payload(load_checkpoint(path, map_location), str(path))
+        """Rebuild a model written by :meth:`save`, or the model of a ``last.pt`` / ``best.pt``
+        of ``simmpnet train`` (its preprocessing from the training config).  The model is
+        returned in ``train()`` mode, as a new module is; :meth:`from_pretrained` reads every
+        form (folders and Hub ids too) and returns it in ``eval()`` mode."""
+        return model_from_checkpoint(load_checkpoint(path, map_location), str(path), cls)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``directory/config.json`` (architecture and :attr:`preprocessing`) and
+        ``directory/model.safetensors`` (weights and buffers, memory banks included; no
+        optimiser), the Hugging Face Hub layout; returns the folder.  See
+        :mod:`simmpnet.pretrained`."""
+        return save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike,
+        *,
+        device: str | torch.device = "cpu",
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+        force_download: bool = False,
+    ) -> SimMPNet:
+        """A trained model, in ``eval()`` mode on ``device``, with its :attr:`preprocessing`.
+
+        ``source``: a folder of :meth:`save_pretrained` (or its ``config.json`` /
+        ``.safetensors``), a ``last.pt`` / ``best.pt`` of ``simmpnet train``, a file of
+        :meth:`save`, or a Hugging Face Hub id (``"user/repo"``; needs a network or the Hub
+        cache; the other keyword arguments go to ``huggingface_hub.snapshot_download``).
+
+        Raises:
+            CheckpointError: naming what ``source`` is when it is not one of these (a
+                TorchScript archive, an ONNX model, another model's files, a run folder), or
+                why a Hub id could not be downloaded.
+
+        Example:
+            >>> model = SimMPNet.from_pretrained("runs/brain/last.pt")  # doctest: +SKIP
+            >>> labels = model.predict(volume)  # (D, H, W) raw intensities  # doctest: +SKIP
+        """
+        return load_pretrained(
+            source,
+            device=device,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+            force_download=force_download,
+            cls=cls,
+        )
+
+    def predict(
+        self,
+        image: Any,
+        probabilities: bool = False,
+        device: str | torch.device | None = None,
+        batch_size: int = 16,
+        *,
+        intensity_window: tuple[float, float] | None = None,
+        resample: str | None = None,
+        volume: bool | None = None,
+    ) -> Any:
+        """Label map of a raw image or volume, as ``simmpnet predict`` computes it.
+
+        See :func:`simmpnet.predict.predict_array` (which this calls with
+        :attr:`preprocessing`): ``image`` is a numpy ``(H, W)`` or ``(H, W, C)`` image or a
+        ``(D, H, W)`` volume in raw intensities; returns ``uint8`` labels of the input's
+        spatial shape, and with ``probabilities=True`` ``(labels, probabilities)``, the
+        softmax probabilities class-first (``(C, H, W)`` or ``(C, D, H, W)``, float32).
+        The model is left as it was (mode, device, weights, memory banks).
+        """
+        from ..predict import predict_array
+
+        return predict_array(
+            self,
+            image,
+            probabilities=probabilities,
+            device=device,
+            batch_size=batch_size,
+            intensity_window=intensity_window,
+            resample=resample,
+            volume=volume,
+        )
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], source: str = "state_dict") -> None:
         """``load_state_dict`` (strict) with a clear error when the weights belong to another

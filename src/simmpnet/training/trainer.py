@@ -722,8 +722,14 @@ def _plain(value: Any) -> Any:
 
 
 def load_trained_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, int, dict]:
-    """Model, input size and training config from a ``last.pt`` / ``best.pt`` (or a model file
-    written by :meth:`SimMPNet.save` plus an ``input_size``)."""
+    """Model, input size and training config from a ``last.pt`` / ``best.pt``, a model file
+    written by :meth:`SimMPNet.save` or a folder of :meth:`SimMPNet.save_pretrained` (whose
+    preprocessing stands in for the training config)."""
+    if Path(path).is_dir():
+        model = SimMPNet.from_pretrained(path, device=device)
+        prep = model.preprocessing
+        keys = ("in_channels", "intensity_window", "class_names", "resample")
+        return model, prep.input_size, {key: getattr(prep, key) for key in keys}
     payload = load_checkpoint(path, map_location="cpu")
     source = str(path)
     if payload.get("format") == TRAIN_FORMAT:
