@@ -218,6 +218,7 @@ def test_resample_option_of_evaluate_and_predict(brain_data, trained, tmp_path, 
         assert not out.exists()
 
 
+@pytest.mark.slow
 def test_compare_trains_both_models_on_the_demo_footing(brain_data, tmp_path, capsys):
     """`simmpnet compare` (what `make compare` runs; `make demo` is its first half) end to end
     with 2 steps per model: the demo config's per-model sections reach the right model, and

@@ -92,6 +92,7 @@ def _memory_keys(state):
                                             "memory.update_count", "key_weight"))]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_resume_with_one(brain_data, tmp_path):
     torch.set_num_threads(1)
     # one process, global batch 4, 8 steps
@@ -179,6 +180,7 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_cli_nproc_and_two_torchrun_nodes_train_the_same_model(brain_data, tmp_path):
     """`simmpnet train --nproc 2` (one node) and two `torchrun --nnodes 2` launches of one
     process each (two "nodes" on the loopback interface) give the same weights and banks; on

@@ -1077,6 +1077,7 @@ def test_corpus_is_large_enough():
 SUBPROCESS_CASES = ["predict_png_truncated", "predict_mha_truncated", "checkpoint_pickled_code", "evaluate_list_escapes_root", "train_slice_nan"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SUBPROCESS_CASES)
 def test_hostile_input_in_a_real_process(name, base, tmp_path, monkeypatch):
     """The exit code and the one line, for real: what native libraries print to the process's

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 from bench_predict_memory import make_checkpoint, make_inputs, peak_of_predict  # noqa: E402
 
 
+@pytest.mark.slow
 def test_predict_memory_does_not_grow_with_the_number_of_slices(tmp_path):
     """The fast version of benchmarks/bench_predict_memory.py: 200 versus 600 slices."""
     checkpoint = make_checkpoint(tmp_path, 32)
@@ -60,6 +61,7 @@ def test_metrics_in_worker_processes_equal_those_of_one_process():
         evaluate_volumes(model, _volumes(1), 32, 3, names, workers=0)
 
 
+@pytest.mark.slow
 def test_evaluate_command_with_workers(tmp_path, capsys):
     """`simmpnet evaluate --workers 2` writes the metrics of `--workers 1`."""
     data = tmp_path / "data"

@@ -173,6 +173,7 @@ def test_export_safetensors_writes_a_folder_from_pretrained_loads(trained, tmp_p
     assert "--input-size does not apply" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_notebook_journey_matches_the_cli(trained, nifti, tmp_path):
     """train (fixture) -> from_pretrained(last.pt) -> save_pretrained -> from_pretrained in a
     fresh process -> predict on a NIfTI volume: the labels the CLI's predict writes, byte for

@@ -46,6 +46,7 @@ def test_training_learns_and_writes_its_outputs(brain_data, tmp_path):
     assert {b.update_count for b in blocks("decoder")} == {50}
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_reaches_the_same_weights(brain_data, tmp_path):
     values = small_train_config(brain_data, tmp_path / "straight", epochs=4, eval_start_epoch=100)
     straight = _write_config(tmp_path / "straight.yaml", values)
@@ -74,6 +75,7 @@ def test_sigkill_then_resume_reaches_the_same_weights(brain_data, tmp_path):
     assert torch.equal(optim_a["state"][0]["exp_avg"], optim_b["state"][0]["exp_avg"])
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_after_a_step_budget(brain_data, tmp_path):
     straight = Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "a", eval_start_epoch=100)))
     straight.fit()
