@@ -232,7 +232,8 @@ class DMWLA(nn.Module):
         device_type, dtype = pending["autocast"]
         with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
             keys = F.conv2d(x, self.key_weight.to(x.dtype)).flatten(2).transpose(1, 2)
-        keys = keys.reshape(-1, self.feature_dim).float()
+        keys = keys.reshape(-1, self.feature_dim)
+        keys = keys.to(torch.promote_types(keys.dtype, torch.float32))
         if gather is not None:
             keys = gather(keys.contiguous())
         if not self._finite(keys):

@@ -50,7 +50,7 @@ def coherent_window_mask(x: torch.Tensor, window: int, top: int) -> torch.Tensor
     """
     b, c, h, w = x.shape
     pad_h, pad_w = (-h) % window, (-w) % window
-    padded = F.pad(x.detach().float(), (0, pad_w, 0, pad_h))
+    padded = F.pad(x.detach().to(torch.promote_types(x.dtype, torch.float32)), (0, pad_w, 0, pad_h))
     rows, cols = (h + pad_h) // window, (w + pad_w) // window
     tokens = padded.view(b, c, rows, window, cols, window).permute(0, 2, 4, 3, 5, 1)
     unit = F.normalize(tokens.reshape(b, rows * cols, window * window, c), dim=-1, eps=1e-8)

@@ -262,8 +262,10 @@ class PrototypeMemory(nn.Module):
     def assign(self, queries: torch.Tensor) -> torch.Tensor:
         """Category of each query: ``argmax_c cos(query, prototype_c)``.  ``(R, d) -> (R,)``."""
         with torch.no_grad(), torch.autocast(queries.device.type, enabled=False):
-            protos = F.normalize(self.prototypes.float(), dim=0)
-            return (queries.detach().float() @ protos).argmax(1)
+            # at least fp32 (fp64 stays fp64): near-ties between two prototypes are common
+            dtype = torch.promote_types(queries.dtype, torch.float32)
+            protos = F.normalize(self.prototypes.to(dtype), dim=0)
+            return (queries.detach().to(dtype) @ protos).argmax(1)
 
     def read(self, queries: torch.Tensor, dense: bool | None = None) -> torch.Tensor:
         """Memory read: each query attends (softmax of dot products, no scale) over the ``P``
@@ -344,17 +346,17 @@ class PrototypeMemory(nn.Module):
         and paired in that order, so the copies of the best position fill the first weakest
         slots, those of the next one the following slots, and so on.  A category with no
         position is left unchanged.  Then the prototypes become the block means.  Runs in
-        fp32, also under autocast.
+        fp32 (fp64 in a float64 model), also under autocast.
         """
         with torch.autocast(keys.device.type, enabled=False):
-            self._update(keys.float())
+            self._update(keys.to(torch.promote_types(keys.dtype, torch.float32)))
 
     def _update(self, keys: torch.Tensor) -> None:
         rows, d = keys.shape
         k = min(int(self.update_count), self.pool_size)
         if rows == 0 or k < 1:
             return
-        category = (keys @ self.prototypes.float()).argmax(1)
+        category = (keys @ self.prototypes.to(keys.dtype)).argmax(1)
         counts = torch.bincount(category, minlength=self.num_k)
 
         blocks = self.bank.view(d, self.num_k, self.pool_size)

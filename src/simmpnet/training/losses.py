@@ -30,6 +30,11 @@ def one_hot(target: torch.Tensor, n_classes: int) -> torch.Tensor:
     return F.one_hot(target, n_classes).permute(0, 3, 1, 2).float()
 
 
+def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits in fp32 for the loss; fp32 and fp64 as they are."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 #: Sums a tensor over the processes of a distributed run (autograd-aware); None: one process.
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
@@ -60,7 +65,7 @@ class SoftDiceLoss(nn.Module):
     ) -> torch.Tensor:
         """``(2, C)``: per class the batch sums of ``p t`` and of the denominator terms (not
         reduced)."""
-        probs = torch.softmax(logits.float(), dim=1)
+        probs = torch.softmax(_at_least_fp32(logits), dim=1)
         if onehot is None:
             onehot = one_hot(target, logits.shape[1])
         dims = (0, 2, 3)
@@ -104,7 +109,7 @@ class CEDiceLoss(nn.Module):
         self, logits: torch.Tensor, target: torch.Tensor, onehot: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(CE of this process, Dice :meth:`SoftDiceLoss.statistics` not yet reduced)."""
-        return F.cross_entropy(logits.float(), target), self.dice.statistics(logits, target, onehot)
+        return F.cross_entropy(_at_least_fp32(logits), target), self.dice.statistics(logits, target, onehot)
 
     def combine(self, ce: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
         """The loss from the CE and the (reduced) Dice statistics."""
