@@ -125,7 +125,8 @@ def _evaluate(
     name = layout or config.get("layout", "synapse")
     options = dict(config.get("layout_options", {})) if name == config.get("layout") else {}
     options.update(layout_options or {})
-    found = open_layout(name, data, n_classes, **options)
+    in_channels = int(getattr(model, "in_channels", config.get("in_channels", 1)))
+    found = open_layout(name, data, n_classes, in_channels, **options)
     split = split or next((s for s in ("test_vol", "test", "val") if s in found.splits), "test")
     volumes = found.cases(split)
     on_case, chosen = _pick_overlays(overlays)
@@ -313,7 +314,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from .data.layouts import open_layout
 
-    problems = open_layout(args.layout, Path(args.data), args.n_classes, **_parse_sets(args.set or [])).verify()
+    found = open_layout(args.layout, Path(args.data), args.n_classes, args.in_channels, **_parse_sets(args.set or []))
+    problems = found.verify()
     for problem in problems:
         print(problem)
     if problems:
@@ -415,6 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--layout", default="synapse", help="dataset layout (default synapse)")
     p.add_argument("--n-classes", type=int, help="classes including background (checks the label range)")
+    p.add_argument(
+        "--in-channels", type=int,
+        help="the model's input channels (checks the images: converted with a warning where the layout can, else an error)",
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="layout option, e.g. mask_suffix=_mask")
     p.set_defaults(func=cmd_verify)
 

@@ -309,7 +309,7 @@ class Trainer:
         root = Path(config.data_root)
         if not root.is_dir():
             raise InputError(f"{root}: data folder not found")
-        self.layout = open_layout(config.layout, root, config.n_classes, **config.layout_options)
+        self.layout = open_layout(config.layout, root, config.n_classes, config.in_channels, **config.layout_options)
         if config.check_data:
             problems = self.layout.verify()
             if problems:

@@ -13,6 +13,7 @@ it is read (a clear :class:`simmpnet.errors.InputError` naming the file).
 """
 from __future__ import annotations
 
+import logging
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Any, ClassVar
 from torch.utils.data import Dataset
 
 from ...errors import InputError
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Layout", "LAYOUTS", "open_layout", "register_layout"]
 
@@ -67,11 +70,34 @@ def register_layout(cls: type[Layout]) -> type[Layout]:
     return cls
 
 
-def open_layout(name: str, root: str | os.PathLike, n_classes: int | None = None, **options: Any) -> Layout:
-    """The layout called ``name`` over ``root``."""
+def open_layout(
+    name: str, root: str | os.PathLike, n_classes: int | None = None, in_channels: int | None = None, **options: Any
+) -> Layout:
+    """The layout called ``name`` over ``root``.
+
+    ``in_channels`` (the model's): a picture layout whose images have another channel count
+    is reopened to convert them (colour to grey or grey to colour, with a warning), when it
+    can; else, and when its ``channels`` option says otherwise, an :class:`InputError` naming
+    the folder and the keys, before any training or evaluation starts.  Volume layouts are
+    single-channel and need no check here.
+    """
     if name not in LAYOUTS:
         raise InputError(f"unknown dataset layout {name!r}; choose one of {sorted(LAYOUTS)}")
-    return LAYOUTS[name](root, n_classes, **options)
+    layout = LAYOUTS[name](root, n_classes, **options)
+    channels = getattr(layout, "channels", None)
+    if in_channels is None or channels is None or channels == in_channels:
+        return layout
+    if "channels" in options or "channels" not in getattr(layout, "extra_options", ()):
+        where = f"layout_options.channels {options['channels']}" if "channels" in options else f"the {name} layout"
+        raise InputError(
+            f"{root}: {where} gives {channels}-channel images but the model's in_channels is {in_channels}; "
+            f"make them agree"
+        )
+    logger.warning(
+        "%s: %d-channel pictures converted to %d channel(s) for in_channels %d (set in_channels: %d to keep them)",
+        root, channels, in_channels, in_channels, channels,
+    )
+    return LAYOUTS[name](root, n_classes, **options, channels=in_channels)
 
 
 # The built-in layouts register themselves on import.
