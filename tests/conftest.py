@@ -8,10 +8,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+#: torch's intra-op thread count at the start of the session.  Code under test changes it for
+#: the whole process (the `threads` option of a training run), and kernels split their sums by
+#: thread, so every test starts from this count: no result depends on the tests run before.
+SESSION_THREADS = torch.get_num_threads()
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
+    torch.set_num_threads(SESSION_THREADS)
     torch.manual_seed(0)
     yield
+    torch.set_num_threads(SESSION_THREADS)
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,7 @@ def test_train_evaluate_predict_round_trip(brain_data, trained, tmp_path, capsys
     # inputs of several formats, in one folder
     inputs = tmp_path / "inputs"
     inputs.mkdir()
-    with h5py.File(next((brain_data / "test_vol_h5").glob("*.h5")), "r") as f:
+    with h5py.File(sorted((brain_data / "test_vol_h5").glob("*.h5"))[0], "r") as f:
         volume = f["image"][:]
     affine = np.array([[0.0, 0.0, 1.2, -10.0], [0.9, 0.0, 0.0, 20.0], [0.0, 0.9, 0.0, 5.0], [0, 0, 0, 1]])
     nib.save(nib.Nifti1Image((volume.transpose(2, 1, 0) * 800).astype(np.int16), affine), inputs / "scan.nii.gz")

@@ -241,6 +241,9 @@ def test_failed_prepare_leaves_the_output_folder_as_it_was(tmp_path, monkeypatch
 # ------------------------------------------------------------------------- SIGKILL
 KILLS = 10
 EPOCHS = 120
+#: Steps a life may train before its kill comes at the latest: KILLS lives of at most a few
+#: steps each stay far from the end of the run, however fast the machine trains.
+STEPS_PER_LIFE = 5
 
 
 def _cli(args: list[str]) -> subprocess.Popen:
@@ -251,6 +254,10 @@ def _cli(args: list[str]) -> subprocess.Popen:
 
 def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
+
+
+def _steps_logged(log: Path) -> int:
+    return log.read_text(errors="replace").count('"event": "step"') if log.exists() else 0
 
 
 def test_resuming_a_finished_run_logs_as_one_uninterrupted_run(tmp_path):
@@ -269,6 +276,7 @@ def test_resuming_a_finished_run_logs_as_one_uninterrupted_run(tmp_path):
         assert [r["event"] for r in _log_records(log)].count("end") == 1
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_reaches_the_same_weights(tmp_path):
     """``simmpnet train --resume`` killed with SIGKILL ``KILLS`` times at random moments of
     training (mid-step, mid-log, mid-checkpoint) always resumes from a usable checkpoint and
@@ -283,7 +291,9 @@ def test_sigkill_at_random_moments_then_resume_reaches_the_same_weights(tmp_path
     rng = random.Random(seed)
     kills, epochs_at_kill = 0, []
     while True:
-        resume = ["--resume"] if last.exists() else []
+        # A life killed after its first log line but before its first checkpoint leaves a run
+        # folder with nothing to resume: the next life starts it afresh.
+        resume = ["--resume"] if last.exists() else ["--overwrite"] if log.exists() else []
         logged = _size(log)
         process = _cli(["train", "--config", str(config), *resume])
         if kills == KILLS:
@@ -293,7 +303,10 @@ def test_sigkill_at_random_moments_then_resume_reaches_the_same_weights(tmp_path
         deadline = time.monotonic() + 120
         while _size(log) == logged and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)  # until this process has trained a step
-        time.sleep(rng.uniform(0.0, 0.1))  # a step takes about 15 ms
+        trained = _steps_logged(log)
+        kill_at = time.monotonic() + rng.uniform(0.0, 0.1)  # a step takes about 15 ms
+        while time.monotonic() < kill_at and _steps_logged(log) < trained + STEPS_PER_LIFE:
+            time.sleep(0.002)
         assert process.poll() is None, f"the run ended before kill {kills + 1} (seed {seed})"
         process.send_signal(signal.SIGKILL)
         process.wait()

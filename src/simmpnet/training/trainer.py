@@ -303,6 +303,7 @@ class Trainer:
                 f"{world} processes of this distributed run"
             )
         self.dist, self.device = distributed.setup(resolve_device(config.device))
+        self._threads_before = torch.get_num_threads()  # restored by close()
         if config.threads:
             torch.set_num_threads(config.threads)
         self.output_dir = Path(config.output_dir)
@@ -696,8 +697,10 @@ class Trainer:
             distributed.barrier(self.device)
 
     def close(self) -> None:
-        """Leave the process group of a distributed run (if this trainer started it)."""
+        """Leave the process group of a distributed run (if this trainer started it) and give
+        the process back the torch thread count it had before the ``threads`` option."""
         distributed.cleanup(self.dist)
+        torch.set_num_threads(self._threads_before)
 
     def _plot_curves(self) -> None:
         if not self.dist.is_main:
