@@ -799,8 +799,12 @@ class Folder2DLayout(PictureLayout):
         self._channels: int | None = channels
 
     @property
-    def channels(self) -> int:
+    def channels(self) -> int | None:
+        """1 or 3: the ``channels`` option, else ``dataset.json``'s, else 1 when every picture is
+        grey; ``None`` while no picture is found (verify and the readers say why)."""
         if self._channels is None:
+            if not self.scan.pairs:
+                return None
             from PIL import Image
 
             grey = True
@@ -812,7 +816,7 @@ class Folder2DLayout(PictureLayout):
                             break
                 except Exception:  # unreadable files are reported by verify / when read
                     continue
-            self._channels = 1 if grey and self.scan.pairs else 3
+            self._channels = 1 if grey else 3
             logger.info("%s: %d-channel pictures", self.root, self._channels)
         return self._channels
 
