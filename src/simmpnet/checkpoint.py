@@ -23,7 +23,7 @@ import torch
 from .data.io import atomic_write
 from .errors import CheckpointError, InputError, one_line
 
-__all__ = ["CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint", "foreign_file_kind"]
+__all__ = ["CHECKPOINT_VERSION", "check_format_version", "save_checkpoint", "load_checkpoint", "foreign_file_kind"]
 
 #: Newest checkpoint ``version`` this code reads (the trainer and ``SimMPNet.save`` write 1).
 CHECKPOINT_VERSION = 1
@@ -158,16 +158,20 @@ def foreign_file_kind(path: str | os.PathLike) -> str | None:
     return None
 
 
+def check_format_version(version: Any, newest: int, what: str) -> None:
+    """Refuse a file ``version`` that is not a positive integer or is newer than ``newest``;
+    ``what`` names the file in the message (e.g. ``"run/last.pt: checkpoint"``)."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{what} version {version!r} is not a positive integer")
+    if version > newest:
+        raise CheckpointError(
+            f"{what} version {version} was written by a newer simmpnet; this one reads version {newest} or older"
+        )
+
+
 def _check_contents(path: Path, obj: dict[str, Any]) -> None:
     """Refuse what no reader of simmpnet can use: a newer version, missing parts, NaN/Inf."""
-    version = obj.get("version", CHECKPOINT_VERSION)
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise CheckpointError(f"{path}: checkpoint version {version!r} is not a positive integer")
-    if version > CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint version {version} was written by a newer simmpnet; this one reads "
-            f"version {CHECKPOINT_VERSION} or older"
-        )
+    check_format_version(obj.get("version", CHECKPOINT_VERSION), CHECKPOINT_VERSION, f"{path}: checkpoint")
     for part in _REQUIRED_PARTS.get(str(obj.get("format")), ()):
         if not isinstance(obj.get(part), dict):
             raise CheckpointError(f"{path}: {obj['format']} checkpoint without its {part!r} entry")

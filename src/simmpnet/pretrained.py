@@ -352,14 +352,9 @@ def _read_config(path: Path, shown: str) -> dict[str, Any]:
             f"{shown}: {CONFIG_NAME} describes another model" + (f" ({named})" if named else "")
             + f", not a Sim-MPNet of SimMPNet.save_pretrained (format {PRETRAINED_FORMAT!r})"
         )
-    version = config.get("version", 1)
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise CheckpointError(f"{shown}: {CONFIG_NAME} version {version!r} is not a positive integer")
-    if version > PRETRAINED_VERSION:
-        raise CheckpointError(
-            f"{shown}: {CONFIG_NAME} version {version} was written by a newer simmpnet; this one reads "
-            f"version {PRETRAINED_VERSION} or older"
-        )
+    from .checkpoint import check_format_version
+
+    check_format_version(config.get("version", 1), PRETRAINED_VERSION, f"{shown}: {CONFIG_NAME}")
     return config
 
 
