@@ -44,8 +44,9 @@ demo: $(STAMP)
 compare: $(STAMP)
 	$(PY) -m simmpnet compare
 
+# Every benchmark on a quiet machine: CSV files into benchmarks/results/, then docs/benchmarks.md.
 bench: $(STAMP)
-	cd benchmarks && ../$(PY) bench_dmwla.py && ../$(PY) bench_model.py && ../$(PY) bench_all.py
+	$(PY) benchmarks/bench.py all
 
 clean:
 	rm -rf $(VENV) build site *.egg-info src/*.egg-info

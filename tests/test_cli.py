@@ -19,7 +19,7 @@ def trained(brain_data, tmp_path_factory):
     """A 2-step CLI training run on the real data."""
     out = tmp_path_factory.mktemp("cli") / "run"
     config = tmp_path_factory.mktemp("cfg") / "train.yaml"
-    config.write_text(yaml.safe_dump(small_train_config(brain_data, out, eval_start_epoch=100)))
+    config.write_text(yaml.safe_dump(small_train_config(brain_data, out, val_list=None)))
     assert main(["--quiet", "train", "--config", str(config), "--max-steps", "2"]) == 0
     return out / "last.pt"
 
@@ -46,7 +46,7 @@ def test_train_evaluate_predict_round_trip(brain_data, trained, tmp_path, capsys
     Image.fromarray((volume[5] * 255).astype(np.uint8)).save(inputs / "slice.png")
     np.savez(inputs / "slab.npz", image=volume[:3])
     predicted = tmp_path / "pred"
-    args = ["--quiet", "predict", "--checkpoint", str(trained), "--input", str(inputs), "--output", str(predicted), "--overlay"]
+    args = ["--quiet", "predict", "--checkpoint", str(trained), "--input", str(inputs), "--output", str(predicted), "--overlays"]
     assert main(args) == 0
     scan = nib.load(predicted / "scan.nii.gz")
     source = nib.load(inputs / "scan.nii.gz")
@@ -226,7 +226,7 @@ def test_compare_trains_both_models_on_the_demo_footing(brain_data, tmp_path, ca
     from simmpnet.checkpoint import load_checkpoint
 
     out = tmp_path / "compare"
-    quick = ["--set", "train_list=small", "--set", "eval_start_epoch=1000", "--set", "progress=false"]
+    quick = ["--set", "train_list=small", "--set", "val_list=null", "--set", "progress=false"]
     assert main(["compare", "--data", str(brain_data), "--output", str(out), "--steps", "2", "--device", "cpu", *quick]) == 0
     printed = capsys.readouterr().out
     assert "simmpnet DSC" in printed and "unet DSC" in printed and "medial_temporal" in printed
@@ -295,11 +295,12 @@ def test_global_options_are_accepted_after_the_subcommand():
 def test_training_into_a_folder_that_holds_a_run_is_refused_unless_resumed_or_overwritten(brain_data, tmp_path, capsys):
     out = tmp_path / "run"
     config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump(small_train_config(brain_data, out, eval_start_epoch=100)))
+    config.write_text(yaml.safe_dump(small_train_config(brain_data, out, val_list=None)))
     assert main(["--quiet", "train", "--config", str(config), "--max-steps", "2"]) == 0
+    capsys.readouterr()  # the first run's own output (its max_steps warning)
     before = {name: (out / name).read_bytes() for name in ("last.pt", "log.jsonl")}
     other = tmp_path / "other.yaml"
-    other.write_text(yaml.safe_dump(small_train_config(brain_data, out, eval_start_epoch=100, lr=0.1)))
+    other.write_text(yaml.safe_dump(small_train_config(brain_data, out, val_list=None, lr=0.1)))
     _expect_clean_error(capsys, ["--quiet", "train", "--config", str(other), "--max-steps", "1"], str(out), "--resume", "--overwrite")
     assert {name: (out / name).read_bytes() for name in before} == before  # nothing touched
     # --resume continues the same run; --overwrite replaces it: one run per folder either way

@@ -37,7 +37,7 @@ def _config(brain_data, output_dir, **changes):
         warmup_iters=3,  # k-means after step 3, memory updates in steps 4..
         lr=1e-6,
         epochs=10,
-        eval_start_epoch=100,
+        val_list=None,
         log_every=1,
         check_data=False,
         max_steps=STEPS_DDP,
@@ -135,7 +135,7 @@ def test_two_processes_match_one_and_resume_with_one(brain_data, tmp_path):
     for step, value in losses.items():
         assert value / 15 == pytest.approx(reference[step] / 15, abs=1e-4), step
     # rank 0 alone wrote the checkpoint and the log
-    assert sorted(p.name for p in ddp_dir.iterdir()) == ["curves.png", "last.pt", "log.jsonl"]
+    assert sorted(p.name for p in ddp_dir.iterdir()) == ["curves.png", "last.pt", "log.jsonl", "resolved_config.yaml"]
 
     # the two-process checkpoint goes on in one process
     resumed = Trainer(TrainConfig.from_dict(_config(brain_data, ddp_dir, max_steps=STEPS_ALL)))

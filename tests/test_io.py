@@ -94,8 +94,14 @@ def test_png_grayscale_round_trip(tmp_path: Path) -> None:
     labels = (pixels % 5).astype(np.uint8)
     out = write_label_map(labels, loaded, tmp_path / "out" / "slice.png")
     with Image.open(out) as im:
-        assert im.mode == "L" and im.size == (17, 13)
+        # a palette picture: the pixel values are the class ids, shown in the overlay colours
+        assert im.mode == "P" and im.size == (17, 13)
         np.testing.assert_array_equal(np.asarray(im), labels)
+        palette = im.getpalette()
+    from simmpnet.evaluation.report import label_color
+
+    assert palette[:3] == [0, 0, 0]
+    assert palette[6:9] == [round(255 * v) for v in label_color(2)]
 
 
 def test_png_rgb_and_label_shape(tmp_path: Path) -> None:

@@ -328,7 +328,7 @@ def _train(config_dir, data, run, layout, n_classes):
     3-channel cases is covered by the evaluate test)."""
     config = small_train_config(
         data, run, layout=layout, n_classes=n_classes, in_channels=3, train_list="train", val_list="val",
-        eval_start_epoch=100,
+        eval_start_epoch=3, warmup_iters=None,  # the warm-up scales with these few pictures
     )
     path = config_dir / f"{layout}.yaml"
     path.write_text(yaml.safe_dump(config))

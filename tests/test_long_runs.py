@@ -18,12 +18,12 @@ from simmpnet.evaluation.evaluate import evaluate_volumes
 from simmpnet.models.factory import build_model
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-from bench_predict_memory import make_checkpoint, make_inputs, peak_of_predict  # noqa: E402
+from benchlib.predict_memory import make_checkpoint, make_inputs, peak_of_predict  # noqa: E402
 
 
 @pytest.mark.slow
 def test_predict_memory_does_not_grow_with_the_number_of_slices(tmp_path):
-    """The fast version of benchmarks/bench_predict_memory.py: 200 versus 600 slices."""
+    """The fast version of `benchmarks/bench.py predict-memory`: 200 versus 600 slices."""
     checkpoint = make_checkpoint(tmp_path, 32)
     peaks = {}
     for count in (200, 600):

@@ -53,7 +53,7 @@ def trained(brain_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrained") / "run"
     config = out.parent / "train.yaml"
     values = small_train_config(
-        brain_data, out, eval_start_epoch=100, intensity_window=WINDOW, class_names=CLASS_NAMES, resample="logits"
+        brain_data, out, val_list=None, intensity_window=WINDOW, class_names=CLASS_NAMES, resample="logits"
     )
     config.write_text(yaml.safe_dump(values))
     assert main(["--quiet", "train", "--config", str(config), "--max-steps", "2"]) == 0

@@ -48,7 +48,7 @@ def test_training_learns_and_writes_its_outputs(brain_data, tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_reaches_the_same_weights(brain_data, tmp_path):
-    values = small_train_config(brain_data, tmp_path / "straight", epochs=4, eval_start_epoch=100)
+    values = small_train_config(brain_data, tmp_path / "straight", epochs=4, val_list=None)
     straight = _write_config(tmp_path / "straight.yaml", values)
     assert _run_cli(["train", "--config", str(straight)]).wait(timeout=300) == 0
 
@@ -77,12 +77,12 @@ def test_sigkill_then_resume_reaches_the_same_weights(brain_data, tmp_path):
 
 @pytest.mark.slow
 def test_resume_mid_epoch_after_a_step_budget(brain_data, tmp_path):
-    straight = Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "a", eval_start_epoch=100)))
+    straight = Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "a", val_list=None)))
     straight.fit()
-    first = Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "b", eval_start_epoch=100, max_steps=5)))
+    first = Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "b", val_list=None, max_steps=5)))
     assert first.fit()["stop"] == "max_steps"
     assert first.state["batch_in_epoch"] == 1  # stopped inside epoch 2
-    second = Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "b", eval_start_epoch=100)))
+    second = Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "b", val_list=None)))
     second.resume()
     second.fit()
     for key, value in straight.model.state_dict().items():
@@ -90,7 +90,7 @@ def test_resume_mid_epoch_after_a_step_budget(brain_data, tmp_path):
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(brain_data, tmp_path):
-    Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "run", epochs=1, eval_start_epoch=100))).fit()
+    Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "run", max_steps=4, val_list=None))).fit()
     other = Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "run", warmup_iters=7)))
     with pytest.raises(CheckpointError, match="another model configuration"):
         other.resume()
@@ -170,7 +170,7 @@ def test_shipped_configs_are_valid(path):
 
 
 def test_bf16_training_on_cpu_keeps_memory_in_fp32(brain_data, tmp_path):
-    trainer = Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "run", amp="bf16", max_steps=8, eval_start_epoch=100)))
+    trainer = Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "run", amp="bf16", max_steps=8, val_list=None)))
     result = trainer.fit()
     assert result["steps"] == 8 and not trainer.model.in_warmup
     for block in trainer.model.dmwla_blocks():

@@ -101,6 +101,7 @@ def _evaluate(
     layout_options: dict | None = None,
     workers: int = 1,
     resample: str | None = None,
+    progress: bool = False,
 ) -> tuple[dict, list[Path]]:
     """Evaluate ``checkpoint`` on the volumes of ``split``; write metrics.json (with ``extra``
     merged in), metrics.md and overlay pictures.  ``layout_options`` override those the model
@@ -129,17 +130,50 @@ def _evaluate(
     found = open_layout(name, data, n_classes, in_channels, **options)
     split = split or next((s for s in ("test_vol", "test", "val") if s in found.splits), "test")
     volumes = found.cases(split)
+    _warn_if_trained_on(config, data, name, split, list(getattr(volumes, "names", [])))
     on_case, chosen = _pick_overlays(overlays)
     summary = evaluate_volumes(
         model, volumes, input_size, n_classes, names, dev, on_case=on_case if overlays else None, workers=workers,
-        resample=resolve_resample(resample, config),
+        resample=resolve_resample(resample, config), progress=progress,
     )
-    summary["checkpoint"] = str(checkpoint)
+    summary.update(checkpoint=str(checkpoint), data=str(data), layout=name, split=split)
     summary.update(extra or {})
     pictures = _save_overlays(chosen, out_dir / "overlays", names)
     write_metrics_markdown(summary, out_dir / "metrics.md")
     write_json(summary, out_dir / "metrics.json")
     return summary, pictures
+
+
+def _warn_if_trained_on(config: dict, data: Path, layout: str, split: str, cases: list[str]) -> None:
+    """Warn when cases of ``split`` were in the model's training split (e.g. another fold
+    chosen at evaluation): their scores flatter the model.  Only for the data folder and
+    layout the model was trained on, opened with its training options; slices and volumes
+    named ``<case>_slice...`` or ``<case>_volume...`` count for their case."""
+    import re
+
+    from .data.layouts import open_layout
+
+    root, train_list = config.get("data_root"), config.get("train_list")
+    if not (root and train_list and layout == config.get("layout")):
+        return
+    try:
+        if Path(root).resolve() != data.resolve():
+            return
+        trained = open_layout(layout, data, config.get("n_classes"), None, **dict(config.get("layout_options", {})))
+        names = trained.slices(train_list).names
+    except (SimMPNetError, OSError, KeyError, AttributeError):
+        return  # the training split cannot be listed any more: nothing to compare
+    def subject(name: str) -> str:  # the case a slice or volume name belongs to
+        return re.split(r"_slice|_volume", str(name))[0]
+
+    seen = {subject(n) for n in names}
+    overlap = [c for c in cases if subject(c) in seen]
+    if overlap:
+        shown = ", ".join(overlap[:5]) + (f" and {len(overlap) - 5} more" if len(overlap) > 5 else "")
+        logger.warning(
+            "%d of the %d cases of split %r were in the model's training split %r (%s): their scores flatter the model",
+            len(overlap), len(cases), split, train_list, shown,
+        )
 
 
 # ---------------------------------------------------------------------- commands
@@ -170,13 +204,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         trainer.close()
     logger.info("training ended (%s) after %d epochs, %d steps, %.0f s", result["stop"], result["epochs"], result["steps"], result["elapsed_s"])
-    logger.info("checkpoints and log in %s", config.output_dir)
+    if result["best_checkpoint"]:
+        print(f"trained model: {result['best_checkpoint']} (best validation DSC {100 * result['best_val_dsc']:.2f} %)")
+    else:
+        print(f"trained model: {Path(config.output_dir) / 'last.pt'} (no best.pt: {result['no_best_reason']})")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation.report import format_table
 
+    if args.predictions or args.labels:
+        summary = _score_folders(args)
+        print(format_table(summary))
+        print(f"metrics: {Path(args.output) / 'metrics.json'}, {Path(args.output) / 'metrics.md'}")
+        return 0
+    missing = [flag for flag, value in (("--checkpoint", args.checkpoint), ("--data", args.data)) if not value]
+    if missing:
+        raise SimMPNetError(
+            f"evaluate needs {' and '.join(missing)} (a model and a dataset), or --predictions and --labels"
+        )
+    for flag, value in (("--n-classes", args.n_classes), ("--class-names", args.class_names)):
+        if value is not None:
+            raise SimMPNetError(f"{flag} goes with --predictions; a checkpoint records its classes")
     summary, _ = _evaluate(
         Path(args.checkpoint),
         Path(args.data),
@@ -188,10 +238,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         layout_options=_parse_sets(args.set or []),
         workers=args.workers,
         resample=args.resample,
+        progress=not args.quiet,
     )
     print(format_table(summary))
     print(f"metrics: {Path(args.output) / 'metrics.json'}, {Path(args.output) / 'metrics.md'}")
     return 0
+
+
+def _score_folders(args: argparse.Namespace) -> dict:
+    """``evaluate --predictions DIR --labels DIR``: score existing label maps, same report."""
+    from .data.io import check_output_folder
+    from .evaluation.folders import evaluate_folders
+    from .evaluation.report import write_json, write_metrics_markdown
+
+    if not (args.predictions and args.labels):
+        raise SimMPNetError("--predictions and --labels go together: the label maps to score and their ground truth")
+    used = [flag for flag, value in (("--checkpoint", args.checkpoint), ("--data", args.data), ("--split", args.split),
+                                     ("--layout", args.layout), ("--set", args.set), ("--resample", args.resample)) if value]
+    if used:
+        raise SimMPNetError(f"{', '.join(used)}: not used when scoring --predictions (no model runs)")
+    out_dir = Path(args.output)
+    check_output_folder(out_dir)
+    names = args.class_names
+    if names is not None and args.n_classes is not None and len(names) != args.n_classes:
+        raise SimMPNetError(f"--class-names lists {len(names)} names for --n-classes {args.n_classes} (background first)")
+    summary = evaluate_folders(
+        Path(args.predictions), Path(args.labels), args.n_classes or (len(names) if names else None), names,
+        workers=args.workers, progress=not args.quiet,
+    )
+    write_metrics_markdown(summary, out_dir / "metrics.md")
+    write_json(summary, out_dir / "metrics.json")
+    return summary
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -200,12 +277,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     check_output_folder(Path(args.output))
     written = predict_paths(
-        Path(args.checkpoint), Path(args.input), Path(args.output), device=args.device,
+        Path(args.checkpoint), [Path(i) for i in args.input], Path(args.output), device=args.device,
         overlay=args.overlay,
         intensity_window=tuple(args.window) if args.window else None,
         resample=args.resample,
+        inference=args.inference,
+        overlap=args.overlap,
+        dicom_seg=args.dicom_seg,
     )
-    print(f"{len(written)} label map(s) written to {args.output}")
+    seg = ", each with a DICOM-SEG (<name>_seg.dcm)" if args.dicom_seg else ""
+    print(f"{len(written)} label map(s) written to {args.output}{seg}")
     return 0
 
 
@@ -267,7 +348,7 @@ def _run_demo(args: argparse.Namespace, model: str, output: Path) -> tuple[dict,
     data = prepare_brain_demo(Path(args.data) if args.data else output.parent / "brain_demo_data")
     # The demo's folder is its own: a new demo replaces the last one unless --resume continues it.
     trainer = Trainer(
-        demo_config(model, data, output, args.device, args.set or [], args.steps, args.budget), overwrite=True
+        demo_config(model, data, output, args.device, args.set or [], args.steps, args.time_budget), overwrite=True
     )
     if args.resume and (output / "last.pt").is_file():
         trainer.resume()
@@ -322,11 +403,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
         # One line on stderr, like every other failure: the count and the first problem.
         print(f"simmpnet: error: {len(problems)} problem(s) found in {args.data}; first: {problems[0]}", file=sys.stderr)
         return 1
-    print(f"{args.data}: no problems found ({args.layout} layout)")
+    sizes = ", ".join(f"{split}: {size}" for split, size in found.split_sizes().items())
+    print(f"{args.data}: no problems found ({args.layout} layout{'; ' + sizes if sizes else ''})")
     return 0
 
 
 # ---------------------------------------------------------------------- parser
+def _deprecated_alias(parser: argparse.ArgumentParser, old: str, new: str, dest: str, **kwargs: Any) -> None:
+    """Accept ``old`` for ``new`` for one more release, with a warning; hidden from the help."""
+
+    class Alias(argparse.Action):
+        def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                     option_string: str | None = None) -> None:
+            print(f"simmpnet: warning: {old} is deprecated and goes in the next release; use {new}", file=sys.stderr)
+            setattr(namespace, self.dest, True if self.nargs == 0 else values)
+
+    parser.add_argument(old, action=Alias, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simmpnet", description="Sim-MPNet medical image segmentation")
     from . import __version__
@@ -349,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     def device(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
 
-    from .evaluation.resample import RESAMPLE_MODES
+    from .evaluation.resample import INFERENCE_MODES, RESAMPLE_MODES
 
     def resample(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -369,9 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
             help="training steps per model (default: the demo config's, about 10 minutes on a 2-core CPU)",
         )
         p.add_argument(
-            "--budget", type=float,
+            "--time-budget", type=float, metavar="SECONDS",
             help="also stop training after this many seconds per model (the result then depends on the machine's speed)",
         )
+        _deprecated_alias(p, "--budget", "--time-budget", "time_budget", type=float)
         p.add_argument("--data", help="folder for the prepared demo data (default: next to the output)")
         p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a training config key")
@@ -380,7 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
         device(p)
         p.set_defaults(func=func)
 
-    p = add_command("train", help="train on a dataset in the Synapse layout", description="train a model")
+    text = "train a model on a dataset in any layout (synapse, nnunet, folder2d, acdc, isic2018, segpc2021)"
+    p = add_command("train", help=text, description=text)
     p.add_argument("--config", help="YAML training config (keys of simmpnet.training.TrainConfig)")
     p.add_argument("--data", help="dataset folder")
     p.add_argument("--layout", help="dataset layout (default synapse: train_npz/, test_vol_h5/, lists/)")
@@ -389,13 +485,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-steps", type=int)
-    p.add_argument("--time-budget", type=float, help="seconds")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop training after this many seconds")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
     p.add_argument(
         "--overwrite", action="store_true",
         help="replace the run already in OUTPUT (its checkpoints, log and curves) instead of refusing",
     )
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (YAML value)")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE",
+        help="override a config key (YAML value); layout options go in layout_options, e.g. 'layout_options={fold: 1}'",
+    )
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument(
         "--nproc", type=int, metavar="N",
@@ -424,13 +523,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="layout option, e.g. mask_suffix=_mask")
     p.set_defaults(func=cmd_verify)
 
-    p = add_command("evaluate", help="evaluate a checkpoint on labelled volumes", description="evaluate a checkpoint")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", required=True, help="dataset folder in the Synapse layout")
+    text = (
+        "evaluate a checkpoint on the labelled cases of a dataset (--checkpoint, --data), or score "
+        "existing predictions against ground truth (--predictions, --labels); both write the same report"
+    )
+    p = add_command("evaluate", help="evaluate a checkpoint, or score a folder of predictions", description=text)
+    p.add_argument("--checkpoint", help="the model to evaluate (with --data)")
+    p.add_argument("--data", help="dataset folder, in the layout the model was trained on unless --layout says otherwise")
     p.add_argument("--split", help="split to evaluate (default: the layout's test_vol, test or val)")
     p.add_argument("--layout", help="dataset layout (default: the one the model was trained on)")
+    p.add_argument(
+        "--predictions", metavar="DIR",
+        help="score the label maps in DIR instead of a model (with --labels; files paired by name)",
+    )
+    p.add_argument("--labels", metavar="DIR", help="the ground-truth label maps for --predictions")
+    p.add_argument(
+        "--n-classes", type=int,
+        help="with --predictions: classes including background (default: the largest label found, plus one)",
+    )
+    p.add_argument("--class-names", nargs="+", metavar="NAME", help="with --predictions: all class names, background first")
     p.add_argument("--output", required=True, help="folder for metrics.json, metrics.md and overlays")
-    p.add_argument("--overlays", type=int, default=5, help="cases to draw (0: none)")
+    p.add_argument("--overlays", type=int, default=5, metavar="N", help="cases to draw (0: none)")
     p.add_argument("--workers", type=int, default=1, help="processes computing the metrics (default 1)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="layout option, e.g. split_file=splits.json")
     resample(p)
@@ -439,14 +552,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add_command("predict", help="predict label maps for images or volumes", description="predict label maps")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--input", required=True, help="a file or a folder (PNG, JPEG, TIFF, BMP, NIfTI, NRRD, MHA, npz, h5)")
+    p.add_argument(
+        "--input", required=True, nargs="+", metavar="PATH",
+        help="a file or a folder (PNG, JPEG, TIFF, BMP, NIfTI, NRRD, MHA, npz, h5; DICOM series in a folder, "
+        "each predicted as one volume), or several DICOM files, grouped into series",
+    )
     p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--overlay", action="store_true", help="also write overlay PNGs")
+    p.add_argument("--overlays", action="store_true", dest="overlay", help="also write an overlay PNG per input")
+    _deprecated_alias(p, "--overlay", "--overlays", "overlay", nargs=0)
+    p.add_argument(
+        "--dicom-seg", action="store_true",
+        help="DICOM series input only: also write a DICOM Segmentation object referencing the series "
+        '(<name>_seg.dcm, one segment per class; needs pip install "simmpnet[dicom]")',
+    )
     p.add_argument(
         "--window", nargs=2, type=float, metavar=("LOW", "HIGH"),
         help="intensity window mapped to [0, 1] (default: the one the model was trained with)",
     )
     resample(p)
+    p.add_argument(
+        "--inference", choices=INFERENCE_MODES, default="resize",
+        help="resize (default; the paper's protocol): every slice resized to the network's input size, "
+        "what the model was trained on when its training data were resized; sliding-window: "
+        "Gaussian-weighted tiles of the input size at the image's own resolution, for images larger "
+        "than the training size when the training crops were at native resolution (nnU-Net-style "
+        "data); --resample does not apply to it",
+    )
+    p.add_argument(
+        "--overlap", type=float, default=0.5, metavar="F",
+        help="fraction of a tile its neighbours share in the sliding window, in [0, 1) (default 0.5)",
+    )
     device(p)
     p.set_defaults(func=cmd_predict)
 

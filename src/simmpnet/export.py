@@ -265,7 +265,7 @@ def onnxruntime_session(path: str | os.PathLike, threads: int | None = None, lay
     (a closed gate before encoder B does: its input is then zero everywhere) has such ties;
     last-bit differences break them and change the attention of whole rows, so that the file
     no longer predicts what the checkpoint predicts (docs/export.md;
-    ``benchmarks/check_onnx_demo.py`` measures it on a trained network).  The rewrite is
+    ``benchmarks/bench.py onnx`` measures it on a trained network).  The rewrite is
     therefore off by default (every other optimisation stays on); ``layout_rewrite=True`` turns
     it on for speed.
 

@@ -1,5 +1,6 @@
 """Prediction on files a user has: 2D images (PNG, JPEG, TIFF, BMP), volumes (NIfTI, NRRD,
-MHA, npz, h5), one file or a folder.  Label maps are written in the input's own geometry."""
+MHA, npz, h5, DICOM series), one file or a folder.  Label maps are written in the input's own
+geometry; for a DICOM series optionally also as a DICOM-SEG object."""
 from __future__ import annotations
 
 import logging
@@ -10,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.io import default_label_path, list_inputs, read_image, write_label_map
+from .data.dicom import DicomSeries
+from .data.dicom_seg import default_seg_path, require_highdicom, write_dicom_seg
+from .data.io import default_label_path, file_extension, list_inputs, read_image, write_label_map
 from .data.transforms import normalise_percentile
-from .errors import InputError
+from .errors import CheckpointError, InputError
 from .evaluation.inference import predict_slices
-from .evaluation.resample import resolve_resample
+from .evaluation.resample import check_inference, resolve_resample
 from .training.trainer import load_trained_model, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -67,9 +70,11 @@ def predict_array(
     intensity_window: Sequence[float] | None = None,
     resample: str | None = None,
     volume: bool | None = None,
+    inference: str = "resize",
+    overlap: float = 0.5,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Predict one image or volume given as an array, exactly as :func:`predict_paths` does a
-    file (same normalisation, channel handling, resizing and resampling).
+    file (same normalisation, channel handling, resizing or sliding window, and resampling).
 
     Args:
         model: a Sim-MPNet (``model.preprocessing`` is used unless ``preprocessing`` is given).
@@ -82,10 +87,16 @@ def predict_array(
         device: where to run (``"auto"``, ``"cpu"``, ``"cuda"`` ...); None: where the model is.
             The model is moved there for the call and back afterwards (for many calls, move
             the model once and leave this None).
-        batch_size: slices per forward.
+        batch_size: slices per forward (tiles per forward with the sliding window).
         intensity_window: replaces the preprocessing's window (as ``predict --window``).
-        resample: replaces the preprocessing's ``resample`` (as ``predict --resample``).
+        resample: replaces the preprocessing's ``resample`` (as ``predict --resample``); only
+            with ``inference="resize"``.
         volume: True: ``image`` is a ``(D, H, W)`` volume; False: an image; None: guess.
+        inference: ``"resize"`` (the paper's: every slice resized to the input size) or
+            ``"sliding-window"`` (tiles of the input size at the image's own resolution), as
+            ``predict --inference``; see :func:`simmpnet.evaluation.inference.predict_slices`.
+        overlap: fraction of a tile its neighbours share with the sliding window, in
+            ``[0, 1)`` (as ``predict --overlap``).
 
     Returns:
         uint8 labels of the input's spatial shape (``(H, W)`` or ``(D, H, W)``); with
@@ -98,6 +109,7 @@ def predict_array(
     """
     from .pretrained import Preprocessing
 
+    check_inference(inference, overlap, resample)
     prep = preprocessing if preprocessing is not None else getattr(model, "preprocessing", None)
     if not isinstance(prep, Preprocessing):
         raise InputError("the model has no preprocessing; pass preprocessing=simmpnet.Preprocessing(...)")
@@ -130,7 +142,8 @@ def predict_array(
         if moved:
             model.to(target)
         result = predict_slices(
-            model, slices, prep.input_size, target, batch_size=batch_size, resample=mode, probabilities=probabilities
+            model, slices, prep.input_size, target, batch_size=batch_size, resample=mode, probabilities=probabilities,
+            inference=inference, overlap=overlap,
         )
     finally:
         model.train(was_training)
@@ -145,33 +158,56 @@ def predict_array(
 
 def predict_paths(
     checkpoint: str | os.PathLike,
-    input_path: str | os.PathLike,
+    input_path: str | os.PathLike | Sequence[str | os.PathLike],
     output_dir: str | os.PathLike,
     device: str = "auto",
     overlay: bool = False,
     intensity_window: tuple[float, float] | None = None,
     resample: str | None = None,
+    inference: str = "resize",
+    overlap: float = 0.5,
+    dicom_seg: bool = False,
 ) -> list[Path]:
     """Predict every supported file at ``input_path`` (a file or a folder) into ``output_dir``.
+
+    ``input_path`` may also be a DICOM file, a folder holding DICOM series, or a sequence of
+    DICOM files: each series is predicted as one volume and its label map written as
+    ``<name>.nii.gz`` in the series' geometry (see :func:`simmpnet.data.io.list_inputs` and
+    :mod:`simmpnet.data.dicom`).  With ``dicom_seg``, every input must be a DICOM series, and
+    a DICOM-SEG object referencing it is written next to its label map as
+    ``<name>_seg.dcm`` (:mod:`simmpnet.data.dicom_seg`; needs ``pip install "simmpnet[dicom]"``).
 
     ``intensity_window`` (low, high) replaces the window the model was trained with (e.g. a HU
     window for CT); None keeps the training one, or percentile normalisation when it had none.
     ``resample`` is how predictions return to the input's size: ``"labels"`` (the paper's
     nearest resize) or ``"logits"`` (see :mod:`simmpnet.evaluation.inference`); None takes
-    the training config's, "labels" unless it was set.
+    the training config's, "labels" unless it was set.  ``inference`` is ``"resize"`` (the
+    paper's: every slice resized to the input size) or ``"sliding-window"`` (tiles of the input
+    size at the image's own resolution, neighbours sharing ``overlap`` of a tile; ``resample``
+    does not apply).
 
     Returns the label maps written.  Files are read, predicted and written one at a time, so
-    memory stays flat over long folders.
+    memory stays flat over long folders.  The inputs are listed (and DICOM series checked)
+    before the model is loaded, so bad inputs fail before any work.
     """
+    check_inference(inference, overlap, resample)
+    inputs = list_inputs(input_path)
+    if dicom_seg:
+        other = next((item for item in inputs if not isinstance(item, DicomSeries)), None)
+        if other is not None:
+            raise InputError(f"{other}: DICOM-SEG output needs DICOM series as input, and this is not one")
+        require_highdicom()
     dev = resolve_device(device)
     model, input_size, config = load_trained_model(checkpoint, dev)
     resample = resolve_resample(resample, config)
     in_channels = int(getattr(model, "in_channels", config.get("in_channels", 1)))
     names = config.get("class_names")
     window = intensity_window if intensity_window is not None else config.get("intensity_window")
-    inputs = list_inputs(Path(input_path))
-    if not inputs:
-        raise InputError(f"{input_path}: no supported image files found")
+    if dicom_seg:
+        n_classes = getattr(model, "n_classes", None) or config.get("n_classes")
+        if not n_classes:
+            raise CheckpointError(f"{checkpoint}: the checkpoint does not record its number of classes")
+        segment_names = list(names or ["background", *(f"class_{i}" for i in range(1, n_classes))])
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -180,11 +216,15 @@ def predict_paths(
         image = normalise_intensity(loaded.array, window)
         slices = _as_slices(image, loaded.kind, in_channels, path)
         with torch.no_grad():
-            labels = predict_slices(model, slices, input_size, dev, resample=resample)
+            labels = predict_slices(
+                model, slices, input_size, dev, resample=resample, inference=inference, overlap=overlap
+            )
         if loaded.kind == "image2d":
             labels = labels[0]
         target = write_label_map(labels, loaded, default_label_path(loaded, out_dir))
         written.append(target)
+        if dicom_seg:
+            write_dicom_seg(labels, loaded, default_seg_path(loaded, out_dir), segment_names)
         if overlay:
             from .evaluation.report import save_overlay
 
@@ -192,7 +232,7 @@ def predict_paths(
             image = slices[index]
             shown = labels if loaded.kind == "image2d" else labels[index]
             grey = image if image.ndim == 2 else image.mean(-1)
-            stem = target.name.split(".")[0]
+            stem = target.name[: len(target.name) - len(file_extension(target))]  # a series UID holds dots
             save_overlay(grey, None, shown, out_dir / f"{stem}_overlay.png", class_names=names)
         logger.info("%s -> %s", path, target)
     return written

@@ -62,7 +62,8 @@ class Preprocessing:
     """What a model needs done to an image before the network sees it, and after.
 
     Attributes:
-        input_size: side of the square every slice is resized to (the training size).
+        input_size: side of the square every slice is resized to (the training size), or of
+            the tiles of sliding-window prediction.
         in_channels: channels the network takes (colour images are converted to grey for a
             1-channel model, grey images repeated for a 3-channel one).
         intensity_window: ``(low, high)``: clip and scale to ``[0, 1]`` (e.g. a CT HU window);

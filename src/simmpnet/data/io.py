@@ -22,8 +22,13 @@ Supported formats (``kind``):
   of the Synapse ``test_vol_h5`` files).
 * ``"sitk"`` -- ``.nrrd``, ``.mha``, ``.mhd`` (+ its data file) through SimpleITK, 2-D or
   3-D scalar images.
+* ``"dicom"`` -- a DICOM image series (a folder, or DICOM files given together), read as one
+  volume through SimpleITK/GDCM (:mod:`simmpnet.data.dicom`); :func:`list_inputs` returns it
+  as a :class:`~simmpnet.data.dicom.DicomSeries`, which :func:`read_image` takes like a path.
+  Its label map is written as ``.nii.gz`` (or ``.nii``, ``.nrrd``, ``.mha``) in the series'
+  geometry.
 
-Axis convention for volumes (NIfTI and SimpleITK formats). With file voxel axes
+Axis convention for volumes (NIfTI, SimpleITK formats and DICOM series). With file voxel axes
 ``(i, j, k)`` (nibabel's ``X x Y x Z`` data order, ITK's index order), the returned array
 is ``D x H x W`` with axial slices along the first axis:
 
@@ -56,15 +61,18 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from simmpnet.errors import InputError, one_line
+
+if TYPE_CHECKING:
+    from .dicom import DicomSeries
 
 __all__ = [
     "IMAGE2D_EXTENSIONS",
@@ -117,6 +125,7 @@ _OUTPUT_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "npz": NPZ_EXTENSIONS + H5_EXTENSIONS,
     "h5": H5_EXTENSIONS + NPZ_EXTENSIONS,
     "sitk": (".nrrd", ".mha", ".nii", ".nii.gz"),
+    "dicom": (".nii.gz", ".nii", ".nrrd", ".mha"),
 }
 
 #: Keys / dataset names holding the image in npz and h5 files, in order of preference.
@@ -142,8 +151,8 @@ class LoadedImage:
         array: float32 image. 2-D images: ``H x W`` (grayscale) or ``H x W x 3`` (colour);
             volumes: ``D x H x W`` with axial slices along the first axis (see the module
             docstring for the axis convention); 2-D npz/h5 arrays: ``H x W``.
-        kind: ``"image2d"``, ``"nifti"``, ``"npz"``, ``"h5"`` or ``"sitk"``.
-        path: the file read.
+        kind: ``"image2d"``, ``"nifti"``, ``"npz"``, ``"h5"``, ``"sitk"`` or ``"dicom"``.
+        path: the file read (DICOM: the folder of the series).
         spacing: spacing in mm per axis of ``array`` without the channel axis (``(D, H, W)``
             or ``(H, W)``), or ``None`` when the file does not say (2-D pictures, npz/h5
             without a ``spacing`` entry).
@@ -158,8 +167,9 @@ class LoadedImage:
             trailing singleton axes after the third; ``(X, Y)`` for a 2-D NIfTI).
         affine: NIfTI: the image's 4 x 4 affine (nibabel's best affine).
         header: NIfTI: a copy of the nibabel header.
-        origin, direction, file_spacing: SimpleITK: the image's origin, direction (row-major,
-            ITK/LPS convention) and spacing, in ITK index order.
+        origin, direction, file_spacing: SimpleITK and DICOM: the image's origin, direction
+            (row-major, ITK/LPS convention) and spacing, in ITK index order.
+        series: DICOM: the series read (its files in slice order, SeriesInstanceUID, name).
     """
 
     array: np.ndarray
@@ -178,6 +188,7 @@ class LoadedImage:
     origin: tuple[float, ...] | None = None
     direction: tuple[float, ...] | None = None
     file_spacing: tuple[float, ...] | None = None
+    series: DicomSeries | None = None
 
     @property
     def label_shape(self) -> tuple[int, ...]:
@@ -685,14 +696,24 @@ def _read_sitk(path: Path, orientation: str, max_pixels: int) -> LoadedImage:
         arr = sitk.GetArrayFromImage(img)  # reversed index order: (z,) y, x
     except RuntimeError as exc:
         raise _fail(path, "corrupt or truncated image data", exc) from exc
+    return _from_sitk_image(path, img, arr, orientation, kind="sitk", file_format=file_extension(path).lstrip("."))
+
+
+def _from_sitk_image(
+    path: Path, img: Any, arr: np.ndarray, orientation: str, *, kind: str, file_format: str
+) -> LoadedImage:
+    """A :class:`LoadedImage` of an image SimpleITK read (``arr`` its ``GetArrayFromImage``):
+    origin, spacing and direction kept for writing back, a volume put into ``D x H x W`` by
+    the orientation transform."""
+    size = tuple(int(s) for s in img.GetSize())
     origin = tuple(float(v) for v in img.GetOrigin())
     spacing_ijk = tuple(float(v) for v in img.GetSpacing())
     direction = tuple(float(v) for v in img.GetDirection())
     data = _finite_float32(path, arr)
     common = dict(
-        kind="sitk",
+        kind=kind,
         path=path,
-        file_format=file_extension(path).lstrip("."),
+        file_format=file_format,
         origin=origin,
         direction=direction,
         file_spacing=spacing_ijk,
@@ -714,7 +735,7 @@ def _read_sitk(path: Path, orientation: str, max_pixels: int) -> LoadedImage:
 
 
 def read_image(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | DicomSeries,
     *,
     orientation: str = "native",
     max_pixels: int = MAX_PIXELS,
@@ -723,8 +744,11 @@ def read_image(
 
     Args:
         path: the file; its extension selects the reader (see :data:`SUPPORTED_EXTENSIONS`).
-        orientation: axis convention for NIfTI and 3-D SimpleITK volumes: ``"native"`` (file
-            axes reversed, ``D x H x W = k, j, i``) or ``"ras"`` (closest RAS, then inferior ->
+            Or a :class:`~simmpnet.data.dicom.DicomSeries` from :func:`list_inputs`, read as
+            one volume.
+        orientation: axis convention for NIfTI, 3-D SimpleITK volumes and DICOM series:
+            ``"native"`` (file axes reversed, ``D x H x W = k, j, i``; for DICOM: slices in
+            the series' order, each as rows x columns) or ``"ras"`` (closest RAS, then inferior ->
             superior slices, anterior at row 0, subject's left at column 0). Ignored for 2-D
             pictures and npz/h5 arrays, which carry no orientation.
         max_pixels: refuse files whose header declares more pixels/voxels than this
@@ -740,14 +764,18 @@ def read_image(
             empty or oversized arrays, or slices less than :data:`MIN_SIDE` pixels high or
             wide. The one-line message names the file.
     """
-    path = Path(path)
+    from .dicom import DicomSeries, read_dicom_series  # here: that module builds on this one
+
+    series = path if isinstance(path, DicomSeries) else None
+    path = series.folder if series is not None else Path(path)
     if orientation not in _ORIENTATIONS:
         raise InputError(f"{path}: orientation must be one of {', '.join(_ORIENTATIONS)}, got {orientation!r}")
     if int(max_pixels) < 1:
         raise InputError(f"{path}: max_pixels must be >= 1, got {max_pixels!r}")
-    ext = _check_file(path)
-    kind = _KIND_OF_EXTENSION[ext]
-    if kind == "image2d":
+    kind = "dicom" if series is not None else _KIND_OF_EXTENSION[_check_file(path)]
+    if series is not None:
+        loaded = read_dicom_series(series, orientation, max_pixels)
+    elif kind == "image2d":
         loaded = _read_image2d(path, max_pixels)
     elif kind == "nifti":
         loaded = _read_nifti(path, orientation, max_pixels)
@@ -770,52 +798,75 @@ def read_image(
 # --------------------------------------------------------------------------------------------
 # listing inputs
 # --------------------------------------------------------------------------------------------
-def list_inputs(path: str | os.PathLike[str]) -> list[Path]:
-    """Files to predict: ``path`` itself, or the supported files directly inside a folder.
+def list_inputs(
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+) -> list[Path | DicomSeries]:
+    """Inputs to predict: ``path`` itself, the supported files and DICOM series directly inside
+    a folder, or the DICOM series of several DICOM files given together.
 
     Folders are not searched recursively; hidden files (name starting with ``.``, e.g.
-    temporary files of an interrupted atomic write) are skipped; the result is sorted by
-    file name. nnU-Net style names (``case_0000.nii.gz``) are listed like any other.
+    temporary files of an interrupted atomic write) are skipped; files are sorted by name,
+    followed by the DICOM series found among the folder's other files (Part 10 files, with or
+    without a ``.dcm`` suffix; see :mod:`simmpnet.data.dicom`). nnU-Net style names
+    (``case_0000.nii.gz``) are listed like any other. A DICOM file given on its own is a
+    series of one file (a single slice, or a multi-frame volume). Every DICOM series is
+    checked from its file headers here, before any work.
 
     Args:
-        path: a supported file or a folder.
+        path: a supported file, a DICOM file, a folder, or a sequence of paths: one path is
+            taken as above; several must all be DICOM files, grouped into series by
+            SeriesInstanceUID.
 
     Returns:
-        The sorted list of input files (non-empty).
+        The inputs (non-empty): paths of files, and
+        :class:`~simmpnet.data.dicom.DicomSeries` for DICOM series, both accepted by
+        :func:`read_image`.
 
     Raises:
-        InputError: ``path`` does not exist, is a file with an unsupported extension, or is a
-            folder without any supported file.
+        InputError: ``path`` does not exist, is a file with an unsupported extension that is
+            not DICOM, or is a folder without any supported file or DICOM series; a folder
+            whose DICOM files form no readable series, or a series whose files do not fit
+            together (mixed sizes, orientations, missing slices).
     """
+    from .dicom import is_dicom_file, series_in_folder, series_of_files  # here: that module builds on this one
+
+    if not isinstance(path, (str, os.PathLike)):
+        paths = [Path(p) for p in path]
+        if not paths:
+            raise InputError("no input given")
+        if len(paths) > 1:
+            return list(series_of_files(paths))
+        path = paths[0]
     path = Path(path)
     if not path_exists(path):
         raise InputError(f"{path}: input not found")
     if path.is_file():
         ext = file_extension(path)
-        if ext not in _KIND_OF_EXTENSION:
-            raise InputError(
-                f"{path}: unsupported file extension {ext or '(none)'!r}; supported: "
-                + ", ".join(SUPPORTED_EXTENSIONS)
-            )
-        return [path]
+        if ext in _KIND_OF_EXTENSION:
+            return [path]
+        if ext == ".dcm" or is_dicom_file(path):
+            return list(series_of_files([path]))
+        raise InputError(
+            f"{path}: unsupported file extension {ext or '(none)'!r} and not a DICOM file; supported: "
+            + ", ".join(SUPPORTED_EXTENSIONS)
+        )
     if not path.is_dir():
         raise InputError(f"{path}: neither a file nor a folder")
     try:
-        entries = list(path.iterdir())
+        entries = [p for p in path.iterdir() if not p.name.startswith(".") and p.is_file()]
     except OSError as exc:
         raise _fail(path, "cannot list folder", exc) from exc
-    files = sorted(
-        (
-            p for p in entries
-            if not p.name.startswith(".") and p.is_file() and file_extension(p) in _KIND_OF_EXTENSION
-        ),
-        key=lambda p: p.name,
+    files: list[Path | DicomSeries] = sorted(
+        (p for p in entries if file_extension(p) in _KIND_OF_EXTENSION), key=lambda p: p.name
     )
-    if not files:
+    others = [p for p in entries if file_extension(p) not in _KIND_OF_EXTENSION]
+    series = series_in_folder(path, others, alone=not files)
+    if not files and not series:
         raise InputError(
-            f"{path}: folder holds no supported image file ({', '.join(SUPPORTED_EXTENSIONS)})"
+            f"{path}: folder holds no supported image file ({', '.join(SUPPORTED_EXTENSIONS)}) "
+            "and no DICOM series"
         )
-    return files
+    return [*files, *series]
 
 
 _NNUNET_CHANNEL = re.compile(r"_\d{4}$")
@@ -826,7 +877,8 @@ def default_label_path(reference: LoadedImage, out_dir: str | os.PathLike[str]) 
 
     The input's stem without an nnU-Net channel suffix (``case_0000.nii.gz`` ->
     ``case.nii.gz``), with the input's extension, except ``.png`` for every 2-D picture
-    (JPEG is lossy) and ``.mha`` for ``.mhd`` inputs (one file instead of two).
+    (JPEG is lossy) and ``.mha`` for ``.mhd`` inputs (one file instead of two). A DICOM series
+    gets ``<series name>.nii.gz`` (see :attr:`simmpnet.data.dicom.DicomSeries.name`).
 
     Args:
         reference: the loaded input.
@@ -835,6 +887,8 @@ def default_label_path(reference: LoadedImage, out_dir: str | os.PathLike[str]) 
     Returns:
         ``out_dir / <name>``.
     """
+    if reference.series is not None:
+        return Path(out_dir) / f"{reference.series.name}.nii.gz"
     ext = file_extension(reference.path)
     stem = reference.path.name[: len(reference.path.name) - len(ext)] if ext else reference.path.name
     stem = _NNUNET_CHANNEL.sub("", stem) or stem
@@ -940,9 +994,17 @@ def _as_label_array(labels: Any, reference: LoadedImage, out_path: Path) -> np.n
 def _write_png(labels: np.ndarray, out_path: Path) -> None:
     Image = _require("PIL", out_path)
 
+    # A palette PNG: the pixel values stay the class ids (what every reader of label maps
+    # takes), and viewers show each class in the colour of the overlays instead of near-black
+    # greys 0, 1, 2, ...
+    from ..evaluation.report import label_palette
+
     def write(tmp: Path) -> None:
+        height, width = labels.shape
+        picture = Image.frombytes("P", (width, height), np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
+        picture.putpalette(label_palette())
         with open(tmp, "wb") as handle:
-            Image.fromarray(labels, mode="L").save(handle, format="PNG")
+            picture.save(handle, format="PNG")
 
     atomic_write(out_path, write, suffix=".png")
 
@@ -1018,9 +1080,9 @@ def write_label_map(
             for NIfTI (the reference's affine and header, qform/sform and their codes kept,
             data type uint8, scaling reset, intent "label"); ``.npz`` (key ``label``) or
             ``.h5``/``.hdf5`` (dataset ``label``, attribute ``spacing`` when known) for
-            npz/h5; ``.nrrd``/``.mha`` (or ``.nii``/``.nii.gz``) for SimpleITK inputs, with
-            the same origin, spacing and direction. Volumes are put back into the file's
-            voxel order (inverse of the read permutation and flips).
+            npz/h5; ``.nrrd``/``.mha`` (or ``.nii``/``.nii.gz``) for SimpleITK inputs and
+            DICOM series, with the same origin, spacing and direction. Volumes are put back
+            into the file's voxel order (inverse of the read permutation and flips).
 
     Returns:
         ``out_path`` as a :class:`~pathlib.Path`.
@@ -1045,7 +1107,7 @@ def write_label_map(
         raise _fail(out_path, "refusing to overwrite the input image with its label map")
     arr = _as_label_array(labels, reference, out_path)
 
-    if reference.kind in ("nifti", "sitk") and reference.perm is not None:
+    if reference.kind in ("nifti", "sitk", "dicom") and reference.perm is not None:
         if reference.flips is None or reference.file_shape is None:
             raise _fail(out_path, f"reference {reference.path.name} lacks its axis transform")
         file_arr = _apply_inverse(arr, reference.perm, reference.flips)
@@ -1060,7 +1122,7 @@ def write_label_map(
         if reference.affine is None or reference.header is None:
             raise _fail(out_path, f"reference {reference.path.name} lacks its NIfTI affine/header")
         _write_nifti(file_arr, reference, out_path, ext)
-    elif reference.kind == "sitk":
+    elif reference.kind in ("sitk", "dicom"):
         if reference.origin is None or reference.direction is None or reference.file_spacing is None:
             raise _fail(out_path, f"reference {reference.path.name} lacks its origin/spacing/direction")
         _write_sitk(file_arr, reference, out_path, ext)

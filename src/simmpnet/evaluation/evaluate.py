@@ -6,7 +6,7 @@ import logging
 import multiprocessing
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -22,7 +22,7 @@ from .metrics import evaluate_case, summarize
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["evaluate_volumes"]
+__all__ = ["evaluate_volumes", "score_cases"]
 
 
 def _metric_pool(workers: int) -> ProcessPoolExecutor:
@@ -43,6 +43,7 @@ def evaluate_volumes(
     on_case: Callable[[str, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
     workers: int = 1,
     resample: str = "labels",
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Predict and score every volume.
 
@@ -66,32 +67,84 @@ def evaluate_volumes(
         resample: how predictions return to the slice size
             (:data:`~simmpnet.evaluation.resample.RESAMPLE_MODES`): ``"labels"`` (the paper's
             nearest resize of the label map) or ``"logits"``.
+        progress: show a progress bar of the cases on stderr.
 
     Returns:
-        the :func:`simmpnet.evaluation.metrics.summarize` dictionary (headline: empty/empty
-        excluded, HD95/ASD in mm; the paper protocol next to it), with ``"resample"``.
+        the :func:`score_cases` summary, with ``"resample"``.
 
     Raises:
         InputError: ``workers`` below 1, or a case the metrics refuse.
         SimMPNetError: a worker process died (e.g. killed for lack of memory).
     """
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise InputError(f"workers must be a positive integer, got {workers!r}")
     check_resample(resample)
-    results: dict[str, Any] = {}
-    pool = _metric_pool(workers) if workers > 1 else None
-    pending: deque[tuple[str, Future]] = deque()
-    try:
+
+    def predicted() -> Iterator[tuple[str, np.ndarray, np.ndarray, Any]]:
         for item in volumes:
             name = item["name"]
             image, truth = np.asarray(item["image"]), np.asarray(item["label"])
             prediction = predict_slices(model, image, input_size, device, resample=resample)
-            if pool is None:
-                results[name] = evaluate_case(prediction, truth, n_classes, spacing=item.get("spacing"))
-            else:
-                pending.append((name, pool.submit(evaluate_case, prediction, truth, n_classes, spacing=item.get("spacing"))))
             if on_case is not None:
                 on_case(name, image, truth, prediction)
+            yield name, prediction, truth, item.get("spacing")
+
+    total = len(volumes) if isinstance(volumes, Sized) else None
+    summary = score_cases(predicted(), n_classes, class_names, workers, progress=progress, total=total)
+    summary["resample"] = resample
+    return summary
+
+
+def score_cases(
+    cases: Iterable[tuple[str, np.ndarray, np.ndarray, Sequence[float] | None]],
+    n_classes: int,
+    class_names: Sequence[str],
+    workers: int = 1,
+    progress: bool = False,
+    total: int | None = None,
+) -> dict[str, Any]:
+    """Score predictions against their ground truth under both conventions.
+
+    Args:
+        cases: ``(name, prediction, truth, spacing)`` per case: integer label maps of one
+            shape, ``(D, H, W)`` or ``(H, W)``, and the spacing in mm per axis or None.
+            Consumed lazily: a generator that predicts the next case runs while the workers
+            score the last ones.
+        n_classes: classes including background.
+        class_names: names of all classes, background first.
+        workers: processes computing the metrics; the result does not depend on it.
+        progress: show a progress bar of the cases on stderr (``total`` cases when known).
+
+    Returns:
+        the :func:`simmpnet.evaluation.metrics.summarize` dictionary (headline: empty/empty
+        excluded, HD95/ASD in mm; the paper protocol next to it), with ``"case_dims"``: 2 when
+        every case is a single 2-D picture or slice (distances then count pixels), else 3.
+
+    Raises:
+        InputError: ``workers`` below 1, no case, or a case the metrics refuse.
+        SimMPNetError: a worker process died (e.g. killed for lack of memory).
+    """
+    from tqdm import tqdm
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InputError(f"workers must be a positive integer, got {workers!r}")
+    results: dict[str, Any] = {}
+    flat = True  # every case a single picture or slice
+    pool = _metric_pool(workers) if workers > 1 else None
+    pending: deque[tuple[str, Future]] = deque()
+    bar = tqdm(total=total, unit="case", desc="scoring", disable=not progress, dynamic_ncols=True)
+    try:
+        for name, prediction, truth, spacing in cases:
+            if prediction.ndim == 3 and prediction.shape[0] == 1:
+                # A picture, or a volume of one slice: scored in 2-D.  As a (1, H, W) volume
+                # every pixel would touch the empty slices above and below and count as
+                # surface, which shrinks HD95 and ASD to almost nothing.
+                prediction, truth = prediction[0], np.asarray(truth)[0]
+                spacing = None if spacing is None else tuple(spacing)[1:]
+            flat = flat and prediction.ndim == 2
+            if pool is None:
+                results[name] = evaluate_case(prediction, truth, n_classes, spacing=spacing)
+            else:
+                pending.append((name, pool.submit(evaluate_case, prediction, truth, n_classes, spacing=spacing)))
+            bar.update(1)
             logger.debug("evaluated %s", name)
             # Collected in case order, so the summary is the same as with one process.
             while len(pending) >= 2 * workers:
@@ -105,8 +158,9 @@ def evaluate_volumes(
             f"a metric worker process died ({err}); it may have run out of memory, use fewer workers"
         ) from err
     finally:
+        bar.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     summary = summarize(results, list(class_names[1:]))
-    summary["resample"] = resample
+    summary["case_dims"] = 2 if flat else 3
     return summary

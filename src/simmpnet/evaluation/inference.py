@@ -1,7 +1,8 @@
 """Slice-wise prediction of volumes and images.
 
-Each slice is resized to the network's input size (cubic) and predicted.  The prediction
-goes back to the slice's own size in one of the two ways of :mod:`simmpnet.evaluation.resample`:
+With ``inference="resize"`` (the paper's protocol), each slice is resized to the network's
+input size (cubic) and predicted.  The prediction goes back to the slice's own size in one of
+the two ways of :mod:`simmpnet.evaluation.resample`:
 
 - ``"labels"`` (the paper's evaluation, docs/evaluation.md): the label map at the network's
   size is resized back with nearest-neighbour interpolation;
@@ -11,6 +12,9 @@ goes back to the slice's own size in one of the two ways of :mod:`simmpnet.evalu
 
 Both map pixel centres the way the input resize does (corners aligned, as
 :func:`scipy.ndimage.zoom` does), so neither shifts the prediction against the image.
+
+With ``inference="sliding-window"``, overlapping tiles of the input size are predicted at the
+slice's own resolution and their logits blended (:mod:`simmpnet.evaluation.sliding_window`).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from torch import nn
 
 from ..data.transforms import resize_image, resize_slice
 from ..errors import InputError
-from .resample import check_resample
+from .resample import check_inference, check_resample
 
 __all__ = ["predict_slices"]
 
@@ -34,33 +38,49 @@ def predict_slices(
     batch_size: int = 16,
     resample: str = "labels",
     probabilities: bool = False,
+    inference: str = "resize",
+    overlap: float = 0.5,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Predict a stack of 2D slices.
 
     Args:
         model: a network in any mode; it is put in ``eval()`` mode (never changed).
         slices: ``(D, H, W)`` single-channel or ``(D, H, W, C)`` multi-channel float array.
-        input_size: side of the square the network expects.
+        input_size: side of the square the network expects (the tile side of the sliding
+            window).
         device: where the network runs (the model must already be there).
-        batch_size: slices per forward.
+        batch_size: slices per forward (tiles per forward with the sliding window).
         resample: ``"labels"`` (the paper's nearest resize of the label map) or ``"logits"``
-            (bilinear interpolation of the logits, then the argmax).
+            (bilinear interpolation of the logits, then the argmax); with the sliding window
+            there is nothing to resample and it is not used.
         probabilities: also return the softmax probabilities at the slices' size, returned
             the way the labels are: ``"labels"``: the network-size probabilities resized
             with the nearest-neighbour resize of the label map; ``"logits"``: the softmax of
-            the interpolated logits.  Their argmax is the label map either way (up to exact
-            ties).
+            the interpolated logits; sliding window: the softmax of the blended logits.
+            Their argmax is the label map in every case (up to exact ties).
+        inference: ``"resize"`` (the paper's: every slice resized to ``input_size``) or
+            ``"sliding-window"`` (Gaussian-weighted tiles of ``input_size`` at the slice's
+            own resolution, see :mod:`simmpnet.evaluation.sliding_window`).
+        overlap: fraction of a tile its neighbours share with the sliding window, in
+            ``[0, 1)``; not used by ``"resize"``.
 
     Returns:
         ``(D, H, W)`` uint8 label map; with ``probabilities``, ``(labels, probabilities)``
         with float32 ``(n_classes, D, H, W)`` probabilities.
     """
     check_resample(resample)
+    check_inference(inference, overlap)
     if slices.ndim not in (3, 4) or slices.shape[0] == 0:
         raise InputError(f"expected (D, H, W) or (D, H, W, C) slices, got shape {slices.shape}")
     if not np.isfinite(slices).all():
         raise InputError("the image holds NaN or Inf values")
     model.eval()
+    if inference == "sliding-window":
+        # imported here: MONAI takes seconds to import, and the resize does not need it
+        from .sliding_window import sliding_window_slices
+
+        labels, probs = sliding_window_slices(model, slices, input_size, device, batch_size, overlap, probabilities)
+        return (labels, probs) if probabilities else labels
     depth, height, width = slices.shape[:3]
     labels = np.empty((depth, height, width), dtype=np.uint8)
     probs: np.ndarray | None = None

@@ -42,6 +42,7 @@ __all__ = [
     "format_comparison",
     "format_table",
     "label_color",
+    "label_palette",
     "metrics_markdown",
     "plot_curves",
     "read_training_log",
@@ -75,6 +76,15 @@ def label_color(class_id: int) -> tuple[float, float, float]:
         raise InputError(f"label_color: class id must be >= 1 (background is not drawn), got {class_id}")
     hex_code = CLASS_COLORS[(int(class_id) - 1) % len(CLASS_COLORS)]
     return tuple(int(hex_code[i : i + 2], 16) / 255.0 for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+def label_palette() -> list[int]:
+    """The 256-entry RGB palette of label-map PNGs (flat ``[r0, g0, b0, r1, ...]``): class 0
+    black, class ``c`` >= 1 in :func:`label_color`."""
+    palette = [0, 0, 0]
+    for class_id in range(1, 256):
+        palette += [round(255 * v) for v in label_color(class_id)]
+    return palette
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,8 +182,12 @@ def _check_summary(summary: Any) -> None:
             raise bad(f"convention {name!r} has no result for class(es) {missing}")
 
 
-def _unit_word(unit: str) -> str:
-    return "voxels" if unit == "voxel" else str(unit)
+def _unit_word(unit: str, summary: Mapping[str, Any]) -> str:
+    """The distance unit as a word: a grid distance counts pixels where every case is one 2-D
+    picture or slice (``case_dims`` 2), voxels otherwise."""
+    if unit != "voxel":
+        return str(unit)
+    return "pixels" if summary.get("case_dims") == 2 else "voxels"
 
 
 def _fmt(value: Any, percent: bool) -> str:
@@ -188,7 +202,7 @@ def _fmt(value: Any, percent: bool) -> str:
 def _rows(summary: Mapping[str, Any], convention: str) -> tuple[list[str], list[list[str]], list[str]]:
     """(header, class rows, mean row) of one convention, as strings."""
     block = summary["conventions"][convention]
-    unit = _unit_word(block["distance_unit"])
+    unit = _unit_word(block["distance_unit"], summary)
     header = ["Class"] + [f"{title} ({'%' if pct else unit})" for _, title, pct in _METRICS]
     header.append("Cases (DSC / HD95)")
     rows = []
@@ -229,6 +243,21 @@ def _title(convention: str) -> str:
     return "paper protocol" if convention == "paper" else f"{convention!r} convention"
 
 
+#: What was scored, as :func:`simmpnet.cli` records it in a summary: key -> label in reports.
+SOURCE_KEYS: tuple[tuple[str, str], ...] = (
+    ("checkpoint", "Model"),
+    ("data", "Data"),
+    ("layout", "Layout"),
+    ("split", "Split"),
+    ("predictions", "Predictions"),
+    ("labels", "Ground truth"),
+)
+
+
+def _source_lines(summary: Mapping[str, Any]) -> list[str]:
+    return [f"- {label}: {summary[key]}" for key, label in SOURCE_KEYS if summary.get(key) is not None]
+
+
 def metrics_markdown(summary: Mapping[str, Any]) -> str:
     """Markdown report of a :func:`~simmpnet.evaluation.metrics.summarize` result.
 
@@ -254,7 +283,7 @@ def metrics_markdown(summary: Mapping[str, Any]) -> str:
     classes = [str(c) for c in summary["classes"]]
 
     def unit_of(conv: str) -> str:
-        return _unit_word(conventions[conv]["distance_unit"])
+        return _unit_word(conventions[conv]["distance_unit"], summary)
 
     which = (
         f"Table 1 (headline) uses the {_title(headline)} with HD95 and ASD in {unit_of(headline)}"
@@ -262,10 +291,17 @@ def metrics_markdown(summary: Mapping[str, Any]) -> str:
     if other is not None:
         which += f"; Table 2 uses the {_title(other)} with HD95 and ASD in {unit_of(other)}"
     which += ". DSC and Jaccard are percentages."
+    units = {unit_of(conv) for conv in conventions}
+    if len(units) > 1:
+        which += (
+            " The units differ on purpose: the paper protocol measures distances on the grid, as the "
+            "authors' code does; the other convention in mm from the spacing of the files."
+        )
 
     lines = [
         "# Segmentation metrics",
         "",
+        *_source_lines(summary),
         f"- Cases: {summary['n_cases']}",
         f"- Classes ({len(classes)}): {', '.join(classes)}",
         f"- {which}",
@@ -289,7 +325,7 @@ def metrics_markdown(summary: Mapping[str, Any]) -> str:
     if isinstance(pooled, Mapping) and isinstance(pooled.get("per_class"), Mapping):
         per = ", ".join(f"{name} {_fmt(pooled['per_class'].get(name), True)}" for name in classes)
         lines.append(
-            f"Pooled DSC (%; voxels of all cases pooled per class, independent of the "
+            f"Pooled DSC (%; {'pixels' if summary.get('case_dims') == 2 else 'voxels'} of all cases pooled per class, independent of the "
             f"convention): mean {_fmt(pooled.get('mean'), True)}; {per}."
         )
         lines.append("")
@@ -344,7 +380,7 @@ def format_table(summary: Mapping[str, Any], convention: str | None = None) -> s
             f"format_table: convention {conv!r} not in summary ({', '.join(summary['conventions'])})"
         )
     header, rows, mean = _rows(summary, conv)
-    unit = _unit_word(summary["conventions"][conv]["distance_unit"])
+    unit = _unit_word(summary["conventions"][conv]["distance_unit"], summary)
     role = "headline" if conv == summary["headline_convention"] else "secondary"
     title = (
         f"{_title(conv)} ({role}): HD95/ASD in {unit}, DSC/Jaccard in %, "
@@ -392,7 +428,7 @@ def format_comparison(summaries: Mapping[str, Mapping[str, Any]], convention: st
             raise InputError(f"format_comparison: {model!r} was evaluated on other classes")
         if conv not in summary["conventions"]:
             raise InputError(f"format_comparison: {model!r} has no {conv!r} convention")
-        units.add(_unit_word(summary["conventions"][conv]["distance_unit"]))
+        units.add(_unit_word(summary["conventions"][conv]["distance_unit"], summary))
     unit = " / ".join(sorted(units))
     header = ["Class"]
     for model in summaries:

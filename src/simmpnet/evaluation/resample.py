@@ -5,17 +5,29 @@
 - ``"logits"``: the logits are interpolated bilinearly to the slice's size and the label is
   their argmax there, as nnU-Net does with its class scores.
 
+The alternative to resizing, ``inference="sliding-window"``, predicts tiles of the network's
+input size at the slice's own resolution (:mod:`simmpnet.evaluation.sliding_window`), so
+nothing returns to the slice's size and ``resample`` does not apply.
+
 This module holds the names only (no torch), so that the command line can list them without
 importing the network; :mod:`simmpnet.evaluation.inference` does the resizing.
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
 from ..errors import InputError
 
-__all__ = ["RESAMPLE_MODES", "RESAMPLE_WORDS", "check_resample", "resolve_resample"]
+__all__ = [
+    "INFERENCE_MODES",
+    "RESAMPLE_MODES",
+    "RESAMPLE_WORDS",
+    "check_inference",
+    "check_resample",
+    "resolve_resample",
+]
 
 #: How a prediction returns to the slice's size (see the module docstring), in the words of
 #: the reports.
@@ -25,11 +37,32 @@ RESAMPLE_WORDS = {
 }
 RESAMPLE_MODES = tuple(RESAMPLE_WORDS)
 
+#: How slices meet the network: ``"resize"`` (the paper's: each slice resized to the input
+#: size) or ``"sliding-window"`` (overlapping tiles of the input size at the slice's own
+#: resolution, see :mod:`simmpnet.evaluation.sliding_window`).
+INFERENCE_MODES = ("resize", "sliding-window")
+
 
 def check_resample(resample: str) -> None:
     """Raise an :class:`InputError` unless ``resample`` is one of :data:`RESAMPLE_MODES`."""
     if resample not in RESAMPLE_MODES:
         raise InputError(f"resample must be one of {list(RESAMPLE_MODES)}, got {resample!r}")
+
+
+def check_inference(inference: str, overlap: float, resample: str | None = None) -> None:
+    """Raise an :class:`InputError` unless ``inference`` is one of :data:`INFERENCE_MODES` and
+    ``overlap`` (the fraction of a tile its neighbours share) is in ``[0, 1)``; a ``resample``
+    given explicitly (not None) is refused with ``"sliding-window"``, which predicts at the
+    slice's own size and has nothing to resample."""
+    if inference not in INFERENCE_MODES:
+        raise InputError(f"inference must be one of {list(INFERENCE_MODES)}, got {inference!r}")
+    if isinstance(overlap, bool) or not isinstance(overlap, numbers.Real) or not 0 <= overlap < 1:
+        raise InputError(f"overlap must be a number in [0, 1), got {overlap!r}")
+    if resample is not None and inference == "sliding-window":
+        raise InputError(
+            f"resample={resample!r} applies to inference='resize' only: the sliding window predicts "
+            "at the image's own size"
+        )
 
 
 def resolve_resample(resample: str | None, config: Mapping[str, Any]) -> str:

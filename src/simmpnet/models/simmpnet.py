@@ -426,6 +426,8 @@ class SimMPNet(nn.Module):
         intensity_window: tuple[float, float] | None = None,
         resample: str | None = None,
         volume: bool | None = None,
+        inference: str = "resize",
+        overlap: float = 0.5,
     ) -> Any:
         """Label map of a raw image or volume, as ``simmpnet predict`` computes it.
 
@@ -434,6 +436,8 @@ class SimMPNet(nn.Module):
         ``(D, H, W)`` volume in raw intensities; returns ``uint8`` labels of the input's
         spatial shape, and with ``probabilities=True`` ``(labels, probabilities)``, the
         softmax probabilities class-first (``(C, H, W)`` or ``(C, D, H, W)``, float32).
+        ``inference="sliding-window"`` predicts tiles of the input size at the image's own
+        resolution (neighbours sharing ``overlap`` of a tile) instead of the paper's resize.
         The model is left as it was (mode, device, weights, memory banks).
         """
         from ..predict import predict_array
@@ -447,6 +451,8 @@ class SimMPNet(nn.Module):
             intensity_window=intensity_window,
             resample=resample,
             volume=volume,
+            inference=inference,
+            overlap=overlap,
         )
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], source: str = "state_dict") -> None:

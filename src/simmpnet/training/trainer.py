@@ -39,10 +39,11 @@ from ..data.transforms import RandomAugment
 from ..errors import CheckpointError, InputError, SimMPNetError
 from ..evaluation.evaluate import evaluate_volumes
 from ..evaluation.resample import check_resample
-from ..models import SimMPNet, WLDSchedule
+from ..models import VARIANTS, SimMPNet, WLDSchedule
 from ..models.factory import MODEL_NAMES, build_model, input_size_of, model_from_payload, model_payload
 from . import distributed
 from .losses import DICE_DENOMINATORS, DeepSupervisionLoss
+from .plan import plan_run
 
 logger = logging.getLogger(__name__)
 
@@ -67,15 +68,19 @@ class TrainConfig:
     the network), ``pretrained``, ``input_size`` (slice side, a multiple of 32 for Sim-MPNet
     and of 16 for the U-Net; Sim-MPNet's encoders then run at ``input_size`` and 7/8 of it
     unless ``model_overrides`` sets ``img_size_a`` / ``img_size_b``; default the variant's
-    encoder-A size, 128 for the U-Net), ``warmup_iters`` (DMW-LA warm-up, None keeps the variant's).
+    encoder-A size, 128 for the U-Net), ``warmup_iters`` (DMW-LA warm-up).
+    Left unset, ``eval_start_epoch``, ``wld_start_epoch`` and ``warmup_iters`` scale with the run
+    (a third of it, as the paper's 100 of 300 epochs; the warm-up at most the variant's 2000);
+    set beyond the run's ``epochs`` they are refused (:mod:`simmpnet.training.plan`).
     Optimisation (paper: AdamW 1e-4 constant, wd 1e-4, batch 20, seed 2222): ``epochs``,
     ``batch_size``, ``lr``, ``weight_decay``, ``lr_schedule`` ("constant" or "poly":
     ``lr (1 - progress)^0.9``, progress the larger of the step and time-budget fractions),
     ``augment`` (options of :class:`simmpnet.data.transforms.RandomAugment`: p_rot_flip,
     p_rotate, max_angle; default the paper's 0.5 / 0.5 / 20), ``dice_denominator`` ("squared",
-    the paper's soft Dice, or "linear"), ``seed``, ``wld_start_epoch`` (the epoch whose losses
+    the paper's soft Dice, or "linear"), ``seed``, ``wld_start_epoch`` (the epoch, from 0, whose losses
     W-LD records first; ``K`` follows the rule from the next epoch on), ``wld_blocks`` ("encoder" as the
-    authors, "decoder", "all" or "none"), ``eval_start_epoch``, ``eval_every``, ``resample``
+    authors, "decoder", "all" or "none"), ``eval_start_epoch`` (the first epoch, from 1, after
+    which ``val_list`` is evaluated), ``eval_every``, ``resample``
     (how validation predictions return to the slice size: "labels", the paper's, or "logits";
     see :mod:`simmpnet.evaluation.inference`; ``evaluate`` and ``predict`` default to it).
     Budget: ``time_budget_s`` (wall clock of the whole run, across resumes), ``max_steps``.
@@ -115,9 +120,9 @@ class TrainConfig:
     augment: dict[str, float] = field(default_factory=dict)
     dice_denominator: str = "squared"
     seed: int = 2222
-    wld_start_epoch: int = 100
+    wld_start_epoch: int | None = None
     wld_blocks: str = "encoder"
-    eval_start_epoch: int = 100
+    eval_start_epoch: int | None = None
     eval_every: int = 1
     resample: str = "labels"
     time_budget_s: float | None = None
@@ -160,6 +165,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.model not in MODEL_NAMES:
             raise InputError(f"model must be one of {list(MODEL_NAMES)}, got {self.model!r}")
+        if self.model == "simmpnet" and self.variant not in VARIANTS:
+            raise InputError(f"unknown Sim-MPNet variant {self.variant!r}; choose one of {sorted(VARIANTS)}")
         if self.n_classes < 2:
             raise InputError(f"n_classes must be at least 2, got {self.n_classes}")
         if self.class_names is not None and len(self.class_names) != self.n_classes:
@@ -167,6 +174,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_every", "log_every"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name, least in (("eval_start_epoch", 1), ("wld_start_epoch", 0), ("warmup_iters", 0), ("max_steps", 1)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise InputError(f"{name} must be an integer of at least {least} (or left out), got {value!r}")
         if self.amp not in ("none", "bf16", "fp16", "auto"):
             raise InputError(f"amp must be none, bf16, fp16 or auto, got {self.amp!r}")
         if self.lr_schedule not in ("constant", "poly"):
@@ -218,6 +229,24 @@ class TrainConfig:
         return list(self.class_names or ["background", *(f"class_{i}" for i in range(1, self.n_classes))])
 
 
+def _variant_warmup(config: TrainConfig, overrides: dict[str, Any]) -> int | None:
+    """The DMW-LA warm-up the network has without ``warmup_iters``; None for a network without
+    memory, or when ``model_overrides`` sets the warm-up itself (it is then left as given)."""
+    if config.model != "simmpnet" or any("warmup_iters" in str(key) for key in _keys(overrides)):
+        return None
+    return VARIANTS[config.variant].with_overrides(**overrides).encoder_memory.warmup_iters
+
+
+def _keys(mapping: dict[str, Any]) -> list[str]:
+    """The keys of a nested mapping, at every level."""
+    found = []
+    for key, value in mapping.items():
+        found.append(str(key))
+        if isinstance(value, dict):
+            found.extend(_keys(value))
+    return found
+
+
 def _size_step(model: str, overrides: dict[str, Any]) -> int:
     """The input sides a model accepts are the multiples of this: 32 for Sim-MPNet (encoder A's
     MaxViT windows), the product of the strides for the U-Net (16 by default)."""
@@ -267,7 +296,7 @@ class _AugmentedSlices(Dataset):
 
 
 #: The files by which an output folder holds a training run.
-RUN_FILES = ("last.pt", "best.pt", "log.jsonl")
+RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "resolved_config.yaml")
 
 
 def check_run_folder(output_dir: str | os.PathLike, overwrite: bool = False) -> list[str]:
@@ -325,10 +354,11 @@ class Trainer:
                 f"than one global batch ({config.batch_size}) for distributed training"
             )
         self.val_set = self.layout.cases(config.val_list) if config.val_list else None
-        torch.manual_seed(config.seed)
         overrides = config.model_overrides_sized()
-        if config.warmup_iters is not None and config.model == "simmpnet":
-            overrides["warmup_iters"] = config.warmup_iters
+        self.plan = plan_run(config, len(self.train_set), _variant_warmup(config, overrides))
+        torch.manual_seed(config.seed)
+        if self.plan.warmup_iters is not None:
+            overrides["warmup_iters"] = self.plan.warmup_iters
         self.model = build_model(
             config.model, config.n_classes, config.in_channels, config.variant, overrides, config.pretrained
         ).to(self.device)
@@ -375,15 +405,15 @@ class Trainer:
             reduce=distributed.all_reduce_sum if self.dist.enabled else None, dice_denominator=config.dice_denominator
         )
         self.wld = (
-            WLDSchedule(self.model.dmwla_blocks(config.wld_blocks), start_epoch=config.wld_start_epoch)
-            if isinstance(self.model, SimMPNet) and config.wld_blocks != "none"
+            WLDSchedule(self.model.dmwla_blocks(config.wld_blocks), start_epoch=self.plan.wld_start_epoch)
+            if isinstance(self.model, SimMPNet) and self.plan.wld_start_epoch is not None
             else None
         )
         allowed = {"p_rot_flip", "p_rotate", "max_angle"}
         if set(config.augment) - allowed:
             raise InputError(f"unknown augment options {sorted(set(config.augment) - allowed)}; known: {sorted(allowed)}")
         self.samples = _AugmentedSlices(self.train_set, self.input_size, config.seed, config.augment)
-        self.steps_per_epoch = len(self._epoch_batches(0))
+        self.steps_per_epoch = self.plan.steps_per_epoch
         self._started: float | None = None
         self.state: dict[str, Any] = {
             "epoch": 0,
@@ -414,6 +444,7 @@ class Trainer:
             "state": dict(self.state),
             "rng": rng,
             "identity": _plain(self.config.model_identity()),
+            "plan": self.plan.to_dict(),
             "config": _plain(dataclasses.asdict(self.config)),
         }
 
@@ -436,6 +467,7 @@ class Trainer:
         restored = model_from_payload(payload["model"], str(path))
         self._claimed = True
         self.model.load_state_dict(restored.state_dict())
+        self._keep_plan(payload.get("plan"), restored)
         self.optimizer.load_state_dict(payload["optimizer"])
         if payload.get("scaler"):
             self.scaler.load_state_dict(payload["scaler"])
@@ -450,6 +482,25 @@ class Trainer:
         if self.dist.is_main and path.resolve().parent == self.output_dir.resolve():
             self._rewind_log()
         logger.info("resumed from %s at epoch %d, step %d", path, self.state["epoch"], self.state["global_step"])
+
+    def _keep_plan(self, saved: dict[str, Any] | None, restored: nn.Module) -> None:
+        """A resumed run keeps the schedule it started with, even where a changed ``epochs``
+        or ``max_steps`` would scale the unset keys differently: a warm-up that grew past
+        the memory's count would send a clustered memory back into warm-up."""
+        if not saved:
+            return
+        keys = ("eval_start_epoch", "wld_start_epoch", "warmup_iters")
+        kept = {key: saved.get(key) for key in keys}
+        if kept == {key: getattr(self.plan, key) for key in keys}:
+            return
+        logger.info("the resumed run keeps its schedule: %s", kept)
+        self.plan = dataclasses.replace(self.plan, **kept)
+        if self.wld is not None and kept["wld_start_epoch"] is not None:
+            self.wld.start_epoch = kept["wld_start_epoch"]
+        if isinstance(self.model, SimMPNet) and isinstance(restored, SimMPNet):
+            self.model.config = restored.config
+            for mine, theirs in zip(self.model.dmwla_blocks("all"), restored.dmwla_blocks("all"), strict=True):
+                mine.memory.warmup_iters = theirs.memory.warmup_iters
 
     def _rewind_log(self) -> None:
         """Drop the log records written after the checkpoint being resumed (the steps a killed
@@ -480,10 +531,9 @@ class Trainer:
         """The global batches of an epoch (each rank of a distributed run takes its share)."""
         order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(self.config.seed + epoch))
         size = self.config.batch_size
-        batches = [order[i : i + size].tolist() for i in range(0, len(order), size)]
-        if len(batches) > 1 and len(batches[-1]) < size:
-            batches.pop()  # BatchNorm and the loss behave better without a ragged last batch
-        return batches
+        # BatchNorm and the loss behave better without a ragged last batch: it is dropped
+        # unless it is the only one (steps_per_epoch)
+        return [order[i : i + size].tolist() for i in range(0, len(order), size)][: self.steps_per_epoch]
 
     def _log(self, record: dict[str, Any]) -> None:
         if not self.dist.is_main:
@@ -594,6 +644,8 @@ class Trainer:
             self._claimed = True
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            self._write_resolved_config()
+            self._log_start()
         self._started = time.monotonic()
         stop = self._out_of_budget()
         last_val: float | None = None
@@ -642,8 +694,8 @@ class Trainer:
                 stop = self._out_of_budget()
                 if stop:
                     break
-            if stop:
-                break
+            if stop and self.state["batch_in_epoch"] < self.steps_per_epoch:
+                break  # mid-epoch; a budget that ends with the epoch still validates and logs it
             record: dict[str, Any] = {
                 "event": "epoch",
                 "epoch": epoch + 1,
@@ -651,7 +703,8 @@ class Trainer:
                 "train_loss": self.state["epoch_loss_sum"] / max(self.state["epoch_loss_count"], 1),
             }
             self.state.update(epoch=epoch + 1, batch_in_epoch=0, epoch_loss_sum=0.0, epoch_loss_count=0)
-            if epoch + 1 >= cfg.eval_start_epoch and (epoch + 1 - cfg.eval_start_epoch) % cfg.eval_every == 0:
+            start = self.plan.eval_start_epoch
+            if start is not None and epoch + 1 >= start and (epoch + 1 - start) % cfg.eval_every == 0:
                 summary = self.validate() if main else None
                 if self.dist.enabled:  # the others wait for rank 0's validation
                     summary = distributed.broadcast_object(summary and {"mean": {"dsc": summary["mean"]["dsc"]}})
@@ -666,12 +719,16 @@ class Trainer:
             self._checkpoint("last.pt")
             # With a progress bar on screen the epoch lines go to the log file only.
             level = logging.DEBUG if cfg.progress else logging.INFO
-            logger.log(level, "epoch %d: %s", epoch + 1, {key: v for key, v in record.items() if key != "event"})
+            shown = f"train loss {record['train_loss']:.4f}"
+            if record.get("val_dsc") is not None:
+                shown += f", validation DSC {100 * record['val_dsc']:.2f} %"
+            logger.log(level, "epoch %d (step %d): %s", epoch + 1, record["step"], shown)
         bar.close()
         stop = stop or "epochs"
         self._checkpoint("last.pt")
         self._plot_curves()
         elapsed = self._elapsed()
+        missing = self._why_no_best(stop)
         result = {
             "stop": stop,
             "epochs": self.state["epoch"],
@@ -679,9 +736,83 @@ class Trainer:
             "elapsed_s": elapsed,
             "last_val_dsc": last_val,
             "best_val_dsc": self.state["best_dsc"],
+            "best_checkpoint": None if missing else str(self.output_dir / "best.pt"),
+            "no_best_reason": missing,
         }
+        if missing and main:
+            logger.warning("no best.pt: %s; last.pt is the model of this run", missing)
         self._log({"event": "end", **result})
         return result
+
+    def _why_no_best(self, stop: str) -> str | None:
+        """Why the run holds no ``best.pt`` (None when it does)."""
+        if self.state["best_dsc"] is not None:
+            return None
+        if self.plan.eval_start_epoch is None:
+            return "no validation split (val_list: null)"
+        if self.state["epoch"] < self.plan.eval_start_epoch:
+            return (
+                f"validation starts after epoch {self.plan.eval_start_epoch} (eval_start_epoch) and the run "
+                f"stopped ({stop}) after {self.state['epoch']} complete epoch(s)"
+            )
+        return f"the validation split {self.config.val_list!r} gave no Dice score (no foreground in its labels?)"
+
+    def resolved_config(self) -> dict[str, Any]:
+        """The config as this run uses it: every key of :class:`TrainConfig`, with the input
+        size and the scaled schedule keys filled in.  ``simmpnet train --config`` reads it."""
+        values = _plain(dataclasses.asdict(self.config))
+        values["input_size"] = self.input_size
+        for key in ("eval_start_epoch", "wld_start_epoch", "warmup_iters"):
+            if getattr(self.plan, key) is not None:
+                values[key] = getattr(self.plan, key)
+        return values
+
+    def _write_resolved_config(self) -> None:
+        from .. import __version__
+
+        params = sum(p.numel() for p in self.model.parameters())
+        header = (
+            f"# The configuration of this run as resolved by simmpnet {__version__} (torch {torch.__version__}) "
+            f"on {self.device.type}.\n# {params:,} parameters; {len(self.train_set)} training slices "
+            f"({self.config.train_list!r}), {self.plan.steps} steps of batch {self.config.batch_size}.\n"
+            "# Keys left unset were filled in; `simmpnet train --config` takes this file as it is.\n"
+        )
+        text = header + yaml.safe_dump(self.resolved_config(), sort_keys=False)
+        atomic_write(self.output_dir / "resolved_config.yaml", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+    def _log_start(self) -> None:
+        """What the run is about to do, in a few lines, before the first step."""
+        cfg, plan = self.config, self.plan
+        params = sum(p.numel() for p in self.model.parameters())
+        network = f"{cfg.model} {cfg.variant}" if cfg.model == "simmpnet" else cfg.model
+        amp = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[self.amp_dtype]
+        procs = f", {self.dist.world_size} processes" if self.dist.enabled else ""
+        logger.info(
+            "run: %s, %.2f M parameters, %d px input, %d channel(s), %d classes; %s on %s, %d torch thread(s)%s",
+            network, params / 1e6, self.input_size, cfg.in_channels, cfg.n_classes, amp, self.device,
+            torch.get_num_threads(), procs,
+        )
+        validation = (
+            f"validation on {cfg.val_list!r} ({len(self.val_set)} cases) after epoch {plan.eval_start_epoch}, "
+            f"then every {cfg.eval_every}"
+            if self.val_set is not None else "no validation (val_list: null)"
+        )
+        logger.info(
+            "data: %s layout at %s: training on %r (%d slices), %s",
+            cfg.layout, cfg.data_root, cfg.train_list, len(self.train_set), validation,
+        )
+        schedule = [f"{plan.steps} steps ({plan.epochs} epoch(s) of {plan.steps_per_epoch}, batch {cfg.batch_size})"]
+        if cfg.time_budget_s is not None:
+            schedule.append(f"at most {cfg.time_budget_s:.0f} s")
+        if plan.wld_start_epoch is not None:
+            schedule.append(f"W-LD from epoch {plan.wld_start_epoch}")
+        if plan.warmup_iters is not None:
+            schedule.append(f"DMW-LA warm-up {plan.warmup_iters} forwards")
+        scaled = f" ({', '.join(plan.scaled)} scaled to the run)" if plan.scaled else ""
+        logger.info("plan: %s%s", ", ".join(schedule), scaled)
+        for warning in plan.warnings:
+            logger.warning("%s", warning)
+        logger.info("output: %s (resolved_config.yaml, checkpoints, log.jsonl)", self.output_dir)
 
     def _checkpoint(self, name: str) -> None:
         """Rank 0 writes the checkpoint; in distributed training the others wait for it."""

@@ -60,6 +60,17 @@ class Layout(ABC):
     def verify(self) -> list[str]:
         """Every problem of the folder, one ``"<path>: <problem>"`` line each; empty when sound."""
 
+    def split_sizes(self) -> dict[str, str]:
+        """What each split of :attr:`splits` holds, e.g. ``{"val": "12 cases"}``; a split
+        this folder does not have is left out."""
+        sizes = {}
+        for split in self.splits:
+            try:
+                sizes[split] = f"{len(self.cases(split))} cases"
+            except InputError:
+                continue
+        return sizes
+
 
 LAYOUTS: dict[str, type[Layout]] = {}
 

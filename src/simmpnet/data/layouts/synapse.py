@@ -346,6 +346,16 @@ class SynapseLayout(Layout):
     def cases(self, split: str) -> Dataset:
         return SynapseVolumeDataset(self.root, split=split, n_classes=self.n_classes)
 
+    def split_sizes(self) -> dict[str, str]:
+        sizes = {}
+        for list_file in sorted((self.root / "lists").glob("*.txt")):
+            split = list_file.stem
+            try:
+                sizes[split] = f"{len(self.cases(split))} volumes" if "vol" in split else f"{len(self.slices(split))} slices"
+            except InputError:
+                continue
+        return sizes
+
     def verify(self) -> list[str]:
         lists = sorted((self.root / "lists").glob("*.txt"))
         if not lists:

@@ -5,16 +5,13 @@ over 2,000 slices should be that of a run over 200 (target: within 10 %).  Each 
 `python -m simmpnet predict` process started by a fresh wrapper process that reports the peak
 RSS of its child (``getrusage(RUSAGE_CHILDREN).ru_maxrss``), so every figure is one run's own
 peak.  The checkpoint is a small U-Net trained for one step on generated slices.  The runs use
-one torch thread (``OMP_NUM_THREADS=1``): the figure is memory, and on a shared machine
-several OpenMP threads per tiny forward mostly wait for each other.
-
-Usage: python benchmarks/bench_predict_memory.py [--counts 200 2000] [--side 64] [--threads 1]
+one torch thread by default (``OMP_NUM_THREADS``): the figure is memory, and on a shared
+machine several OpenMP threads per tiny forward mostly wait for each other.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -23,7 +20,28 @@ from pathlib import Path
 
 import numpy as np
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+from .harness import BENCHMARKS
+from .results import Row, fmt
+
+SRC = BENCHMARKS.parent / "src"
+#: One measurement per count: memory does not need medians.
+REPEATS, WARMUP = 1, 0
+#: Torch threads of the predict runs (``--threads``), see the module docstring.
+THREADS = 1
+
+#: The wrapper process: runs its arguments as its only child and prints that child's peak RSS (kB).
+WRAPPER = """\
+import resource, subprocess, sys
+done = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+if done.returncode != 0:
+    sys.exit(f"{' '.join(sys.argv[1:])} failed: {done.stderr.strip()}")
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--counts", type=int, nargs="+", help="slices per run (default 200 2000; --quick: 10 20)")
+    parser.add_argument("--side", type=int, help="slice side (default 64; --quick: 32)")
 
 
 def make_checkpoint(root: Path, side: int) -> Path:
@@ -67,61 +85,38 @@ def make_inputs(folder: Path, count: int, side: int, pool: Path) -> Path:
     return folder
 
 
-def measure(argv: list[str]) -> None:
-    """Wrapper mode: run ``argv`` as the only child and print its peak RSS in kB."""
-    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(argv)} failed: {done.stderr.strip()}")
-    print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-
-
 def peak_of_predict(checkpoint: Path, inputs: Path, output: Path, threads: int) -> tuple[float, float]:
     """(peak RSS in MB, seconds) of one ``simmpnet predict`` run, in a fresh wrapper process."""
     predict = [sys.executable, "-m", "simmpnet", "--quiet", "predict", "--device", "cpu",
                "--checkpoint", str(checkpoint), "--input", str(inputs), "--output", str(output)]
     env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS=str(threads))
     start = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, __file__, "--measure", "--", *predict], capture_output=True, text=True, env=env, check=True
-    )
+    done = subprocess.run([sys.executable, "-c", WRAPPER, *predict], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.strip())
     return int(done.stdout.strip()) / 1024.0, time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--counts", type=int, nargs="+", default=[200, 2000])
-    parser.add_argument("--side", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the predict runs")
-    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("argv", nargs="*", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.measure:
-        measure(args.argv)
-        return
-    import torch
-    from harness import machine
-
-    torch.set_num_threads(args.threads)  # so that machine() states the thread count of the runs
-    with tempfile.TemporaryDirectory() as tmp:
+def run(args: argparse.Namespace) -> list[Row]:
+    counts = args.counts or ([10, 20] if args.quick else [200, 2000])
+    side = args.side or (32 if args.quick else 64)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench_predict_memory_") as tmp:
         root = Path(tmp)
-        checkpoint = make_checkpoint(root, args.side)
-        rows = []
-        for count in args.counts:
-            inputs = make_inputs(root / f"in{count}", count, args.side, root / "pool")
+        checkpoint = make_checkpoint(root, side)
+        first = None
+        for count in counts:
+            inputs = make_inputs(root / f"in{count}", count, side, root / "pool")
             peak, seconds = peak_of_predict(checkpoint, inputs, root / f"out{count}", args.threads)
             written = len(list((root / f"out{count}").glob("*.png")))
             if written != count:
-                sys.exit(f"{count} inputs but {written} label maps written")
-            rows.append((count, peak, seconds))
-    print(f"# simmpnet predict over N {args.side} x {args.side} PNG slices ({machine()})")
-    print("| slices | peak RSS MB | seconds (incl. start-up) |")
-    print("|---:|---:|---:|")
-    for count, peak, seconds in rows:
-        print(f"| {count} | {peak:.0f} | {seconds:.1f} |")
-    first, last = rows[0], rows[-1]
-    ratio = last[1] / first[1]
-    print(f"peak({last[0]}) / peak({first[0]}) = {ratio:.3f} (target: at most 1.10)")
-
-
-if __name__ == "__main__":
-    main()
+                raise RuntimeError(f"{count} inputs but {written} label maps written")
+            first = first or peak
+            case = f"{count} slices of {side} x {side}"
+            rows += [
+                Row("peak", case, "peak RSS", fmt(peak), "MB"),
+                Row("peak", case, f"peak RSS / peak at {counts[0]}", fmt(peak / first), "ratio"),
+                Row("peak", case, "seconds, with start-up", fmt(seconds), "s"),
+            ]
+            print(f"  {case}: peak RSS {peak:.0f} MB, {seconds:.1f} s", flush=True)
+    return rows

@@ -1,5 +1,5 @@
-"""Helpers shared by the benchmark scripts: medians after warm-up runs, peak RSS measured in
-a fresh child process per case, a one-line machine description, and the held-out demo slices."""
+"""Measuring helpers shared by the benchmarks: medians of interleaved runs after warm-up runs,
+peak RSS measured in a fresh child process per case, and the held-out demo slices."""
 from __future__ import annotations
 
 import json
@@ -13,12 +13,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import torch
+BENCHMARKS = Path(__file__).resolve().parents[1]
 
-from simmpnet.data.io import atomic_write
-from simmpnet.data.layouts import open_layout
-from simmpnet.data.transforms import resize_image
+
+class Skip(Exception):
+    """A benchmark that cannot run here (no GPU, no trained checkpoint): the command says why,
+    writes no row for it and exits 0."""
 
 
 def cores() -> int:
@@ -36,10 +36,6 @@ def cpu_model() -> str:
             return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
-
-
-def machine() -> str:
-    return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def time_interleaved(cases: dict[str, Callable[[], None]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
@@ -61,6 +57,7 @@ def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000.0
 
 
+# ----------------------------------------------------------------------------- peak RSS
 def peak_rss_mb() -> float:
     """Peak resident memory of this process (VmHWM), MB."""
     return _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -91,11 +88,19 @@ def _status_mb(field: str) -> float:
     return 0.0
 
 
-def child_peak_rss(script: str, case: str) -> tuple[float, float]:
-    """``(peak RSS, peak minus RSS before the workload)`` in MB of ``python script --rss-case
-    case``, run in a fresh process."""
+def child_peak_rss(module: str, case: str, threads: int) -> tuple[float, float]:
+    """``(peak RSS, peak minus RSS before the workload)`` in MB of ``benchlib.<module>.rss_case(case)``
+    run in a fresh process, so that no case inherits the allocations of another.  VmHWM
+    starts afresh at ``exec``, unlike ``ru_maxrss``, which Linux carries over from the forked
+    copy of a large parent."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import importlib, torch; "
+        "torch.set_num_threads(int(sys.argv[4])); "
+        "importlib.import_module('benchlib.' + sys.argv[2]).rss_case(sys.argv[3])"
+    )
     out = subprocess.run(
-        [sys.executable, script, "--rss-case", case], check=True, capture_output=True, text=True
+        [sys.executable, "-c", code, str(BENCHMARKS), module, case, str(threads)],
+        check=True, capture_output=True, text=True,
     ).stdout
     record = json.loads(out.strip().splitlines()[-1])
     return record["peak_rss_mb"], record["peak_rss_mb"] - record["idle_rss_mb"]
@@ -110,23 +115,25 @@ def report_rss(workload: Callable[[], None], runs: int = 3) -> None:
     print(json.dumps({"peak_rss_mb": peak_rss_mb(), "idle_rss_mb": idle}))
 
 
-def write_readme(path: Path, block: str, begin: str, end: str) -> None:
-    """Replace the text between the markers ``begin`` and ``end`` of ``path`` by ``block``
-    (which carries the markers), or append the block if the markers are not there."""
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def held_out_volumes(data: Path, size: int) -> list[np.ndarray]:
+# ----------------------------------------------------------------------------- data
+def held_out_volumes(data: Path, size: int) -> list:
     """The test volumes (the demo's Synapse layout, split ``test_vol``), each resized slice by
     slice as prediction does: (D, 1, S, S) float32."""
+    import numpy as np
+
+    from simmpnet.data.layouts import open_layout
+    from simmpnet.data.transforms import resize_image
+
     cases = open_layout("synapse", data).cases("test_vol")
     return [
         np.stack([resize_image(s, (size, size)) for s in case["image"]])[:, None].astype(np.float32)
         for case in cases
     ]
+
+
+def trained_checkpoint(checkpoint: Path, data: Path) -> None:
+    """Raise :class:`Skip` unless the trained network and its data are there."""
+    if not Path(checkpoint).exists():
+        raise Skip(f"needs a trained checkpoint, {checkpoint} not found (run `make demo`, or pass --checkpoint)")
+    if not (Path(data) / "test_vol_h5").is_dir():
+        raise Skip(f"needs the demo data, {data}/test_vol_h5 not found (run `make demo`, or pass --data)")

@@ -1,8 +1,8 @@
-"""Checks and timings on a CUDA GPU (CI has none: run this where one is).
+"""Checks and timings on a CUDA GPU (skipped where torch sees none; ``--device cpu`` runs the
+same code on the CPU as a dry run of its code paths, whose figures are not GPU figures).
 
-    python benchmarks/check_cuda.py [--out DIR] [--skip-timings] [--checkpoint runs/demo/last.pt [--data DIR]]
-
-Checks, each reported as ok / FAILED with its figures (the script carries on after a failure):
+Checks, each recorded as passed yes / no with its figures (a failed check does not stop the
+others; the command exits 1 after writing the rows):
 - parity: `tiny` after warm-up gives the same eval logits on the CPU and the GPU (TF32 off);
 - purity: an eval forward on the GPU leaves every parameter and buffer unchanged, and the
   same input gives the same output twice, in fp32, bf16 and fp16 autocast;
@@ -14,20 +14,18 @@ Checks, each reported as ok / FAILED with its figures (the script carries on aft
 - trained network (with ``--checkpoint``, e.g. the ``last.pt`` of ``make demo``, and its data
   ``--data``): the held-out slices predicted under bf16 and fp16 autocast are finite and carry
   the fp32 labels on at least 99 % of the pixels.  A trained network's activations are far
-  larger than a fresh one's (DMW-LA read logits of about 5e5 in the demo network), so this
-  catches fp16 overflows that the fresh networks above never reach;
-- timings (medians of 15 interleaved rounds after 3 warm-up runs, each run followed by a wait
-  for the GPU): training step and batch-1 eval forward of `tiny` and `paper`, fp32 against
+  larger than a fresh one's, so this catches fp16 overflows that the fresh networks above
+  never reach;
+- timings (medians of interleaved rounds after warm-up runs, each run followed by a wait for
+  the GPU; TF32 on): training step and batch-1 eval forward of `tiny` and `paper`, fp32 against
   bf16, and the training step with DMW-LA's finiteness check of the memory update (one host
   sync per block) against the same step without it.
-Results are printed and written to ``OUT/check_cuda.json``.
 """
 from __future__ import annotations
 
 import argparse
 import collections
 import copy
-import json
 import time
 import traceback
 import warnings
@@ -38,35 +36,44 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness import held_out_volumes, median_ms, time_interleaved
 from simmpnet import SimMPNet
-from simmpnet.data.io import atomic_write
 from simmpnet.models.dmwla import DMWLA
 from simmpnet.training.losses import DeepSupervisionLoss
 from simmpnet.training.trainer import load_trained_model
 
+from .harness import Skip, held_out_volumes, median_ms, time_interleaved
+from .results import Row, fmt
+
 N_CLASSES = 9
-DEVICE = "cuda"  # --device cpu: a dry run of this script's code paths where no GPU is
-RESULTS: dict[str, Any] = {}
+REPEATS, WARMUP = 15, 3
+DEVICE = "cuda"
 AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def check(name: str, fn: Callable[[], dict[str, Any]]) -> None:
-    """Run one check; record its figures and whether it passed, never stop the script."""
-    started = time.perf_counter()
-    try:
-        figures = fn()
-        ok = bool(figures.pop("ok", True))
-    except Exception:  # noqa: BLE001 - the report names the failure, the other checks still run
-        figures, ok = {"error": traceback.format_exc(limit=6)}, False
-    figures["seconds"] = round(time.perf_counter() - started, 1)
-    RESULTS[name] = {"ok": ok, **figures}
-    print(f"[{'ok' if ok else 'FAILED'}] {name}: {json.dumps(figures)}", flush=True)
+class Sizes:
+    """Batch, side and step counts of the checks; ``--quick`` shrinks them to test the code."""
+
+    def __init__(self, quick: bool) -> None:
+        self.side = 64 if quick else 128
+        self.parity_batch, self.purity_batch, self.train_batch = (1, 1, 2) if quick else (2, 4, 8)
+        self.steps, self.warmup_end = (6, 2) if quick else (30, 10)
+        self.timing_cases = ["tiny:2:64"] if quick else ["tiny:8:128", "tiny:32:128", "paper:20:256"]
 
 
-def built(variant: str, seed: int = 0, warm: bool = True) -> SimMPNet:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run of the code paths")
+    parser.add_argument("--amps", nargs="+", choices=list(AMP), default=list(AMP),
+                        help="precisions of the purity and training checks (default all three)")
+    parser.add_argument("--skip-timings", action="store_true")
+    parser.add_argument("--timing-cases", nargs="+", metavar="VARIANT:BATCH:SIDE",
+                        help="networks and batches to time (default tiny:8:128 tiny:32:128 paper:20:256)")
+    parser.add_argument("--checkpoint", type=Path, help="a trained network (e.g. runs/demo/last.pt) to check under autocast")
+    parser.add_argument("--data", type=Path, default=Path("runs/brain_demo_data"), help="its data (Synapse layout)")
+
+
+def built(variant: str, side: int, seed: int = 0, warm: bool = True) -> SimMPNet:
     torch.manual_seed(seed)
-    model = SimMPNet.from_variant(variant, n_classes=N_CLASSES)
+    model = SimMPNet.from_variant(variant, n_classes=N_CLASSES, img_size_a=side, img_size_b=side * 7 // 8)
     if warm:
         model.end_warmup()
     return model
@@ -109,35 +116,36 @@ def training_step(
     return step
 
 
-def parity() -> dict[str, Any]:
+# ----------------------------------------------------------------------------- checks
+def parity(sizes: Sizes) -> dict[str, Any]:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    cpu = built("tiny").eval()
+    cpu = built("tiny", sizes.side).eval()
     gpu = copy.deepcopy(cpu).to(DEVICE).eval()
-    x, _ = batch(2, 128, "cpu")
+    x, _ = batch(sizes.parity_batch, sizes.side, "cpu")
     with torch.no_grad():
         ref, out = cpu(x), gpu(x.to(DEVICE)).cpu()
     diff = (ref - out).abs().max().item()
     scale = ref.abs().max().item()
     agree = (ref.argmax(1) == out.argmax(1)).float().mean().item()
-    return {"ok": diff <= 1e-3 * scale, "max_abs_diff": diff, "max_abs_logit": scale, "argmax_agreement": agree}
+    return {"ok": diff <= 1e-3 * scale, "max abs diff": diff, "max abs logit": scale, "argmax agreement": agree}
 
 
-def purity() -> dict[str, Any]:
-    model = built("tiny").to(DEVICE).eval()
+def purity(sizes: Sizes, amps: list[str]) -> dict[str, Any]:
+    model = built("tiny", sizes.side).to(DEVICE).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    x, _ = batch(4, 128, DEVICE)
+    x, _ = batch(sizes.purity_batch, sizes.side, DEVICE)
     figures: dict[str, Any] = {"ok": True}
-    for amp, dtype in AMP.items():
-        with torch.no_grad(), autocast(dtype):
+    for amp in amps:
+        with torch.no_grad(), autocast(AMP[amp]):
             first, second = model(x), model(x)
         same = torch.equal(first, second)
         finite = bool(torch.isfinite(first).all())
-        figures[f"{amp}_same_output_twice"] = same
-        figures[f"{amp}_finite"] = finite
+        figures[f"{amp} same output twice"] = same
+        figures[f"{amp} finite"] = finite
         figures["ok"] &= same and finite
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
-    figures["changed_state"] = changed[:5]
+    figures["changed state tensors"] = len(changed)
     figures["ok"] &= not changed
     return figures
 
@@ -153,8 +161,8 @@ def trained_network(checkpoint: Path, data: Path) -> dict[str, Any]:
                 logits = model(x)
             finite = bool(torch.isfinite(logits).all())
             agreement = (logits.argmax(1) == reference).float().mean().item()
-            figures[f"{amp}_finite"] = finite
-            figures[f"{amp}_label_agreement_with_fp32"] = round(agreement, 5)
+            figures[f"{amp} finite"] = finite
+            figures[f"{amp} label agreement with fp32"] = round(agreement, 5)
             figures["ok"] &= finite and agreement >= 0.99
     return figures
 
@@ -183,16 +191,16 @@ def count_syncs(step: Callable[[], object]) -> dict[str, int]:
     return dict(where.most_common())
 
 
-def train_steps(amp: str) -> dict[str, Any]:
+def train_steps(amp: str, sizes: Sizes) -> dict[str, Any]:
     dtype = AMP[amp]
-    model = built("tiny", warm=False).to(DEVICE).train()
+    model = built("tiny", sizes.side, warm=False).to(DEVICE).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     scaler = torch.amp.GradScaler(DEVICE, enabled=amp == "fp16")
-    x, y = batch(8, 128, DEVICE)
+    x, y = batch(sizes.train_batch, sizes.side, DEVICE)
     step = training_step(model, optimiser, x, y, dtype, scaler)
     losses: list[torch.Tensor] = []
-    for i in range(30):
-        if i == 10:
+    for i in range(sizes.steps):
+        if i == sizes.warmup_end:
             model.end_warmup()
         losses.append(step())
     syncs = count_syncs(lambda: losses.append(step()))
@@ -200,11 +208,12 @@ def train_steps(amp: str) -> dict[str, Any]:
     banks_finite = all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
     return {
         "ok": values[-1] < 0.8 * values[0] and banks_finite,
-        "loss_first": round(values[0], 4), "loss_last": round(values[-1], 4),
-        "state_finite": banks_finite, "syncs_in_one_step": sum(syncs.values()), "sync_sources": syncs,
+        "loss first": values[0], "loss last": values[-1], "state finite": banks_finite,
+        "syncs in one step": sum(syncs.values()), **{f"syncs at {where}": n for where, n in syncs.items()},
     }
 
 
+# ----------------------------------------------------------------------------- timings
 def synced(fn: Callable[[], object]) -> Callable[[], None]:
     """``fn`` followed by a wait for the GPU, so that a wall-clock time covers its kernels."""
 
@@ -229,13 +238,14 @@ def without_finiteness_check(fn: Callable[[], object]) -> Callable[[], None]:
     return run
 
 
-def time_network(variant: str, size: int, side: int, repeats: int) -> dict[str, float]:
-    """Median milliseconds of the training step and the batch-1 eval forward, fp32 and bf16,
-    and of the fp32 step without the finiteness check, interleaved; peak GPU memory."""
+def time_network(variant: str, size: int, side: int, repeats: int, warmup: int) -> list[tuple[str, float, str]]:
+    """(metric, value, unit): median milliseconds of the training step and the batch-1 eval
+    forward, fp32 and bf16, and of the fp32 step without the finiteness check, interleaved;
+    peak GPU memory."""
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    model = built(variant).to(DEVICE)
+    model = built(variant, side).to(DEVICE)
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=DEVICE == "cuda")
     x, y = batch(size, side, DEVICE)
     x1 = x[:1].contiguous()
@@ -250,66 +260,71 @@ def time_network(variant: str, size: int, side: int, repeats: int) -> dict[str, 
         return run
 
     runs = {
-        "train_step_fp32": training_step(model, optimiser, x, y, AMP["fp32"]),
-        "train_step_bf16": training_step(model, optimiser, x, y, AMP["bf16"]),
-        "train_step_fp32_without_finiteness_check": without_finiteness_check(
+        "train step fp32": training_step(model, optimiser, x, y, AMP["fp32"]),
+        "train step bf16": training_step(model, optimiser, x, y, AMP["bf16"]),
+        "train step fp32 without the finiteness check": without_finiteness_check(
             training_step(model, optimiser, x, y, AMP["fp32"])
         ),
-        "eval_forward_B1_fp32": eval_forward(AMP["fp32"]),
-        "eval_forward_B1_bf16": eval_forward(AMP["bf16"]),
+        "eval forward B=1 fp32": eval_forward(AMP["fp32"]),
+        "eval forward B=1 bf16": eval_forward(AMP["bf16"]),
     }
-    times = time_interleaved({name: synced(fn) for name, fn in runs.items()}, repeats, warmup=3)
-    figures = {f"{name}_ms": round(median_ms(samples), 2) for name, samples in times.items()}
+    times = time_interleaved({name: synced(fn) for name, fn in runs.items()}, repeats, warmup)
+    figures = [(name, median_ms(samples), "ms") for name, samples in times.items()]
     if DEVICE == "cuda":
-        figures["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        figures.append(("peak GPU memory", torch.cuda.max_memory_allocated() / 2**30, "GiB"))
     return figures
 
 
-def timings(cases: list[tuple[str, int, int]], repeats: int = 15) -> dict[str, Any]:
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    return {
-        f"{variant}_B{size}_{side}px": time_network(variant, size, side, repeats) for variant, size, side in cases
-    }
+# ----------------------------------------------------------------------------- run
+def check(rows: list[Row], name: str, fn: Callable[[], dict[str, Any]]) -> None:
+    """Run one check and add its rows; a failure is recorded, the other checks still run."""
+    started = time.perf_counter()
+    try:
+        figures = fn()
+        ok = bool(figures.pop("ok", True))
+    except Exception:  # noqa: BLE001 - the rows say that it failed, the traceback is printed
+        traceback.print_exc()
+        figures, ok = {}, False
+    seconds = time.perf_counter() - started
+    rows.append(Row("checks", name, "passed", fmt(ok)))
+    rows += [Row("checks", name, metric, fmt(value)) for metric, value in figures.items()]
+    rows.append(Row("checks", name, "seconds", fmt(seconds), "s"))
+    print(f"  [{'ok' if ok else 'FAILED'}] {name}: {figures}", flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=".", help="folder for check_cuda.json")
-    parser.add_argument("--skip-timings", action="store_true")
-    parser.add_argument(
-        "--timing-cases", nargs="+", default=["tiny:8:128", "tiny:32:128", "paper:20:256"],
-        metavar="VARIANT:BATCH:SIDE", help="networks and batches to time",
-    )
-    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run of the code paths")
-    parser.add_argument("--checkpoint", type=Path, help="a trained network (e.g. runs/demo/last.pt) to check under autocast")
-    parser.add_argument("--data", type=Path, default=Path("runs/brain_demo_data"), help="its data (Synapse layout)")
-    args = parser.parse_args()
+def run(args: argparse.Namespace) -> list[Row]:
     global DEVICE
     DEVICE = args.device
     if DEVICE == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("check_cuda.py needs a CUDA GPU; torch sees none")
-    RESULTS["machine"] = {
-        "gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else "none (dry run on the CPU)",
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-    }
-    print(json.dumps(RESULTS["machine"]), flush=True)
-    check("parity_cpu_cuda", parity)
-    check("inference_leaves_model_unchanged", purity)
-    for amp in AMP:
-        check(f"train_{amp}", lambda amp=amp: train_steps(amp))
+        raise Skip("needs a CUDA GPU and torch sees none (--device cpu runs the code on the CPU as a dry run)")
+    sizes = Sizes(args.quick)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        return _checks_and_timings(args, sizes)
+    finally:  # the checks set TF32 for themselves; the calling process keeps its own setting
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+def _checks_and_timings(args: argparse.Namespace, sizes: Sizes) -> list[Row]:
+    rows: list[Row] = []
+    check(rows, "parity_cpu_cuda", lambda: parity(sizes))
+    check(rows, "inference_leaves_model_unchanged", lambda: purity(sizes, args.amps))
+    for amp in args.amps:
+        check(rows, f"train_{amp}", lambda amp=amp: train_steps(amp, sizes))
     if args.checkpoint is not None:
-        check("trained_network_under_autocast", lambda: trained_network(args.checkpoint, args.data))
+        check(rows, "trained_network_under_autocast", lambda: trained_network(args.checkpoint, args.data))
     if not args.skip_timings:
-        cases = [(v, int(b), int(p)) for v, b, p in (c.split(":") for c in args.timing_cases)]
-        check("timings", lambda: timings(cases))
-    text = json.dumps(RESULTS, indent=1)
-    atomic_write(Path(args.out) / "check_cuda.json", lambda tmp: tmp.write_text(text))  # creates the folder
-    failed = [k for k, v in RESULTS.items() if isinstance(v, dict) and v.get("ok") is False]
-    print("all checks passed" if not failed else f"FAILED: {failed}", flush=True)
-    raise SystemExit(1 if failed else 0)
-
-
-if __name__ == "__main__":
-    main()
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        for case in args.timing_cases or sizes.timing_cases:
+            variant, size, side = case.split(":")
+            label = f"{variant}, B={size}, {side} px"
+            try:
+                figures = time_network(variant, int(size), int(side), args.repeats, args.warmup)
+            except Exception:  # noqa: BLE001 - as a check: recorded, the other cases still run
+                traceback.print_exc()
+                rows.append(Row("timings", label, "passed", "no"))
+                continue
+            rows += [Row("timings", label, metric, fmt(value), unit) for metric, value, unit in figures]
+            print(f"  timings {label}: {figures}", flush=True)
+    return rows

@@ -1,0 +1,1 @@
+"""The measuring code of benchmarks/bench.py, one module per benchmark."""
