@@ -189,7 +189,7 @@ def test_cli_nproc_and_two_torchrun_nodes_train_the_same_model(brain_data, tmp_p
     single_node = tmp_path / "one_node"
     done = subprocess.run(
         [sys.executable, *_train_command(config, single_node), "--nproc", "2"],
-        env=_child_env(), capture_output=True, text=True, timeout=600,
+        env=_child_env(), capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -199,7 +199,7 @@ def test_cli_nproc_and_two_torchrun_nodes_train_the_same_model(brain_data, tmp_p
         subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={rank}", "--nproc-per-node=1",
              "--master-addr=127.0.0.1", f"--master-port={port}", *_train_command(config, outputs[rank])],
-            env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
         )
         for rank in range(2)
     ]
@@ -216,3 +216,29 @@ def test_cli_nproc_and_two_torchrun_nodes_train_the_same_model(brain_data, tmp_p
     for key in weights:  # weights, BatchNorm statistics, memory banks and counters
         assert torch.equal(weights[key], other[key]), key
     assert _step_losses(single_node) == _step_losses(outputs[0])
+
+
+def _late_worker(rank: int, world: int, port: int, values: dict, out_dir: str) -> None:
+    """Rank 1 reaches fit() two seconds after rank 0, which has written its first file by then
+    unless it waits for every rank to have checked the output folder."""
+    import time
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world), OMP_NUM_THREADS="1",
+    )
+    torch.set_num_threads(1)
+    trainer = Trainer(TrainConfig.from_dict(values))
+    try:
+        if rank == 1:
+            time.sleep(2)
+        trainer.fit()
+    finally:
+        trainer.close()
+
+
+@pytest.mark.slow
+def test_a_late_rank_does_not_take_rank_0s_new_files_for_another_run(brain_data, tmp_path):
+    values = _config(brain_data, tmp_path / "run", max_steps=2)
+    mp.spawn(_late_worker, args=(2, _free_port(), values, str(tmp_path)), nprocs=2, join=True)
+    assert (tmp_path / "run" / "last.pt").is_file() and (tmp_path / "run" / "resolved_config.yaml").is_file()

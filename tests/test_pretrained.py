@@ -207,7 +207,7 @@ def test_notebook_journey_matches_the_cli(trained, nifti, tmp_path):
     )
     result = subprocess.run(
         [sys.executable, "-c", script, str(folder), str(nifti), str(tmp_path / "labels.npy")],
-        env=cli_env(HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=600,
+        env=cli_env(HF_HUB_OFFLINE="1"), capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600,
     )
     assert result.returncode == 0, result.stderr
     assert "intensity_window=(0.0, 1000.0)" in result.stdout and "resample='logits'" in result.stdout

@@ -642,6 +642,8 @@ class Trainer:
                 for name in (*RUN_FILES, "curves.png"):
                     (self.output_dir / name).unlink(missing_ok=True)
             self._claimed = True
+            if self.dist.enabled:  # every rank has looked before rank 0 writes the first file
+                distributed.barrier(self.device)
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self._write_resolved_config()
