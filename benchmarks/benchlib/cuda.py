@@ -18,8 +18,7 @@ others; the command exits 1 after writing the rows):
   never reach;
 - timings (medians of interleaved rounds after warm-up runs, each run followed by a wait for
   the GPU; TF32 on): training step and batch-1 eval forward of `tiny` and `paper`, fp32 against
-  bf16, and the training step with DMW-LA's finiteness check of the memory update (one host
-  sync per block) against the same step without it.
+  bf16.
 """
 from __future__ import annotations
 
@@ -37,7 +36,6 @@ import numpy as np
 import torch
 
 from simmpnet import SimMPNet
-from simmpnet.models.dmwla import DMWLA
 from simmpnet.training.losses import DeepSupervisionLoss
 from simmpnet.training.trainer import load_trained_model
 
@@ -224,24 +222,9 @@ def synced(fn: Callable[[], object]) -> Callable[[], None]:
     return run
 
 
-def without_finiteness_check(fn: Callable[[], object]) -> Callable[[], None]:
-    """``fn`` with DMW-LA's finiteness check of the memory update (one host sync per block) off."""
-    original = DMWLA.__dict__["_finite"]  # the staticmethod itself, not its function
-
-    def run() -> None:
-        DMWLA._finite = staticmethod(lambda candidates: True)
-        try:
-            fn()
-        finally:
-            DMWLA._finite = original
-
-    return run
-
-
 def time_network(variant: str, size: int, side: int, repeats: int, warmup: int) -> list[tuple[str, float, str]]:
     """(metric, value, unit): median milliseconds of the training step and the batch-1 eval
-    forward, fp32 and bf16, and of the fp32 step without the finiteness check, interleaved;
-    peak GPU memory."""
+    forward, fp32 and bf16, interleaved; peak GPU memory."""
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -262,9 +245,6 @@ def time_network(variant: str, size: int, side: int, repeats: int, warmup: int) 
     runs = {
         "train step fp32": training_step(model, optimiser, x, y, AMP["fp32"]),
         "train step bf16": training_step(model, optimiser, x, y, AMP["bf16"]),
-        "train step fp32 without the finiteness check": without_finiteness_check(
-            training_step(model, optimiser, x, y, AMP["fp32"])
-        ),
         "eval forward B=1 fp32": eval_forward(AMP["fp32"]),
         "eval forward B=1 bf16": eval_forward(AMP["bf16"]),
     }

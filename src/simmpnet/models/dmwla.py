@@ -58,6 +58,7 @@ class DMWLA(nn.Module):
     """
 
     key_weight: torch.Tensor
+    dropped_changes: torch.Tensor
 
     def __init__(
         self,
@@ -83,6 +84,9 @@ class DMWLA(nn.Module):
         # The momentum copy of phi is state, not a trainable parameter: a buffer keeps it in
         # state_dict and on the module's device without exposing it to optimisers.
         self.register_buffer("key_weight", self.phi.weight.detach().clone())
+        # Memory changes dropped after the warm-up for non-finite candidates, counted on the
+        # device (the drop decision never waits for the host); not state: not saved.
+        self.register_buffer("dropped_changes", torch.zeros((), dtype=torch.long), persistent=False)
         self.memory = PrototypeMemory(
             feature_dim,
             num_k,
@@ -107,13 +111,13 @@ class DMWLA(nn.Module):
     @property
     def update_count(self) -> int:
         """``K``: slots rewritten per category and training forward."""
-        return int(self.memory.update_count)
+        return self.memory._k
 
     @update_count.setter
     def update_count(self, value: int) -> None:
         if not 1 <= int(value) <= self.memory.pool_size:
             raise ValueError(f"update_count must lie in [1, {self.memory.pool_size}], got {value}")
-        self.memory.update_count.fill_(int(value))
+        self.memory.set_update_count(int(value))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.channels:
@@ -195,6 +199,16 @@ class DMWLA(nn.Module):
         logger.warning("DMW-LA: non-finite candidate features; this memory change is dropped")
         return False
 
+    def take_dropped_changes(self) -> int:
+        """How many memory changes after the warm-up were dropped for non-finite candidate
+        features since the last call (and reset the count).  Reads one number from the device:
+        call it at logging intervals, not every step.  Logs a warning when it is not zero."""
+        dropped = int(self.dropped_changes)
+        if dropped:
+            self.dropped_changes.zero_()
+            logger.warning("DMW-LA: %d memory change(s) with non-finite candidate features were dropped", dropped)
+        return dropped
+
     def discard_memory(self) -> None:
         """Drop the memory change recorded by the last training forward without applying it."""
         self._pending = None
@@ -212,6 +226,10 @@ class DMWLA(nn.Module):
         processes in rank order, so every process applies the same change to the same bank.
         A change whose candidate features are not all finite (e.g. an fp16 overflow of the
         momentum keys while the loss stayed finite) is dropped: the bank never holds NaN or Inf.
+        During the warm-up the drop is decided on the host (and logged at once) and the return
+        value says whether the change was applied.  After it the decision stays on the device,
+        so that a GPU step never waits for it: the return value only says that a recorded change
+        was processed, and :meth:`take_dropped_changes` counts (and logs) the dropped ones.
         """
         pending, self._pending = self._pending, None
         if pending is None:
@@ -236,8 +254,8 @@ class DMWLA(nn.Module):
         keys = keys.to(torch.promote_types(keys.dtype, torch.float32))
         if gather is not None:
             keys = gather(keys.contiguous())
-        if not self._finite(keys):
-            return False
-        self.memory.update(keys)
-        self.key_weight.copy_(pending["next_key"])
+        finite = torch.isfinite(keys).all()
+        self.memory.update(keys, accept=finite)
+        self.key_weight.copy_(torch.where(finite, pending["next_key"], self.key_weight))
+        self.dropped_changes += (~finite).long()
         return True

@@ -8,7 +8,10 @@ in buffers, so it is saved in ``state_dict`` and follows ``.to()``.  It changes 
 :meth:`simmpnet.models.dmwla.DMWLA.commit_memory` (after the step's loss proved finite).
 
 Nothing here loops in Python over categories, samples or positions: categories are handled by
-sorting positions by category and working on fixed-size chunks of one category each.
+sorting positions by category and working on fixed-size chunks of one category each.  After the
+warm-up nothing here makes the host wait for the device either: every shape is known from the
+input's shape and from host-side mirrors of the counters, so a GPU's launch queue never drains
+(:mod:`simmpnet.host_syncs` counts what would).
 """
 from __future__ import annotations
 
@@ -24,14 +27,18 @@ logger = logging.getLogger(__name__)
 __all__ = ["PrototypeMemory", "kmeans"]
 
 
-def _tracing() -> bool:
-    """True inside ``torch.jit.trace``, ``torch.onnx.export``, ``torch.export`` or ``torch.compile``."""
-    return bool(
-        torch.jit.is_tracing()
-        or torch.onnx.is_in_onnx_export()
-        or torch.compiler.is_compiling()
-        or torch.compiler.is_exporting()
+def _count_per_category(category: torch.Tensor, num_k: int) -> torch.Tensor:
+    """``(num_k,)`` number of rows of each category.  Unlike ``bincount`` (whose length depends on
+    the largest value) the length is known beforehand, so a GPU does not sync."""
+    return torch.zeros(num_k, dtype=torch.long, device=category.device).scatter_add_(
+        0, category, torch.ones_like(category)
     )
+
+
+def _exporting() -> bool:
+    """True inside ``torch.jit.trace``, ``torch.onnx.export`` or ``torch.export``: the graph they
+    write may be run at other input sizes, so it must not hold sizes computed from this one."""
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting())
 
 
 @torch.no_grad()
@@ -165,6 +172,7 @@ class PrototypeMemory(nn.Module):
         self.register_buffer("warmup_counter", torch.zeros((), dtype=torch.long))
         self.register_buffer("update_count", torch.tensor(update_count, dtype=torch.long))
         self._sync_warmup()
+        self._sync_update_count()
 
     def extra_repr(self) -> str:
         return (
@@ -189,12 +197,24 @@ class PrototypeMemory(nn.Module):
         self._warmup_iters = int(value)
         self._sync_warmup()
 
-    def _sync_warmup(self) -> None:
-        self._warming = int(self.warmup_counter) < self._warmup_iters
+    def _sync_warmup(self, counter: int | None = None) -> None:
+        # `counter`: the new value of the buffer when the caller knows it (no read from the device).
+        self._counter = int(self.warmup_counter) if counter is None else counter
+        self._warming = self._counter < self._warmup_iters
+
+    def _sync_update_count(self) -> None:
+        # The update's shapes depend on K: a host mirror of the buffer keeps them known.
+        self._k = int(self.update_count)
+
+    def set_update_count(self, k: int) -> None:
+        """Set ``K`` (the buffer and its host mirror)."""
+        self.update_count.fill_(int(k))
+        self._k = int(k)
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
         self._sync_warmup()
+        self._sync_update_count()
 
     @property
     def total_slots(self) -> int:
@@ -218,13 +238,13 @@ class PrototypeMemory(nn.Module):
         per_image = max(self.total_slots // b, 1)
         positions = torch.randint(n, (b, 1, per_image), device=device).expand(b, d, per_image)
         columns = features.gather(2, positions).transpose(0, 1).reshape(d, b * per_image)
-        share = (int(self.warmup_counter) + 1) / self.warmup_iters * 0.5
+        share = (self._counter + 1) / self.warmup_iters * 0.5
         count = min(max(1, int(share * columns.shape[1])), self.total_slots)
         picked = torch.randint(columns.shape[1], (count,), device=device)
         slots = torch.randperm(self.total_slots, device=device)[:count]
         self.bank[:, slots] = columns[:, picked].to(self.bank.dtype)
         self.warmup_counter += 1
-        self._sync_warmup()
+        self._sync_warmup(self._counter + 1)
         if not self.in_warmup:
             self.initialise_from_kmeans()
 
@@ -253,8 +273,9 @@ class PrototypeMemory(nn.Module):
         rebuilt = torch.where((counts == 0)[:, None, None], centroids[:, None, :], rebuilt)
         self.bank.copy_(rebuilt.reshape(self.total_slots, -1).t())
         self.prototypes.copy_(F.normalize(centroids, dim=1).t())
-        self.warmup_counter.fill_(max(int(self.warmup_counter), self.warmup_iters))
-        self._sync_warmup()
+        counter = max(self._counter, self.warmup_iters)
+        self.warmup_counter.fill_(counter)
+        self._sync_warmup(counter)
         sizes = counts.tolist()
         logger.info("memory bank structured by k-means: cluster sizes %s", sizes)
 
@@ -273,26 +294,30 @@ class PrototypeMemory(nn.Module):
 
         Args:
             queries: ``(R, d)`` (the ``theta`` projection of every position of the batch).
-            dense: use :meth:`read_dense` (static shapes) instead of the chunked read.  ``None``
-                (default): dense while tracing, exporting or compiling (``torch.jit.trace``,
-                ``torch.onnx.export``, ``torch.export``, ``torch.compile``), chunked otherwise.
+            dense: use :meth:`read_dense` instead of the chunked read.  ``None`` (default):
+                dense while exporting (``torch.jit.trace``, ``torch.onnx.export``,
+                ``torch.export``), chunked otherwise, ``torch.compile`` included (the chunked
+                read's shapes follow from the input's shape alone).
 
         Returns:
             ``(R, d)``: ``softmax(q . M_c) M_c^T`` row by row; differentiable w.r.t. ``queries``.
         """
         if dense is None:
-            dense = _tracing()
+            dense = _exporting()
         if dense:
             return self.read_dense(queries)
         rows, d = queries.shape
         category = self.assign(queries)
-        counts = torch.bincount(category, minlength=self.num_k)
+        counts = _count_per_category(category, self.num_k)
         # Positions are sorted by category and cut into chunks of `chunk` rows that all belong
         # to one category; at most num_k chunks are partly padding.  Chunks of a quarter of an
-        # even share keep the padding below a quarter of the rows.
+        # even share keep the padding below a quarter of the rows.  The number of chunks is
+        # their upper bound for `rows` rows (each category pads fewer than `chunk` rows), not
+        # the count of this batch: reading that count would make a GPU wait.  Chunks past the
+        # used ones hold zeros and are never read back.
         chunk = max(8, math.ceil(rows / (4 * self.num_k)))
+        n_chunks = (rows + self.num_k * (chunk - 1)) // chunk
         chunks_per_cat = torch.div(counts + chunk - 1, chunk, rounding_mode="floor")
-        n_chunks = int(chunks_per_cat.sum())
         first_chunk = torch.cumsum(chunks_per_cat, 0) - chunks_per_cat
         first_row = torch.cumsum(counts, 0) - counts
         order = torch.argsort(category, stable=True)
@@ -303,16 +328,16 @@ class PrototypeMemory(nn.Module):
         destination[order] = padded_row
 
         padded = queries.new_zeros(n_chunks * chunk, d).index_copy(0, destination, queries)
-        chunk_cat = torch.repeat_interleave(
-            torch.arange(self.num_k, device=queries.device), chunks_per_cat, output_size=n_chunks
-        )
+        chunk_cat = torch.searchsorted(
+            torch.cumsum(chunks_per_cat, 0), torch.arange(n_chunks, device=queries.device), right=True
+        ).clamp(max=self.num_k - 1)
         blocks = self.bank.view(d, self.num_k, self.pool_size).permute(1, 2, 0)  # (num_k, P, d)
         slots = blocks[chunk_cat].to(queries.dtype)  # (n_chunks, P, d)
         weights = torch.softmax(padded.view(n_chunks, chunk, d) @ slots.transpose(1, 2), dim=-1)
         return (weights @ slots).reshape(n_chunks * chunk, d)[destination]
 
     def read_dense(self, queries: torch.Tensor) -> torch.Tensor:
-        """The same read as :meth:`read` with static shapes only, for exporters and compilers.
+        """The same read as :meth:`read` with no data-dependent indexing, for exporters.
 
         Scores against all ``num_k * P`` slots, a softmax within each category's block, the
         blocks of the other categories zeroed by a one-hot mask, then one matmul with the bank.
@@ -323,18 +348,22 @@ class PrototypeMemory(nn.Module):
         category = self.assign(queries)
         bank = self.bank.to(queries.dtype)  # (d, num_k * P)
         scores = (queries @ bank).view(rows, self.num_k, self.pool_size)
-        mask = F.one_hot(category, self.num_k).to(queries.dtype).unsqueeze(-1)  # (R, num_k, 1)
+        categories = torch.arange(self.num_k, device=queries.device)
+        mask = (category[:, None] == categories).to(queries.dtype).unsqueeze(-1)  # (R, num_k, 1)
         weights = torch.softmax(scores, dim=-1) * mask
         return weights.view(rows, self.num_k * self.pool_size) @ bank.t()
 
     # ------------------------------------------------------------------- update
     @torch.no_grad()
-    def update(self, keys: torch.Tensor) -> None:
+    def update(self, keys: torch.Tensor, accept: torch.Tensor | None = None) -> None:
         """One memory update from the momentum keys of a batch (docs/method.md, "The memory update").
 
         Args:
             keys: ``(R, d)`` keys ``phi_k(x)`` of every position of the batch (of every rank,
                 in distributed training).
+            accept: a boolean scalar tensor; when it is false the bank and the prototypes stay
+                as they are.  The decision stays on the device (e.g. "the keys are finite"),
+                so the host does not wait for it.
 
         Per category ``c``: the ``K`` slots with the lowest score (sum over rows of the
         softmax of ``M_c`` over its slots) are blended with the ``K`` positions of ``c`` with
@@ -349,15 +378,15 @@ class PrototypeMemory(nn.Module):
         fp32 (fp64 in a float64 model), also under autocast.
         """
         with torch.autocast(keys.device.type, enabled=False):
-            self._update(keys.to(torch.promote_types(keys.dtype, torch.float32)))
+            self._update(keys.to(torch.promote_types(keys.dtype, torch.float32)), accept)
 
-    def _update(self, keys: torch.Tensor) -> None:
+    def _update(self, keys: torch.Tensor, accept: torch.Tensor | None) -> None:
         rows, d = keys.shape
-        k = min(int(self.update_count), self.pool_size)
+        k = min(self._k, self.pool_size)
         if rows == 0 or k < 1:
             return
         category = (keys @ self.prototypes.to(keys.dtype)).argmax(1)
-        counts = torch.bincount(category, minlength=self.num_k)
+        counts = _count_per_category(category, self.num_k)
 
         blocks = self.bank.view(d, self.num_k, self.pool_size)
         slot_score = torch.softmax(blocks, dim=2).sum(0)  # (num_k, P)
@@ -401,5 +430,8 @@ class PrototypeMemory(nn.Module):
         old = self.bank[:, slots]
         new = (1.0 - self.memory_momentum) * old + self.memory_momentum * keys[best.reshape(-1)].t()
         filled = (counts > 0).repeat_interleave(k)
+        if accept is not None:
+            filled = filled & accept
         self.bank[:, slots] = torch.where(filled[None, :], new, old)
-        self.prototypes.copy_(blocks.mean(2))
+        means = blocks.mean(2)
+        self.prototypes.copy_(means if accept is None else torch.where(accept, means, self.prototypes))

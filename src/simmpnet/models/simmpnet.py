@@ -301,7 +301,8 @@ class SimMPNet(nn.Module):
 
     def commit_memory(self, gather: Gather | None = None) -> int:
         """Apply the memory changes recorded by the last training forward (warm-up writes,
-        k-means start, bank updates, momentum keys); returns how many blocks changed.
+        k-means start, bank updates, momentum keys); returns how many blocks processed a change
+        (see :meth:`DMWLA.commit_memory` for the changes dropped for non-finite candidates).
 
         A training forward never writes the memory banks itself: training code calls this
         after each optimisation step whose loss was finite (the trainer does), so that a NaN
@@ -310,6 +311,17 @@ class SimMPNet(nn.Module):
         Blocks are committed in the order the forward ran them.
         """
         return sum(block.commit_memory(gather) for block in self.dmwla_blocks())
+
+    def take_dropped_memory_changes(self) -> int:
+        """Memory changes dropped since the last call for non-finite candidate features, over
+        all blocks (each logs its own warning).  One read from the device: call it at logging
+        intervals."""
+        blocks = self.dmwla_blocks()
+        if not blocks:
+            return 0
+        if int(torch.stack([block.dropped_changes for block in blocks]).sum()) == 0:
+            return 0
+        return sum(block.take_dropped_changes() for block in blocks)
 
     def discard_memory(self) -> None:
         """Drop the memory changes recorded by the last training forward (a skipped step)."""

@@ -26,8 +26,13 @@ __all__ = ["DICE_DENOMINATORS", "SoftDiceLoss", "CEDiceLoss", "DeepSupervisionLo
 
 
 def one_hot(target: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """``(B, H, W)`` class ids -> ``(B, C, H, W)`` float one-hot."""
-    return F.one_hot(target, n_classes).permute(0, 3, 1, 2).float()
+    """``(B, H, W)`` class ids -> ``(B, C, H, W)`` float one-hot.
+
+    A scatter rather than ``F.one_hot``, which reads the label range back to the host (a GPU
+    sync) off CUDA; the data layouts check the labels against ``n_classes`` when they load them.
+    """
+    shape = (target.shape[0], n_classes, *target.shape[1:])
+    return torch.zeros(shape, device=target.device).scatter_(1, target.unsqueeze(1), 1.0)
 
 
 def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
