@@ -120,7 +120,7 @@ def test_checkpoint_benchmarks_skip_without_a_trained_network(tmp_path, capsys):
 
 def test_all_runs_what_it_can_and_writes_the_page(tmp_path, capsys):
     # Only the benchmarks that skip here: the sequence and the page, in seconds.
-    skip = ["model", "dmwla", "onnx", "predict-memory"] + (["cuda"] if torch.cuda.is_available() else [])
+    skip = ["model", "dmwla", "onnx", "predict-memory", "throughput"] + (["cuda"] if torch.cuda.is_available() else [])
     code = bench.main(["all", "--quick", "--out", str(tmp_path), "--checkpoint", str(tmp_path / "none.pt"), "--skip", *skip])
     assert code == 0
     assert "skipped resample" in capsys.readouterr().err
@@ -169,6 +169,23 @@ def test_onnx_latency_quick(tmp_path, capsys):
     assert {row["metric"] for row in rows} == {"PyTorch eager", "ONNX Runtime CPU", "ONNX / eager"}
     assert {row["onnxruntime"] for row in rows} == {onnxruntime.__version__}
     assert "skipped onnx demo check" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_throughput_quick(tmp_path):
+    code, rows = _run(tmp_path, "throughput", "--quick", "--settings", "fp32", "bf16")
+    assert code == 0
+    _assert_context(rows, "throughput")
+    assert not [row for row in rows if row["table"] == "failures"]
+    figures = {(row["table"], row["case"], row["metric"]): float(row["value"]) for row in rows}
+    for network in ("ours", "yardstick"):
+        for setting in ("fp32", "bf16"):
+            case = f"{network} {setting}, B=1, 64 px"
+            assert figures["throughput", case, "images/s"] == pytest.approx(1e3 / figures["throughput", case, "step"], rel=1e-3)
+            assert figures["throughput", case, "achieved"] > 0
+        assert figures["flops", f"{network}, B=1, 64 px", "training step"] > 0
+    assert figures["flops", "ours, B=1, 64 px", "host syncs (dispatch count)"] == 1  # the loss read
+    assert {row["case"] for row in rows if row["table"] == "per FLOP"} == {"fp32, B=1, 64 px", "bf16, B=1, 64 px"}
 
 
 @pytest.mark.slow

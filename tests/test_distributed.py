@@ -1,4 +1,6 @@
 """Distributed data-parallel training on the CPU: two real processes (gloo) against one.
+With ``SIMMPNET_TEST_DEVICE=cuda`` (and two GPUs) the same checks run over NCCL, one GPU a rank
+(``benchmarks/gpu_session.sh`` does).
 
 How close two runs can stay: the gradients of a step agree to float rounding (~1e-5
 relative), but training amplifies rounding.  Adam turns the noise-level gradients of the
@@ -27,6 +29,11 @@ from simmpnet.training import TrainConfig, Trainer
 from simmpnet.training.distributed import shard_batches
 
 STEPS_DDP, STEPS_ALL = 6, 8
+#: Where the ranks train: "cpu" (gloo) or "cuda" (NCCL, one GPU a rank).
+DEVICE = os.environ.get("SIMMPNET_TEST_DEVICE", "cpu")
+if DEVICE == "cuda":
+    pytestmark = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL checks need two CUDA GPUs")
+    torch.backends.cudnn.allow_tf32 = False  # the tolerances below are fp32 ones
 
 
 def _config(brain_data, output_dir, **changes):
@@ -41,6 +48,7 @@ def _config(brain_data, output_dir, **changes):
         log_every=1,
         check_data=False,
         max_steps=STEPS_DDP,
+        device=DEVICE,
     )
     values.update(changes)
     return values
@@ -58,6 +66,7 @@ def _worker(rank: int, world: int, port: int, values: dict, out_dir: str) -> Non
         WORLD_SIZE=str(world), OMP_NUM_THREADS="1",
     )
     torch.set_num_threads(1)
+    torch.backends.cudnn.allow_tf32 = False
     trainer = Trainer(TrainConfig.from_dict(values))
     try:
         first = _capture_first_gradients(trainer)
@@ -75,7 +84,7 @@ def _capture_first_gradients(trainer) -> dict:
 
     def recording_step(*args, **kwargs):
         if not grads:
-            grads.update({n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+            grads.update({n: p.grad.to("cpu", copy=True) for n, p in trainer.model.named_parameters() if p.grad is not None})
         return step(*args, **kwargs)
 
     trainer.optimizer.step = recording_step
@@ -106,7 +115,7 @@ def test_two_processes_match_one_and_resume_with_one(brain_data, tmp_path):
     ddp_dir = tmp_path / "ddp"
     values = _config(brain_data, ddp_dir)
     mp.spawn(_worker, args=(2, _free_port(), values, str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True, map_location="cpu") for r in range(2)]
     assert ranks[0]["result"]["steps"] == ranks[1]["result"]["steps"] == STEPS_DDP
     state0, state1 = ranks[0]["state"], ranks[1]["state"]
     memory = _memory_keys(state0)
@@ -142,7 +151,7 @@ def test_two_processes_match_one_and_resume_with_one(brain_data, tmp_path):
     resumed.resume()
     assert resumed.state["global_step"] == STEPS_DDP
     for key in memory:
-        assert torch.equal(resumed.model.state_dict()[key], state0[key]), key
+        assert torch.equal(resumed.model.state_dict()[key].cpu(), state0[key]), key
     assert resumed.fit()["steps"] == STEPS_ALL
     losses = _step_losses(ddp_dir)
     assert sorted(losses) == list(range(1, STEPS_ALL + 1))

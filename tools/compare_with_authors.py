@@ -224,9 +224,13 @@ class Authors:
     stubbed: list[str]
 
 
-def import_authors(root: str | Path) -> Authors:
-    """Import their network and DiceLoss from ``root`` with the CPU shims (nothing on disk
-    changes).  Fails when a shim does not apply or ``lib``/``utils`` are taken already."""
+def import_authors(root: str | Path, device: str = "cpu") -> Authors:
+    """Import their network and DiceLoss from ``root`` with the shims (nothing on disk
+    changes).  Fails when a shim does not apply or ``lib``/``utils`` are taken already.
+
+    ``device="cuda"`` leaves out the shims that move their code off CUDA, so that it runs as
+    published (the benchmarks time their training step on a GPU this way)."""
+    shims = SHIMS if device == "cpu" else tuple(shim for shim in SHIMS if not _moves_off_cuda(shim))
     root = Path(root).resolve()
     if not (root / "lib" / "networks.py").is_file():
         raise SystemExit(f"{root}: not a clone of the authors' repository (no lib/networks.py)")
@@ -245,7 +249,7 @@ def import_authors(root: str | Path) -> Authors:
                 parent, _, child = name.rpartition(".")
                 setattr(sys.modules[parent], child, sys.modules[name])
         stubbed.append(top)
-    importer = AuthorsImporter(root, SHIMS)
+    importer = AuthorsImporter(root, shims)
     sys.meta_path.insert(0, importer)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
@@ -258,10 +262,14 @@ def import_authors(root: str | Path) -> Authors:
             else:
                 sys.modules[name] = previous
     applied_modules = {shim.module for shim, _ in importer.applied}
-    missing = [shim for shim in SHIMS if shim.module not in applied_modules]
+    missing = [shim for shim in shims if shim.module not in applied_modules]
     if missing:
         raise RuntimeError(f"shims never applied (module not imported?): {missing}")
     return Authors(root, modules[0], sys.modules["lib.dsgim"], modules[1], importer.applied, stubbed)
+
+
+def _moves_off_cuda(shim: Shim) -> bool:
+    return ".cuda()" in shim.old or "'cuda'" in shim.old or '"cuda"' in shim.old
 
 
 def build_theirs(authors: Authors) -> nn.Module:

@@ -48,6 +48,13 @@ BENCHMARKS = {
         "Checks on a CUDA GPU (CPU/GPU parity, eval purity, 30 training steps under fp32, bf16 and "
         "fp16, a trained network under autocast) and timings of training steps and eval forwards."
     ),
+    "throughput": (
+        "Paper-scale training: the `paper` step as the trainer takes it (256 px, 9 classes, after "
+        "the memory warm-up) and the timm yardstick at the same batch, for each setting (fp32, "
+        "bf16 autocast, the unfused optimiser, channels-last, `torch.compile`, CUDA graphs), "
+        "interleaved; FLOPs counted with every attention as explicit matrix products; with "
+        "`--authors-repo`, the authors' network and training step too."
+    ),
 }
 
 #: What a table holds, where its rows need saying.
@@ -62,6 +69,13 @@ CAPTIONS = {
     ("predict-memory", "peak"): "One run per count.",
     ("cuda", "checks"): "Each check's figures.",
     ("cuda", "timings"): "Median milliseconds, each run followed by a wait for the GPU; TF32 on.",
+    ("throughput", "throughput"): "Median step time, each run followed by a wait for the GPU; images/s; "
+                                  "counted FLOPs over the step time; peak GPU memory of the step with "
+                                  "the parameters and optimiser state.",
+    ("throughput", "per FLOP"): "Our milliseconds per counted FLOP over the yardstick's, same setting and batch.",
+    ("throughput", "authors"): "Our images/s over the authors' (their step as published: fp32).",
+    ("throughput", "flops"): "Counted FLOPs of one training step; host syncs of one eager fp32 step of ours.",
+    ("throughput", "failures"): "Cases that failed to build, count or run (the traceback is in the run's output).",
 }
 
 HEADER = """\
