@@ -98,3 +98,36 @@ def test_an_untrained_model_in_warm_up_reads_nothing_back_in_eval():
     with torch.no_grad(), count_host_syncs() as syncs:
         model(torch.randn(1, 1, 64, 64))
     assert syncs.total == 0, dict(syncs.counts)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("changes", [{"channels_last": True}, {"compile": "aot_eager"}])
+def test_channels_last_and_compiled_training_take_the_eager_steps(brain_data, tmp_path, changes):
+    # The same three steps (warm-up write and k-means start, two memory updates) eagerly and with
+    # the option.  At lr 1e-6: Adam turns rounding-level gradient differences into +-lr steps
+    # (tests/test_distributed.py explains), which a larger rate would amplify past the tolerance.
+    def run(name, **extra):
+        config = small_train_config(
+            brain_data, tmp_path / name, warmup_iters=1, val_list=None, max_steps=3, lr=1e-6, **extra
+        )
+        trainer = Trainer(TrainConfig.from_dict(config))
+        batch = next(iter(torch.utils.data.DataLoader(trainer.samples, batch_size=4)))
+        losses = [trainer.train_step(batch["image"], batch["label"], epoch=0) for _ in range(3)]
+        return losses, trainer.model.state_dict()
+
+    eager_losses, eager_state = run("eager")
+    losses, state = run("option", **changes)
+    assert losses == pytest.approx(eager_losses, rel=1e-4)
+    # The weights follow; the memory banks are not compared slot by slot: which of two tied
+    # slots an update rewrites turns on the last bit of a score.
+    for key, value in eager_state.items():
+        if value.is_floating_point() and "memory." not in key and "key_weight" not in key:
+            torch.testing.assert_close(state[key], value, rtol=1e-3, atol=1e-4, msg=lambda m, key=key: f"{key}: {m}")
+    assert any("memory.bank" in key for key in state)
+
+
+def test_unknown_compile_mode_is_refused_naming_the_key(brain_data, tmp_path):
+    from simmpnet.errors import InputError
+
+    with pytest.raises(InputError, match="compile must be one of"):
+        Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path, compile="fast")))

@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["TrainConfig", "Trainer", "TrainingError", "load_trained_model", "resolve_device"]
 
 TRAIN_FORMAT = "simmpnet-train"
+#: Values of the ``compile`` key: none; inductor's modes; a backend that traces without compiling.
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "aot_eager")
 
 
 class TrainingError(SimMPNetError):
@@ -91,7 +93,10 @@ class TrainConfig:
     reads and checks every file once before training starts, so that a bad file stops the run
     before anything is written.
     Runtime: ``device`` ("auto", "cpu", "cuda"), ``threads``, ``num_workers``, ``output_dir``,
-    ``log_every``, ``progress``.
+    ``log_every``, ``progress``; ``channels_last`` (the network and its input in channels-last
+    memory), ``compile`` ("none"; "default", "reduce-overhead" (CUDA graphs) or "max-autotune":
+    the training forward and backward through ``torch.compile`` with inductor in that mode;
+    "aot_eager": traced but not compiled, for checking).  Validation runs the plain network.
     Distributed (under ``torchrun``): ``batch_size`` is the *global* batch and must be divisible
     by the number of processes; ``sync_batchnorm`` (default true) synchronises the BatchNorm
     statistics over the processes, so that a run matches one process with the same batch.
@@ -137,6 +142,8 @@ class TrainConfig:
     log_every: int = 10
     progress: bool = True
     sync_batchnorm: bool = True
+    channels_last: bool = False
+    compile: str = "none"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -189,6 +196,8 @@ class TrainConfig:
                 f"dice_denominator must be one of {list(DICE_DENOMINATORS)}, got {self.dice_denominator!r}"
             )
         check_resample(self.resample)
+        if self.compile not in COMPILE_MODES:
+            raise InputError(f"compile must be one of {list(COMPILE_MODES)}, got {self.compile!r}")
         self._check_input_size()
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise InputError(f"device must be auto, cpu or cuda, got {self.device!r}")
@@ -362,6 +371,10 @@ class Trainer:
         self.model = build_model(
             config.model, config.n_classes, config.in_channels, config.variant, overrides, config.pretrained
         ).to(self.device)
+        # (before the DDP wrapper, whose gradient buckets follow the parameters' strides)
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        if config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.net: nn.Module = self.model  # what the training forward runs (the DDP wrapper)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -375,6 +388,10 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 forward_sync_buffers=not config.sync_batchnorm,
             )
+        if config.compile == "aot_eager":
+            self.net = torch.compile(self.net, backend="aot_eager", dynamic=False)
+        elif config.compile != "none":  # (every training batch has the same shape: static)
+            self.net = torch.compile(self.net, mode=config.compile, dynamic=False)
         if config.input_size is not None:
             self.input_size = config.input_size
         elif isinstance(self.model, SimMPNet):
@@ -562,7 +579,7 @@ class Trainer:
         # BatchNorm running statistics change during the forward: kept to undo a skipped step.
         norm_state = [(b, b.clone()) for b in self._norm_buffers]
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            heads = self.net(image.to(self.device, non_blocking=True))
+            heads = self.net(image.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format))
             loss = self.criterion(heads, label.to(self.device, non_blocking=True))
         self.optimizer.zero_grad(set_to_none=True)
         # The backward is queued before the loss is read: the one host sync of the step then
