@@ -310,7 +310,7 @@ def _metrics_section(summary: Mapping[str, Any] | None) -> str:
     unit = _unit(summary, headline)
     header = ["Class"] + [f"{t} ({'%' if p else unit})" for _, t, p in _METRIC_COLUMNS]
     if paper:
-        header += [f"paper DSC (%)", f"paper HD95 ({_unit(summary, paper)})"]
+        header += ["paper DSC (%)", f"paper HD95 ({_unit(summary, paper)})"]
     pooled = summary.get("pooled_dsc") if isinstance(summary.get("pooled_dsc"), Mapping) else None
     if pooled:
         header.append("pooled DSC (%)")
@@ -455,8 +455,8 @@ def _memory_section(probed: Mapping[str, Any] | None, records: Sequence[Mapping[
     intro = (
         "<p>Each position of a DMW-LA block reads the memory of one <i>category</i>: the one whose prototype "
         "has the highest cosine similarity with its query. Categories are clusters of the memory (k-means at the "
-        "end of the warm-up), not classes. The viewer's memory panel colours each position by its category; "
-        "choose the block here.</p>"
+        "end of the warm-up), not classes. The right panel of each case below colours each position by the "
+        "category it reads in the block chosen here.</p>"
     )
     if not probed["memory"]:
         return f'<section id="memory"><h2>The memory</h2>{intro}<p class="note">Every block is still in warm-up: no memory is read yet.</p></section>'
@@ -650,12 +650,12 @@ def write_report(
     payload = {"cases": cases, "blocks": [m["block"] for m in probed["memory"]] if probed else []}
     title = f"simmpnet report: {run_dir.resolve().name}"
     body = (
-        f"<header><h1>{_e(title)}</h1><nav><a href='#metrics'>metrics</a> <a href='#viewer'>cases</a> "
-        "<a href='#memory'>memory</a> <a href='#curves'>curves</a> <a href='#settings'>run</a></nav>"
+        f"<header><h1>{_e(title)}</h1><nav><a href='#metrics'>metrics</a> <a href='#memory'>memory</a> "
+        "<a href='#viewer'>cases</a> <a href='#curves'>curves</a> <a href='#settings'>run</a></nav>"
         f'<div class="legend">{_legend(names)}</div></header>'
         + _metrics_section(summary)
-        + viewer
         + _memory_section(probed, records)
+        + viewer
         + _curves_section(records)
         + _settings_section(config, sources, _versions())
     )

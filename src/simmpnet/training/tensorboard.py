@@ -11,7 +11,6 @@ DMW-LA block; ``val/overlay/<case>`` the pictures.
 """
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Sequence
@@ -20,8 +19,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["TensorBoardLog", "check_tensorboard"]
 
