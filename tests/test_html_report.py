@@ -18,7 +18,8 @@ from simmpnet.cli import main
 from simmpnet.errors import InputError
 from simmpnet.evaluation.html_report import write_report
 
-pytestmark = pytest.mark.slow  # a training run and an evaluation (tens of seconds on 2 CPU cores)
+#: the tests on the trained run: a training run and an evaluation (tens of seconds on 2 CPU cores)
+slow = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,7 @@ def _page_data(path: Path) -> dict:
     return json.loads(found.group(1).replace("<\\/", "</"))
 
 
+@slow
 def test_log_records_learning_rate_and_prototype_drift(tiny_run):
     steps = _records(tiny_run, "step")
     assert steps and all(r["lr"] == pytest.approx(1e-3) for r in steps)  # constant schedule
@@ -64,6 +66,7 @@ def test_log_records_learning_rate_and_prototype_drift(tiny_run):
     assert any(d > 0 for entry in memory[2].values() for d in entry["drift"])  # the bank moved
 
 
+@slow
 def test_tensorboard_holds_the_scalars_of_the_log_and_the_overlays(tiny_run, brain_data):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -99,6 +102,7 @@ def test_tensorboard_holds_the_scalars_of_the_log_and_the_overlays(tiny_run, bra
     assert picture.shape == (height, 3 * width, 3) and picture.std() > 10  # image | truth | prediction
 
 
+@slow
 def test_report_is_one_self_contained_page_within_its_caps(tiny_run, brain_data, tmp_path):
     page = tiny_run / "report.html"
     text = page.read_text(encoding="utf-8")
@@ -132,6 +136,7 @@ def test_report_is_one_self_contained_page_within_its_caps(tiny_run, brain_data,
         write_report(tiny_run, tmp_path / "x.html", data=tmp_path / "nowhere")
 
 
+@slow
 def test_report_of_a_moved_run_without_its_data_says_what_is_missing(tiny_run, tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(tiny_run, moved, ignore=shutil.ignore_patterns("tensorboard", "overlays"))
@@ -144,6 +149,42 @@ def test_report_of_a_moved_run_without_its_data_says_what_is_missing(tiny_run, t
     text = write_report(moved).read_text()
     assert "is not there (give --data)" in text and 'id="metrics-table"' in text
     assert _page_data(moved / "report.html")["cases"] == []
+
+
+def test_report_from_metrics_and_log_alone(tmp_path):
+    """No checkpoint: tables and curves from metrics.json and log.jsonl, and a page that says
+    what it lacks."""
+    from simmpnet.evaluation import evaluate_case, summarize
+    from simmpnet.evaluation.report import write_json
+
+    truth = np.zeros((4, 16, 16), np.uint8)
+    truth[1:3, 2:8, 2:8] = 1
+    truth[1:3, 9:14, 9:14] = 2
+    cases = {}
+    for i in range(2):
+        prediction = truth.copy()
+        prediction[1, 2 + i : 8, 2:8] = 0
+        cases[f"case{i}"] = evaluate_case(prediction, truth, 3, spacing=(1.0, 1.0, 1.0))
+    write_json(summarize(cases, ["liver", "spleen"]), tmp_path / "metrics.json")
+    records = [
+        {"event": "step", "epoch": 0, "step": 10, "loss": 2.0, "k": 50, "lr": 1e-3},
+        {"event": "epoch", "epoch": 1, "step": 14, "train_loss": 1.5, "val_dsc": 0.5, "memory": {}},
+        {"event": "step", "epoch": 1, "step": 20, "loss": 1.0, "k": 48, "lr": 5e-4},
+    ]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + "not json\n")
+    text = write_report(tmp_path).read_text()
+    assert "no checkpoint in this folder" in text and 'id="memory"' not in text
+    assert _page_data(tmp_path / "report.html") == {"cases": [], "blocks": []}
+    table = text.split('id="metrics-table"')[1].split("</table>")[0]
+    rows = re.findall(r"<tr><td data-sort=\"(\w+)\">", table)
+    assert rows == ["liver", "spleen"]
+    expected = summarize(cases, ["liver", "spleen"])["per_class"]["liver"]["dsc"]
+    assert f'data-sort="{float(expected)!r}">{100 * expected:.2f}</td>' in table
+    case_rows = text.split('id="case-table"')[1].split("</table>")[0].count("<tr><td")
+    assert case_rows == 4  # two cases, two classes
+    # One curve per chart: the learning rate's polyline goes through both logged steps.
+    assert text.count("<polyline") == 5  # step loss, epoch mean, val DSC, K, lr
+    assert "not in this log" not in text
 
 
 # ------------------------------------------------------------------------------ the browser
@@ -185,6 +226,7 @@ def browser():
     driver.quit()
 
 
+@slow
 def test_report_in_a_real_browser(tiny_run, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys

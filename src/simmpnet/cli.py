@@ -142,14 +142,14 @@ def _evaluate(
     pictures = _save_overlays(chosen, out_dir / "overlays", names)
     write_metrics_markdown(summary, out_dir / "metrics.md")
     write_json(summary, out_dir / "metrics.json")
-    _write_report(out_dir, checkpoint, data, name, split, device)
+    _write_report(out_dir, checkpoint, data, name, split, device, layout_options=layout_options, resample=resample)
     return summary, pictures
 
 
 def _write_report(
     out_dir: Path, checkpoint: Path | None = None, data: Path | None = None, layout: str | None = None,
     split: str | None = None, device: str = "auto", cases: int | None = None, slices: int | None = None,
-    output: Path | None = None,
+    output: Path | None = None, layout_options: dict | None = None, resample: str | None = None,
 ) -> Path:
     """``output`` (default ``out_dir/report.html``): the HTML report of the run or evaluation in ``out_dir``."""
     from .evaluation.html_report import MAX_CASES, MAX_SLICES, write_report
@@ -157,6 +157,7 @@ def _write_report(
     return write_report(
         out_dir, output, checkpoint=checkpoint, data=data, layout=layout, split=split, device=device,
         max_cases=MAX_CASES if cases is None else cases, max_slices=MAX_SLICES if slices is None else slices,
+        layout_options=layout_options, resample=resample,
     )
 
 
@@ -266,6 +267,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = _write_report(
         Path(args.run_dir), Path(args.checkpoint) if args.checkpoint else None, Path(args.data) if args.data else None,
         args.layout, args.split, args.device, args.cases, args.slices, Path(args.output) if args.output else None,
+        layout_options=_parse_sets(args.set or []), resample=args.resample,
     )
     print(f"report: {path}")
     return 0
@@ -595,6 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="split whose cases are shown (default: as recorded)")
     p.add_argument("--cases", type=int, help="cases with a slice viewer (default 3)")
     p.add_argument("--slices", type=int, help="slices per case, worst errors first (default 24)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="layout option, as for evaluate")
+    resample(p)
     device(p)
     p.set_defaults(func=cmd_report)
 

@@ -183,7 +183,8 @@ def _heatmap(counts: np.ndarray) -> str:
 
 # ---------------------------------------------------------------------------------- model
 def _probe_cases(
-    checkpoint: Path, data: Path, layout: str | None, split: str | None, device: str, max_cases: int, max_slices: int
+    checkpoint: Path, data: Path, layout: str | None, split: str | None, device: str, max_cases: int, max_slices: int,
+    layout_options: Mapping[str, Any] | None = None, resample: str | None = None,
 ) -> dict[str, Any]:
     """Predict the first ``max_cases`` cases of ``split`` with the memory probed; the
     pictures and memory statistics of the page."""
@@ -198,6 +199,7 @@ def _probe_cases(
     n_classes = int(getattr(model, "n_classes", None) or config.get("n_classes"))
     name = layout or config.get("layout", "synapse")
     options = dict(config.get("layout_options", {})) if name == config.get("layout") else {}
+    options.update(layout_options or {})
     in_channels = int(getattr(model, "in_channels", config.get("in_channels", 1)))
     found = open_layout(name, data, n_classes, in_channels, **options)
     split = split or next((s for s in ("test_vol", "test", "val") if s in found.splits), "test")
@@ -209,7 +211,7 @@ def _probe_cases(
     colors = _category_colors(max(num_k.values(), default=1))
     category_palette = _palette_of(colors)
     class_palette = [0, 0, 0] + label_palette()[3:]
-    resample = resolve_resample(None, config)
+    resample = resolve_resample(resample, config)
     cases = []
     for index in range(min(max_cases, total)):
         item = volumes[index]
@@ -553,6 +555,8 @@ def write_report(
     device: str = "cpu",
     max_cases: int = MAX_CASES,
     max_slices: int = MAX_SLICES,
+    layout_options: Mapping[str, Any] | None = None,
+    resample: str | None = None,
 ) -> Path:
     """Write the report of the run in ``run_dir`` as one self-contained HTML file.
 
@@ -570,6 +574,9 @@ def write_report(
         device: where the model runs.
         max_cases: cases with a slice viewer.
         max_slices: slices per case in the viewer.
+        layout_options: options of the layout over those the model was trained with (as
+            ``evaluate --set``).
+        resample: how predictions return to the slice size (default: as the model was trained).
 
     Returns:
         the path of the HTML file.
@@ -628,7 +635,7 @@ def write_report(
     else:
         probed = _probe_cases(
             model_path, data_path, layout or recorded.get("layout"), split or recorded.get("split"), device,
-            max_cases, max_slices,
+            max_cases, max_slices, layout_options, resample or recorded.get("resample"),
         )
     if not config and probed is not None:
         config = dict(probed["config"])
