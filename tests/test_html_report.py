@@ -67,6 +67,25 @@ def test_log_records_learning_rate_and_prototype_drift(tiny_run):
 
 
 @slow
+def test_a_resumed_run_logs_the_drift_an_uninterrupted_one_does(tiny_run, brain_data, tmp_path):
+    """The drift's reference prototypes travel in the checkpoint: stopped after epoch 2 and
+    resumed, the run logs the epoch-3 drift of the run that never stopped."""
+    from simmpnet.training import Trainer, TrainConfig
+
+    out = tmp_path / "resumed"
+    first = Trainer(TrainConfig.from_dict(small_train_config(brain_data, out, max_steps=8)))  # 2 epochs of 4 steps
+    assert first.fit()["epochs"] == 2
+    trainer = Trainer(TrainConfig.from_dict(small_train_config(brain_data, out)))
+    trainer.resume()
+    trainer.fit()
+    resumed, straight = _records(out, "epoch")[2]["memory"], _records(tiny_run, "epoch")[2]["memory"]
+    assert resumed.keys() == straight.keys()
+    for block, entry in straight.items():
+        assert resumed[block]["drift"] is not None
+        assert resumed[block]["drift"] == pytest.approx(entry["drift"], rel=1e-4, abs=1e-7), block
+
+
+@slow
 def test_tensorboard_holds_the_scalars_of_the_log_and_the_overlays(tiny_run, brain_data):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -422,7 +422,6 @@ class Trainer:
         self.samples = _AugmentedSlices(self.train_set, self.input_size, config.seed, config.augment)
         self.steps_per_epoch = self.plan.steps_per_epoch
         self._started: float | None = None
-        self._prototypes: dict[str, torch.Tensor] = {}  # of the last epoch record, for the drift
         self.tensorboard: TensorBoardLog | None = None  # opened by fit (rank 0)
         self.state: dict[str, Any] = {
             "epoch": 0,
@@ -433,6 +432,9 @@ class Trainer:
             "best_dsc": None,
             "elapsed_s": 0.0,
             "nonfinite_losses": 0,
+            # Sim-MPNet: each block's prototypes at the last epoch record (the drift's reference;
+            # in the checkpoint, so that a resumed run logs what an uninterrupted one does)
+            "prototypes": {},
         }
 
     # ------------------------------------------------------------ checkpoints
@@ -774,7 +776,7 @@ class Trainer:
     def _memory_drift(self) -> dict[str, dict[str, Any]]:
         """Per DMW-LA block past its warm-up: ``drift``, each category's ``1 - cos`` between its
         prototype now and at the last epoch record (None where there is no such prototype:
-        the first epoch after the warm-up or after a resume), for the report's memory panel."""
+        the first epoch after the warm-up), for the report's memory panel."""
         from ..evaluation.memory_maps import block_names
 
         drift: dict[str, dict[str, Any]] = {}
@@ -782,10 +784,10 @@ class Trainer:
             if block.in_warmup:
                 continue
             now = block.memory.prototypes.detach().float().cpu()  # (d, num_k)
-            before = self._prototypes.get(name)
+            before = self.state["prototypes"].get(name)
             cosine = torch.nn.functional.cosine_similarity(now, before, dim=0) if before is not None else None
             drift[name] = {"drift": None if cosine is None else [1.0 - c for c in cosine.tolist()]}
-            self._prototypes[name] = now.clone()
+            self.state["prototypes"][name] = now.clone()
         return drift
 
     def _why_no_best(self, stop: str) -> str | None:
