@@ -1,4 +1,4 @@
-"""The `simmpnet` command line: demo, train, evaluate, predict, export, prepare, verify, compare.
+"""The `simmpnet` command line: demo, train, evaluate, report, predict, export, prepare, verify, compare.
 
 Every error a user can cause ends as one line on stderr naming the file and the problem, with
 exit code 2 (``--debug`` shows the traceback instead).
@@ -51,6 +51,7 @@ def _train_config(args: argparse.Namespace, base: Path | None):
         "device": getattr(args, "device", None),
         "model": getattr(args, "model", None),
         "layout": getattr(args, "layout", None),
+        "tensorboard": True if getattr(args, "tensorboard", False) else None,
     }
     overrides.update(_parse_sets(getattr(args, "set", None) or []))
     if base is None:
@@ -141,7 +142,23 @@ def _evaluate(
     pictures = _save_overlays(chosen, out_dir / "overlays", names)
     write_metrics_markdown(summary, out_dir / "metrics.md")
     write_json(summary, out_dir / "metrics.json")
+    _write_report(out_dir, checkpoint, data, name, split, device, layout_options=layout_options, resample=resample)
     return summary, pictures
+
+
+def _write_report(
+    out_dir: Path, checkpoint: Path | None = None, data: Path | None = None, layout: str | None = None,
+    split: str | None = None, device: str = "auto", cases: int | None = None, slices: int | None = None,
+    output: Path | None = None, layout_options: dict | None = None, resample: str | None = None,
+) -> Path:
+    """``output`` (default ``out_dir/report.html``): the HTML report of the run or evaluation in ``out_dir``."""
+    from .evaluation.html_report import MAX_CASES, MAX_SLICES, write_report
+
+    return write_report(
+        out_dir, output, checkpoint=checkpoint, data=data, layout=layout, split=split, device=device,
+        max_cases=MAX_CASES if cases is None else cases, max_slices=MAX_SLICES if slices is None else slices,
+        layout_options=layout_options, resample=resample,
+    )
 
 
 def _warn_if_trained_on(config: dict, data: Path, layout: str, split: str, cases: list[str]) -> None:
@@ -242,6 +259,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     print(format_table(summary))
     print(f"metrics: {Path(args.output) / 'metrics.json'}, {Path(args.output) / 'metrics.md'}")
+    print(f"report:  {Path(args.output) / 'report.html'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    path = _write_report(
+        Path(args.run_dir), Path(args.checkpoint) if args.checkpoint else None, Path(args.data) if args.data else None,
+        args.layout, args.split, args.device, args.cases, args.slices, Path(args.output) if args.output else None,
+        layout_options=_parse_sets(args.set or []), resample=args.resample,
+    )
+    print(f"report: {path}")
     return 0
 
 
@@ -368,6 +396,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nmetrics: {output / 'metrics.json'} and {output / 'metrics.md'}")
     print(f"curves:  {output / 'curves.png'}")
     print(f"overlays (image | truth | prediction): {output / 'overlays'}/ ({len(pictures)} pictures)")
+    print(f"report:  {output / 'report.html'} (open it in a browser)")
     print(f"checkpoint: {output / 'last.pt'}")
     return 0
 
@@ -497,6 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument(
+        "--tensorboard", action="store_true",
+        help="also write TensorBoard event files to OUTPUT/tensorboard (scalars of the log, validation "
+        'overlays; pip install "simmpnet[tensorboard]"); the same as --set tensorboard=true',
+    )
+    p.add_argument(
         "--nproc", type=int, metavar="N",
         help="distributed data-parallel training in N processes on this machine (via torchrun; "
         "batch size is the global batch)",
@@ -549,6 +583,24 @@ def build_parser() -> argparse.ArgumentParser:
     resample(p)
     device(p)
     p.set_defaults(func=cmd_evaluate)
+
+    text = (
+        "write RUN_DIR/report.html: one self-contained page with the settings, the sortable metric tables, the "
+        "learning curves, a slice viewer per case and the memory (the prototype category each position reads)"
+    )
+    p = add_command("report", help="an HTML report of a run or evaluation folder", description=text)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a training run or evaluation folder (log.jsonl, metrics.json, checkpoints)")
+    p.add_argument("--output", help="the HTML file (default RUN_DIR/report.html)")
+    p.add_argument("--checkpoint", help="the model of the slice viewer (default: the one metrics.json names, else RUN_DIR/last.pt)")
+    p.add_argument("--data", help="dataset folder (default: the one metrics.json or the training config names)")
+    p.add_argument("--layout", help="dataset layout (default: as recorded)")
+    p.add_argument("--split", help="split whose cases are shown (default: as recorded)")
+    p.add_argument("--cases", type=int, help="cases with a slice viewer (default 3)")
+    p.add_argument("--slices", type=int, help="slices per case, worst errors first (default 24)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="layout option, as for evaluate")
+    resample(p)
+    device(p)
+    p.set_defaults(func=cmd_report)
 
     p = add_command("predict", help="predict label maps for images or volumes", description="predict label maps")
     p.add_argument("--checkpoint", required=True)

@@ -44,6 +44,7 @@ __all__ = [
     "label_color",
     "label_palette",
     "metrics_markdown",
+    "overlay_panels",
     "plot_curves",
     "read_training_log",
     "save_overlay",
@@ -542,6 +543,22 @@ def _blend(base: np.ndarray, labels: np.ndarray, alpha: float) -> np.ndarray:
         mask = labels == c
         out[mask] = (1.0 - alpha) * out[mask] + alpha * np.asarray(label_color(int(c)))
     return out
+
+
+def overlay_panels(image2d: Any, truth2d: Any, pred2d: Any, alpha: float = 0.5) -> np.ndarray:
+    """The panels image | truth | prediction of :func:`save_overlay` side by side, without
+    titles or legend, as one ``(H, 3 W, 3)`` uint8 array (for TensorBoard and the HTML report).
+
+    Raises:
+        InputError: shapes that do not match, non-integer or negative labels.
+    """
+    where = Path("overlay")
+    base = _display_rgb(image2d, where)
+    shape = (base.shape[0], base.shape[1])
+    truth = _label_array(truth2d, "truth", shape, where)
+    pred = _label_array(pred2d, "prediction", shape, where)
+    panels = np.concatenate([base, _blend(base, truth, alpha), _blend(base, pred, alpha)], axis=1)
+    return np.round(np.clip(panels, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def save_overlay(

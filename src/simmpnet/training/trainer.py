@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ from ..models.factory import MODEL_NAMES, build_model, input_size_of, model_from
 from . import distributed
 from .losses import DICE_DENOMINATORS, DeepSupervisionLoss
 from .plan import plan_run
+from .tensorboard import TensorBoardLog, check_tensorboard
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +95,9 @@ class TrainConfig:
     reads and checks every file once before training starts, so that a bad file stops the run
     before anything is written.
     Runtime: ``device`` ("auto", "cpu", "cuda"), ``threads``, ``num_workers``, ``output_dir``,
-    ``log_every``, ``progress``; ``channels_last`` (the network and its input in channels-last
+    ``log_every``, ``progress``, ``tensorboard`` (also write TensorBoard event files to
+    ``output_dir/tensorboard``: the log's scalars and validation overlays; needs the
+    ``tensorboard`` extra); ``channels_last`` (the network and its input in channels-last
     memory), ``compile`` ("none"; "default", "reduce-overhead" (CUDA graphs) or "max-autotune":
     the training forward and backward through ``torch.compile`` with inductor in that mode;
     "aot_eager": traced but not compiled, for checking).  Validation runs the plain network.
@@ -142,6 +146,7 @@ class TrainConfig:
     log_every: int = 10
     progress: bool = True
     sync_batchnorm: bool = True
+    tensorboard: bool = False
     channels_last: bool = False
     compile: str = "none"
 
@@ -201,6 +206,8 @@ class TrainConfig:
         self._check_input_size()
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise InputError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.tensorboard:
+            check_tensorboard()
 
     def _check_input_size(self) -> None:
         if self.input_size is None:
@@ -432,6 +439,7 @@ class Trainer:
         self.samples = _AugmentedSlices(self.train_set, self.input_size, config.seed, config.augment)
         self.steps_per_epoch = self.plan.steps_per_epoch
         self._started: float | None = None
+        self.tensorboard: TensorBoardLog | None = None  # opened by fit (rank 0)
         self.state: dict[str, Any] = {
             "epoch": 0,
             "batch_in_epoch": 0,
@@ -441,6 +449,9 @@ class Trainer:
             "best_dsc": None,
             "elapsed_s": 0.0,
             "nonfinite_losses": 0,
+            # Sim-MPNet: each block's prototypes at the last epoch record (the drift's reference;
+            # in the checkpoint, so that a resumed run logs what an uninterrupted one does)
+            "prototypes": {},
         }
 
     # ------------------------------------------------------------ checkpoints
@@ -558,6 +569,8 @@ class Trainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with open(self.output_dir / "log.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            self.tensorboard.record(record)
 
     def _out_of_budget(self) -> str | None:
         cfg = self.config
@@ -642,7 +655,7 @@ class Trainer:
             return None
         return evaluate_volumes(
             self.model, self.val_set, self.input_size, self.config.n_classes, self.config.names, self.device,
-            resample=self.config.resample,
+            resample=self.config.resample, on_case=self.tensorboard.keep_case if self.tensorboard else None,
         )
 
     def fit(self) -> dict[str, Any]:
@@ -662,6 +675,7 @@ class Trainer:
                 logger.info("%s: replacing the run that was there (%s)", self.output_dir, ", ".join(found))
                 for name in (*RUN_FILES, "curves.png"):
                     (self.output_dir / name).unlink(missing_ok=True)
+                shutil.rmtree(self.output_dir / "tensorboard", ignore_errors=True)
             self._claimed = True
             if self.dist.enabled:  # every rank has looked before rank 0 writes the first file
                 distributed.barrier(self.device)
@@ -669,6 +683,10 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self._write_resolved_config()
             self._log_start()
+            if cfg.tensorboard:
+                self.tensorboard = TensorBoardLog(
+                    self.output_dir / "tensorboard", cfg.names, purge_step=self.state["global_step"]
+                )
         self._started = time.monotonic()
         stop = self._out_of_budget()
         last_val: float | None = None
@@ -713,7 +731,8 @@ class Trainer:
                     k = self.wld.current_k if self.wld else None
                     bar.set_postfix(step=self.state["global_step"], loss=f"{value:.4f}", K=k)
                     if self.state["global_step"] % cfg.log_every == 0:
-                        self._log({"event": "step", "epoch": epoch, "step": self.state["global_step"], "loss": value, "k": k})
+                        lr = self.optimizer.param_groups[0]["lr"]
+                        self._log({"event": "step", "epoch": epoch, "step": self.state["global_step"], "loss": value, "k": k, "lr": lr})
                 stop = self._out_of_budget()
                 if stop:
                     break
@@ -733,6 +752,8 @@ class Trainer:
                     summary = distributed.broadcast_object(summary and {"mean": {"dsc": summary["mean"]["dsc"]}})
                 if summary is not None:
                     last_val = record["val_dsc"] = summary["mean"]["dsc"]
+                    if self.tensorboard is not None:
+                        self.tensorboard.overlays(self.state["global_step"])
                     best = self.state["best_dsc"]
                     if last_val is not None and (best is None or last_val > best):
                         self.state["best_dsc"] = last_val
@@ -742,6 +763,8 @@ class Trainer:
                 if dropped:
                     record["dropped_memory_changes"] = dropped
             record["elapsed_s"] = self._elapsed()
+            if isinstance(self.model, SimMPNet):
+                record["memory"] = self._memory_drift()
             self._log(record)
             self._checkpoint("last.pt")
             # With a progress bar on screen the epoch lines go to the log file only.
@@ -769,7 +792,28 @@ class Trainer:
         if missing and main:
             logger.warning("no best.pt: %s; last.pt is the model of this run", missing)
         self._log({"event": "end", **result})
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
         return result
+
+    @torch.no_grad()
+    def _memory_drift(self) -> dict[str, dict[str, Any]]:
+        """Per DMW-LA block past its warm-up: ``drift``, each category's ``1 - cos`` between its
+        prototype now and at the last epoch record (None where there is no such prototype:
+        the first epoch after the warm-up), for the report's memory panel."""
+        from ..evaluation.memory_maps import block_names
+
+        drift: dict[str, dict[str, Any]] = {}
+        for name, block in zip(block_names(self.model), self.model.dmwla_blocks()):
+            if block.in_warmup:
+                continue
+            now = block.memory.prototypes.detach().float().cpu()  # (d, num_k)
+            before = self.state["prototypes"].get(name)
+            cosine = torch.nn.functional.cosine_similarity(now, before, dim=0) if before is not None else None
+            drift[name] = {"drift": None if cosine is None else [1.0 - c for c in cosine.tolist()]}
+            self.state["prototypes"][name] = now.clone()
+        return drift
 
     def _why_no_best(self, stop: str) -> str | None:
         """Why the run holds no ``best.pt`` (None when it does)."""
@@ -859,6 +903,9 @@ class Trainer:
         the process back the torch thread count it had before the ``threads`` option."""
         distributed.cleanup(self.dist)
         torch.set_num_threads(self._threads_before)
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
 
     def _plot_curves(self) -> None:
         if not self.dist.is_main:

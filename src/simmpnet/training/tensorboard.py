@@ -1,0 +1,94 @@
+"""TensorBoard event files of a training run (``tensorboard: true``), next to ``log.jsonl``.
+
+The JSON Lines log stays the source of truth: every scalar written here is a field of a record
+the trainer also writes to the log (:meth:`TensorBoardLog.record` takes those records), so the
+two never disagree.  Validations add a few overlay pictures (image | truth | prediction, the
+colours of :func:`simmpnet.evaluation.report.label_color`).
+
+Tags: ``train/loss``, ``train/k`` and ``train/lr`` per logged step; ``epoch/train_loss`` and
+``val/dsc`` per epoch (by step); ``memory/drift/<block>`` the mean prototype drift of each
+DMW-LA block; ``val/overlay/<case>`` the pictures.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+
+__all__ = ["TensorBoardLog", "check_tensorboard"]
+
+#: Validation cases drawn per validation.
+OVERLAY_CASES = 3
+
+
+def check_tensorboard() -> None:
+    """Raise a clear :class:`InputError` (before any work) when the ``tensorboard`` package is missing."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError as exc:
+        raise InputError(
+            'tensorboard: true needs the tensorboard package: pip install "simmpnet[tensorboard]"'
+        ) from exc
+
+
+class TensorBoardLog:
+    """Writes the scalars of the trainer's log records and validation overlays.
+
+    Args:
+        folder: the event-file folder (``<output_dir>/tensorboard``).
+        class_names: all class names, background first (legend-free pictures use the colours).
+        purge_step: on resume, the step of the checkpoint: events the interrupted run wrote
+            after it are dropped, so that curves do not double back.
+    """
+
+    def __init__(self, folder: str | os.PathLike, class_names: Sequence[str], purge_step: int | None = None) -> None:
+        check_tensorboard()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(os.fspath(folder), purge_step=purge_step or None)
+        self.class_names = list(class_names)
+        self._cases: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def record(self, record: dict[str, Any]) -> None:
+        """The scalars of one log record (``event`` step or epoch; others are ignored)."""
+        step = record.get("step")
+        if step is None:
+            return
+        event = record.get("event")
+        if event == "step":
+            scalars = {"train/loss": record.get("loss"), "train/k": record.get("k"), "train/lr": record.get("lr")}
+        elif event == "epoch":
+            scalars = {"epoch/train_loss": record.get("train_loss"), "val/dsc": record.get("val_dsc")}
+            for block, entry in (record.get("memory") or {}).items():
+                drift = [d for d in entry.get("drift") or [] if d is not None]
+                if drift:
+                    scalars[f"memory/drift/{block.replace(' ', '_')}"] = sum(drift) / len(drift)
+        else:
+            return
+        for tag, value in scalars.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self.writer.add_scalar(tag, value, int(step))
+
+    def keep_case(self, name: str, image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> None:
+        """``on_case`` of :func:`~simmpnet.evaluation.evaluate.evaluate_volumes`: keeps the slice
+        with the most foreground of the first :data:`OVERLAY_CASES` cases."""
+        if len(self._cases) >= OVERLAY_CASES:
+            return
+        index = int(np.argmax((truth > 0).reshape(truth.shape[0], -1).sum(1)))
+        self._cases.append((name, image[index].copy(), truth[index].copy(), prediction[index].copy()))
+
+    def overlays(self, step: int) -> None:
+        """Write the pictures of the cases kept since the last call."""
+        from ..evaluation.report import overlay_panels
+
+        for name, image, truth, prediction in self._cases:
+            self.writer.add_image(f"val/overlay/{name}", overlay_panels(image, truth, prediction), step, dataformats="HWC")
+        self._cases.clear()
+
+    def close(self) -> None:
+        self.writer.close()
