@@ -289,13 +289,18 @@ class nnUNetTrainerSimMPNet(nnUNetTrainer):  # noqa: N801 - nnU-Net's naming of 
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"].to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
+        # BatchNorm statistics change in the forward itself: kept to undo a skipped step.
+        norm_state = [(buffer, buffer.clone()) for buffer in self._norm_buffers()]
         amp = torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
         with amp:
             loss = self.loss(self.network(data), target)
         value = float(loss.detach())
         if not math.isfinite(value):
             self.simmpnet.discard_memory()
-            self.print_to_log_file(f"non-finite loss ({value}): step skipped, memory unchanged")
+            with torch.no_grad():
+                for buffer, saved in norm_state:
+                    buffer.copy_(saved)
+            self.print_to_log_file(f"non-finite loss ({value}): step skipped, weights and memory unchanged")
             return {"loss": np.array(value)}
         if self.grad_scaler is not None:
             scale = self.grad_scaler.get_scale()
@@ -322,6 +327,15 @@ class nnUNetTrainerSimMPNet(nnUNetTrainer):  # noqa: N801 - nnU-Net's naming of 
         else:
             self.simmpnet.discard_memory()
         return {"loss": np.array(value)}
+
+    def _norm_buffers(self) -> list[torch.Tensor]:
+        return [
+            buffer
+            for module in self.simmpnet.modules()
+            if isinstance(module, nn.modules.batchnorm._NormBase)
+            for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)
+            if buffer is not None
+        ]
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
         super().on_train_epoch_end(train_outputs)
