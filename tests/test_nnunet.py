@@ -242,6 +242,7 @@ def test_train_resume_predict_evaluate_and_load(shapes, tmp_path):
     predictor = make_predictor(model, (0,), device="cpu", mirroring=False)
     images = shapes.raw / DATASET / "imagesTs"
     out = tmp_path / "pred"
+    out.mkdir()
     predictor.predict_from_files_sequential(str(images), str(out), save_probabilities=False, overwrite=True)
     for key, value in predictor.network.state_dict().items():
         assert torch.equal(value, final["network_weights"][key]), key
@@ -301,6 +302,7 @@ def test_the_command_line_trains_predicts_and_evaluates_in_a_fresh_process(shape
     done = run("evaluate", "-d", "42", "--labels", str(root / "nnUNet_raw" / DATASET / "labelsTs"),
                "--predictions", str(tmp_path / "pred"))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout)["n_cases"] == 2
+    assert "mean DSC" in done.stdout and "mean HD95 (mm)" in done.stdout
+    assert json.loads((tmp_path / "pred" / "evaluation.json").read_text())["n_cases"] == 2
     done = run("train", "-d", "42", "-tr", "NoSuchTrainer", "--epochs", "1")
     assert done.returncode == 2 and "NoSuchTrainer" in done.stderr

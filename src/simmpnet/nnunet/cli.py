@@ -96,7 +96,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     plans, dataset_json = _plans_and_dataset_json(args)
     result = evaluate_folder(args.labels, args.predictions, dataset_json, plans, max(1, args.workers))
-    print(json.dumps(result, indent=2))
+    names = {str(v): k for k, v in json.loads(dataset_json.read_text())["labels"].items()}
+    print(comparison_table({Path(args.predictions).name: result}, names), end="")
+    print(f"per case: {Path(args.predictions) / 'summary.json'} (nnU-Net), {Path(args.predictions) / 'hd95.json'}")
     return 0
 
 
@@ -105,15 +107,20 @@ def _cell(value: float | None, digits: int) -> str:
 
 
 def comparison_table(results: dict[str, dict[str, Any]], label_names: dict[str, str]) -> str:
-    """A Markdown table, one row per trainer: DSC per class, mean DSC, mean HD95 (mm)."""
+    """Two Markdown tables, one row per trainer: DSC per class and their mean (nnU-Net's
+    evaluation), then HD95 in mm per class and the mean over the classes that have one."""
     labels = list(next(iter(results.values()))["dice"])
-    head = ["trainer", *(f"DSC {label_names.get(k, k)}" for k in labels), "mean DSC", "mean HD95 (mm)"]
-    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for trainer, result in results.items():
-        cells = [trainer, *(_cell(result["dice"][k], 3) for k in labels), _cell(result["mean_dice"], 3),
-                 _cell(result["mean_hd95_mm"], 1)]
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows) + "\n"
+    names = [label_names.get(k, k) for k in labels]
+    out = []
+    for metric, head, digits in (("dice", "mean DSC", 3), ("hd95_mm", "mean HD95 (mm)", 1)):
+        columns = ["trainer", *names, head]
+        out += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        for trainer, result in results.items():
+            mean = result["mean_dice"] if metric == "dice" else result["mean_hd95_mm"]
+            cells = [trainer, *(_cell(result[metric][k], digits) for k in labels), _cell(mean, digits)]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

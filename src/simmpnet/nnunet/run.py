@@ -272,7 +272,8 @@ def evaluate_folder(
 ) -> dict[str, Any]:
     """``nnUNetv2_evaluate_folder`` (nnU-Net's Dice, IoU, TP/FP/FN per class and case, into
     ``PREDICTIONS/summary.json``) plus HD95 in mm per class computed by
-    :func:`simmpnet.evaluation.metrics.hd95` on the same files (``PREDICTIONS/hd95.json``).
+    :func:`simmpnet.evaluation.metrics.hd95` on the same files (``PREDICTIONS/hd95.json``);
+    the means below also go to ``PREDICTIONS/evaluation.json``.
 
     Returns:
         ``{"dice": {label: mean}, "mean_dice": float, "hd95_mm": {label: mean or None},
@@ -303,7 +304,7 @@ def evaluate_folder(
         hd_mean[str(label)] = float(np.mean(values)) if values else None
         missing[str(label)] = len(hd_cases) - len(values)
     defined = [v for v in hd_mean.values() if v is not None]
-    return {
+    result = {
         "dice": {str(k): float(summary["mean"][str(k)]["Dice"]) for k in labels},
         "mean_dice": float(summary["foreground_mean"]["Dice"]),
         "hd95_mm": hd_mean,
@@ -311,3 +312,5 @@ def evaluate_folder(
         "hd95_missing": missing,
         "n_cases": len(hd_cases),
     }
+    (pred / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
