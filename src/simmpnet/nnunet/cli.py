@@ -97,7 +97,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     plans, dataset_json = _plans_and_dataset_json(args)
     result = evaluate_folder(args.labels, args.predictions, dataset_json, plans, max(1, args.workers))
     names = {str(v): k for k, v in json.loads(dataset_json.read_text())["labels"].items()}
-    print(comparison_table({Path(args.predictions).name: result}, names), end="")
+    print(comparison_table({Path(args.predictions).name: result}, names, row="predictions"), end="")
     print(f"per case: {Path(args.predictions) / 'summary.json'} (nnU-Net), {Path(args.predictions) / 'hd95.json'}")
     return 0
 
@@ -106,14 +106,15 @@ def _cell(value: float | None, digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def comparison_table(results: dict[str, dict[str, Any]], label_names: dict[str, str]) -> str:
-    """Two Markdown tables, one row per trainer: DSC per class and their mean (nnU-Net's
-    evaluation), then HD95 in mm per class and the mean over the classes that have one."""
+def comparison_table(results: dict[str, dict[str, Any]], label_names: dict[str, str], row: str = "trainer") -> str:
+    """Two Markdown tables, one row per trainer (or other ``row`` key): DSC per class and their
+    mean (nnU-Net's evaluation), then HD95 in mm per class and the mean over the classes that
+    have one."""
     labels = list(next(iter(results.values()))["dice"])
     names = [label_names.get(k, k) for k in labels]
     out = []
     for metric, head, digits in (("dice", "mean DSC", 3), ("hd95_mm", "mean HD95 (mm)", 1)):
-        columns = ["trainer", *names, head]
+        columns = [row, *names, head]
         out += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for trainer, result in results.items():
             mean = result["mean_dice"] if metric == "dice" else result["mean_hd95_mm"]
