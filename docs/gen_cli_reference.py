@@ -58,6 +58,9 @@ def render() -> str:
     parts.append(f"\n## `simmpnet`\n\n```text\n{_help(parser)}```\n")
     for name, sub in commands.items():
         parts.append(f"\n## `simmpnet {name}`\n\n```text\n{_help(sub)}```\n")
+        # a command with commands of its own (simmpnet nnunet train ...): one section each
+        for child, subsub in _subcommands(sub).items():
+            parts.append(f"\n### `simmpnet {name} {child}`\n\n```text\n{_help(subsub)}```\n")
     return "".join(parts)
 
 

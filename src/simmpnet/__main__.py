@@ -3,4 +3,6 @@ import sys
 
 from .cli import main
 
-sys.exit(main())
+# The guard: worker processes started with "spawn" (nnU-Net's pools) import this module again.
+if __name__ == "__main__":
+    sys.exit(main())

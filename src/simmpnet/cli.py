@@ -654,6 +654,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, help="input side in pixels (default: the checkpoint's)")
     p.add_argument("--no-check", action="store_true", help="skip running the export once against PyTorch")
     p.set_defaults(func=cmd_export)
+
+    from .nnunet.cli import add_nnunet_commands
+
+    add_nnunet_commands(add_command, common)
     return parser
 
 
