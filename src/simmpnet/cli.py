@@ -142,7 +142,12 @@ def _evaluate(
     pictures = _save_overlays(chosen, out_dir / "overlays", names)
     write_metrics_markdown(summary, out_dir / "metrics.md")
     write_json(summary, out_dir / "metrics.json")
-    _write_report(out_dir, checkpoint, data, name, split, device, layout_options=layout_options, resample=resample)
+    # The report opens the data again: as opened here, so that a conversion of the pictures'
+    # channels is announced once.
+    report_options = dict(layout_options or {})
+    if "channels" not in options and "channels" in getattr(found, "extra_options", ()):
+        report_options["channels"] = found.channels
+    _write_report(out_dir, checkpoint, data, name, split, device, layout_options=report_options, resample=resample)
     return summary, pictures
 
 
