@@ -110,7 +110,7 @@ def _evaluate(
     predictions return to the slice size (None: as the model's validation did).  Returns the
     summary and the pictures.  Nothing is written unless every case was scored."""
     from .data.io import check_output_folder
-    from .data.layouts import open_layout
+    from .data.layouts import default_test_split, open_layout_of_model
     from .errors import CheckpointError
     from .evaluation.evaluate import evaluate_volumes
     from .evaluation.resample import resolve_resample
@@ -124,12 +124,9 @@ def _evaluate(
     if not n_classes:
         raise CheckpointError(f"{checkpoint}: the checkpoint does not record its number of classes")
     names = config.get("class_names") or ["background", *(f"class_{i}" for i in range(1, n_classes))]
-    name = layout or config.get("layout", "synapse")
-    options = dict(config.get("layout_options", {})) if name == config.get("layout") else {}
-    options.update(layout_options or {})
     in_channels = int(getattr(model, "in_channels", config.get("in_channels", 1)))
-    found = open_layout(name, data, n_classes, in_channels, **options)
-    split = split or next((s for s in ("test_vol", "test", "val") if s in found.splits), "test")
+    name, options, found = open_layout_of_model(config, n_classes, in_channels, data, layout, layout_options)
+    split = split or default_test_split(found)
     volumes = found.cases(split)
     _warn_if_trained_on(config, data, name, split, list(getattr(volumes, "names", [])))
     on_case, chosen = _pick_overlays(overlays)

@@ -188,7 +188,7 @@ def _probe_cases(
 ) -> dict[str, Any]:
     """Predict the first ``max_cases`` cases of ``split`` with the memory probed; the
     pictures and memory statistics of the page."""
-    from ..data.layouts import open_layout
+    from ..data.layouts import default_test_split, open_layout_of_model
     from ..training import load_trained_model, resolve_device
     from .inference import predict_slices
     from .memory_maps import MemoryProbe
@@ -197,12 +197,9 @@ def _probe_cases(
     dev = resolve_device(device)
     model, input_size, config = load_trained_model(checkpoint, dev)
     n_classes = int(getattr(model, "n_classes", None) or config.get("n_classes"))
-    name = layout or config.get("layout", "synapse")
-    options = dict(config.get("layout_options", {})) if name == config.get("layout") else {}
-    options.update(layout_options or {})
     in_channels = int(getattr(model, "in_channels", config.get("in_channels", 1)))
-    found = open_layout(name, data, n_classes, in_channels, **options)
-    split = split or next((s for s in ("test_vol", "test", "val") if s in found.splits), "test")
+    name, _, found = open_layout_of_model(config, n_classes, in_channels, data, layout, layout_options)
+    split = split or default_test_split(found)
     volumes = found.cases(split)
     total = len(volumes)
     probe = MemoryProbe(model) if hasattr(model, "dmwla_blocks") else None

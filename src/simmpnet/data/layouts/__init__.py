@@ -25,7 +25,7 @@ from ...errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Layout", "LAYOUTS", "open_layout", "register_layout"]
+__all__ = ["Layout", "LAYOUTS", "open_layout", "open_layout_of_model", "register_layout", "default_test_split"]
 
 
 class Layout(ABC):
@@ -109,6 +109,24 @@ def open_layout(
         root, channels, in_channels, in_channels, channels,
     )
     return LAYOUTS[name](root, n_classes, **options, channels=in_channels)
+
+
+def open_layout_of_model(
+    config: dict[str, Any], n_classes: int, in_channels: int, data: str | os.PathLike,
+    layout: str | None = None, layout_options: dict[str, Any] | None = None,
+) -> tuple[str, dict[str, Any], Layout]:
+    """Open ``data`` for a trained model whose training config is ``config``: the ``layout``
+    given, else the one it was trained on, with the training's ``layout_options`` (when the
+    layout is the same) overridden by ``layout_options``.  Returns (name, options, layout)."""
+    name = layout or config.get("layout", "synapse")
+    options = dict(config.get("layout_options", {})) if name == config.get("layout") else {}
+    options.update(layout_options or {})
+    return name, options, open_layout(name, data, n_classes, in_channels, **options)
+
+
+def default_test_split(layout: Layout) -> str:
+    """The split evaluated when none is named: the first of test_vol, test, val the layout has."""
+    return next((s for s in ("test_vol", "test", "val") if s in layout.splits), "test")
 
 
 # The built-in layouts register themselves on import.
