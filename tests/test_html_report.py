@@ -297,6 +297,19 @@ def test_report_in_a_real_browser(tiny_run, browser):
     shown = browser.find_elements(By.CSS_SELECTOR, ".usage.shown")
     assert [u.get_attribute("data-block") for u in shown] == [data["blocks"][-1]]
 
+    # Every chart legend wraps inside its chart: one entry per DMW-LA block in the drift chart.
+    legends = browser.find_elements(By.CSS_SELECTOR, ".chart-legend")
+    drift = browser.find_element(By.CSS_SELECTOR, "#memory .chart-legend")
+    logged = list(dict.fromkeys(b for r in _records(tiny_run, "epoch") for b, e in r["memory"].items() if e.get("drift")))
+    assert [i.text for i in drift.find_elements(By.CSS_SELECTOR, ".legend-item")] == logged
+    assert len(logged) > 1 and len(legends) == 2  # the drift chart and the training loss
+    for legend in legends:
+        assert browser.execute_script(
+            "const l=arguments[0], s=l.parentElement.querySelector('svg');"
+            "return l.scrollWidth <= l.clientWidth && l.getBoundingClientRect().right <= s.getBoundingClientRect().right + 1;",
+            legend,
+        )
+
     # A screenshot of the viewer is not blank.
     from PIL import Image
 

@@ -476,13 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .evaluation.resample import INFERENCE_MODES, RESAMPLE_MODES
 
-    def resample(p: argparse.ArgumentParser) -> None:
+    def resample(p: argparse.ArgumentParser, default: str = "the training config's resample key, labels unless set") -> None:
         p.add_argument(
             "--resample", choices=RESAMPLE_MODES,
             help="how a prediction returns to the image size: labels (the paper's nearest resize of the "
             "label map) or logits (bilinear interpolation of the logits, then the argmax; smoother "
-            "boundaries when the network's input size is below the image's); default: the training "
-            "config's resample key, labels unless set",
+            f"boundaries when the network's input size is below the image's); default: {default}",
         )
 
     demo_help = "train on the embedded brain-lobes MRI (Debian mricron-data) and evaluate"
@@ -600,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=int, help="cases with a slice viewer (default 3)")
     p.add_argument("--slices", type=int, help="slices per case, worst errors first (default 24)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="layout option, as for evaluate")
-    resample(p)
+    resample(p, default="the mode metrics.json records, else the training config's resample key, labels unless set")
     device(p)
     p.set_defaults(func=cmd_report)
 

@@ -392,17 +392,19 @@ def _svg_chart(title: str, series: Sequence[tuple[str, Sequence[float], Sequence
     for value in (x0, (x0 + x1) / 2, x1):
         parts.append(f'<text x="{sx(value):.1f}" y="{height - bottom + 14}" text-anchor="middle">{value:.4g}</text>')
     parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 6}" text-anchor="middle">{_e(xlabel)}</text>')
-    legend_x = left + 6
+    legend = []
     for label, xs, ys, color in series:
         coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(xs, ys) if y is not None and math.isfinite(y))
         if not coords:
             continue
         marker = "" if len(xs) > 1 else f'<circle cx="{coords.split(",")[0]}" cy="{coords.split(",")[1]}" r="3" fill="{color}"/>'
         parts.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="1.5"/>{marker}')
-        if len(series) > 1:
-            parts.append(f'<text x="{legend_x}" y="{top + 12}" fill="{color}">{_e(label)}</text>')
-            legend_x += 8 + 6.5 * len(label)
-    return f'<figure class="chart"><svg width="{width}" height="{height}" role="img">{"".join(parts)}</svg></figure>'
+        legend.append(
+            f'<span class="legend-item"><span class="swatch" style="background:{color}"></span>{_e(label)}</span>'
+        )
+    # An HTML caption wraps, so the legend fits however many series (one per DMW-LA block) there are.
+    caption = f'<figcaption class="chart-legend">{"".join(legend)}</figcaption>' if len(series) > 1 else ""
+    return f'<figure class="chart"><svg width="{width}" height="{height}" role="img">{"".join(parts)}</svg>{caption}</figure>'
 
 
 def _curves_section(records: Sequence[Mapping[str, Any]]) -> str:
@@ -685,7 +687,7 @@ table.sortable th{cursor:pointer;background:#f3f5fb;user-select:none}
 table.sortable th.asc::after{content:" \\25B2"}table.sortable th.desc::after{content:" \\25BC"}
 table.kv th{text-align:left;background:#f7f7f7;font-weight:normal;white-space:nowrap}table.kv td{word-break:break-all}
 .cols{display:grid;grid-template-columns:1fr 1fr;gap:24px}
-.charts{display:flex;flex-wrap:wrap;gap:8px}.chart{margin:0}svg{font-size:11px;background:#fff}
+.charts{display:flex;flex-wrap:wrap;gap:8px}.chart{margin:0}.chart-legend{max-width:420px}svg{font-size:11px;background:#fff}
 svg .title{font-weight:bold;font-size:12px}svg .frame{fill:none;stroke:#bbb}
 .swatch{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:middle;border-radius:2px}
 .legend-item{margin-right:10px;white-space:nowrap;font-size:12px}
