@@ -20,7 +20,7 @@ from pathlib import Path
 _LOAD_MS = "const n=performance.getEntriesByType('navigation')[0];return n.loadEventEnd-n.startTime;"
 
 
-def screenshot(page: Path, png: Path, width: int = 1300, height: int = 1250, loads: int = 5) -> list[float]:
+def screenshot(page: Path, png: Path, width: int = 1300, height: int = 1550, loads: int = 5) -> list[float]:
     """Save the screenshot to ``png``; return the load times in ms of ``loads`` cold loads."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

@@ -27,7 +27,9 @@ sliding-window validation, checkpoints and logs.  What these trainers change (do
 * **Optimiser**: nnU-Net's SGD (lr 1e-2, Nesterov, poly decay) by default; the ``_AdamW``
   trainers use the paper's AdamW (lr 1e-4, weight decay 1e-4, constant).  Both keep nnU-Net's
   gradient clipping at norm 12.
-* ``torch.compile`` is off: the DMW-LA memory keeps Python-side state between steps.
+* ``torch.compile`` is off: nnU-Net compiles on CUDA only, and this trainer's loop compiled
+  (training and validation through one module) has not run on a GPU; ``simmpnet train`` has a
+  ``compile`` key.
 
 Because nnU-Net rebuilds the network of a trained model from its trainer class and the plans
 alone, while the DMW-LA warm-up length of a run depends on its length, each fold folder also
