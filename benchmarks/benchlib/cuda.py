@@ -39,7 +39,7 @@ from simmpnet import SimMPNet
 from simmpnet.training.losses import DeepSupervisionLoss
 from simmpnet.training.trainer import load_trained_model
 
-from .harness import Skip, held_out_volumes, median_ms, time_interleaved
+from .harness import Skip, held_out_volumes, median_ms, synced, time_interleaved
 from .results import Row, fmt
 
 N_CLASSES = 9
@@ -165,11 +165,6 @@ def trained_network(checkpoint: Path, data: Path) -> dict[str, Any]:
     return figures
 
 
-def synchronize() -> None:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
 def count_syncs(step: Callable[[], object]) -> dict[str, int]:
     """Host synchronisations of one call of ``step``, by the source line that caused them."""
     if DEVICE != "cuda":
@@ -212,16 +207,6 @@ def train_steps(amp: str, sizes: Sizes) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- timings
-def synced(fn: Callable[[], object]) -> Callable[[], None]:
-    """``fn`` followed by a wait for the GPU, so that a wall-clock time covers its kernels."""
-
-    def run() -> None:
-        fn()
-        synchronize()
-
-    return run
-
-
 def time_network(variant: str, size: int, side: int, repeats: int, warmup: int) -> list[tuple[str, float, str]]:
     """(metric, value, unit): median milliseconds of the training step and the batch-1 eval
     forward, fp32 and bf16, interleaved; peak GPU memory."""
@@ -248,7 +233,7 @@ def time_network(variant: str, size: int, side: int, repeats: int, warmup: int) 
         "eval forward B=1 fp32": eval_forward(AMP["fp32"]),
         "eval forward B=1 bf16": eval_forward(AMP["bf16"]),
     }
-    times = time_interleaved({name: synced(fn) for name, fn in runs.items()}, repeats, warmup)
+    times = time_interleaved({name: synced(fn, DEVICE) for name, fn in runs.items()}, repeats, warmup)
     figures = [(name, median_ms(samples), "ms") for name, samples in times.items()]
     if DEVICE == "cuda":
         figures.append(("peak GPU memory", torch.cuda.max_memory_allocated() / 2**30, "GiB"))

@@ -57,6 +57,24 @@ def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000.0
 
 
+def sync(device: str) -> None:
+    """Wait for the GPU's queued kernels (nothing to wait for on the CPU)."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def synced(fn: Callable[[], object], device: str) -> Callable[[], None]:
+    """``fn`` followed by a wait for ``device``, so that a wall-clock time covers its kernels."""
+
+    def run() -> None:
+        fn()
+        sync(device)
+
+    return run
+
+
 # ----------------------------------------------------------------------------- peak RSS
 def peak_rss_mb() -> float:
     """Peak resident memory of this process (VmHWM), MB."""

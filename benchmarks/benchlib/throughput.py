@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from .harness import BENCHMARKS, Skip, median_ms, time_interleaved
+from .harness import BENCHMARKS, Skip, median_ms, sync, synced, time_interleaved
 from .results import Row, fmt
 
 N_CLASSES = 9
@@ -83,11 +83,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ----------------------------------------------------------------------------- cases
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 @contextlib.contextmanager
 def explicit_attention() -> Iterator[None]:
     """Every ``F.scaled_dot_product_attention`` as matrix products, so that FLOP counters see it."""
@@ -116,6 +111,25 @@ class Case:
     optimiser: torch.optim.Optimizer
 
 
+def _prepared(
+    model: torch.nn.Module, setting: Setting, device: str, input_shape: tuple[int, ...]
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.Tensor]:
+    """``model`` on ``device`` in training mode and the setting's memory format; what the step
+    runs (compiled or not), its AdamW and a random input of ``input_shape``."""
+    layout = torch.channels_last if setting.channels_last else torch.contiguous_format
+    model.to(device).train()
+    model.to(memory_format=layout)
+    net = torch.compile(model, mode=setting.compile_mode, dynamic=False) if setting.compile_mode else model
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4,
+                                  fused=setting.fused, foreach=None if setting.fused else True)
+    x = torch.rand(*input_shape, device=device).contiguous(memory_format=layout)
+    return net, optimiser, x
+
+
+def _autocast(setting: Setting, device: str) -> torch.autocast:
+    return torch.autocast(device, dtype=setting.amp or torch.float32, enabled=setting.amp is not None)
+
+
 def ours(batch: int, side: int, setting: Setting, device: str) -> Case:
     from simmpnet import SimMPNet
     from simmpnet.training.losses import DeepSupervisionLoss
@@ -123,19 +137,13 @@ def ours(batch: int, side: int, setting: Setting, device: str) -> Case:
     torch.manual_seed(0)
     model = SimMPNet.from_variant("paper", n_classes=N_CLASSES, img_size_a=side, img_size_b=side * 7 // 8)
     model.end_warmup()
-    model.to(device).train()
-    fmt_ = torch.channels_last if setting.channels_last else torch.contiguous_format
-    model.to(memory_format=fmt_)
-    net = torch.compile(model, mode=setting.compile_mode, dynamic=False) if setting.compile_mode else model
-    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4,
-                                  fused=setting.fused, foreach=None if setting.fused else True)
+    net, optimiser, x = _prepared(model, setting, device, (batch, 1, side, side))
     criterion = DeepSupervisionLoss()
-    x = torch.rand(batch, 1, side, side, device=device).contiguous(memory_format=fmt_)
     y = torch.randint(0, N_CLASSES, (batch, side, side), device=device)
 
     def step() -> None:
         optimiser.zero_grad(set_to_none=True)
-        with torch.autocast(device, dtype=setting.amp or torch.float32, enabled=setting.amp is not None):
+        with _autocast(setting, device):
             loss = criterion(net(x), y)
         loss.backward()
         float(loss.detach())  # the trainer's one read of the loss
@@ -149,17 +157,12 @@ def yardstick(batch: int, side: int, setting: Setting, device: str) -> Case:
     import timm
 
     torch.manual_seed(0)
-    model = timm.create_model(YARDSTICK, pretrained=False, features_only=True, img_size=side).to(device).train()
-    fmt_ = torch.channels_last if setting.channels_last else torch.contiguous_format
-    model.to(memory_format=fmt_)
-    net = torch.compile(model, mode=setting.compile_mode, dynamic=False) if setting.compile_mode else model
-    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4,
-                                  fused=setting.fused, foreach=None if setting.fused else True)
-    x = torch.rand(batch, 3, side, side, device=device).contiguous(memory_format=fmt_)
+    model = timm.create_model(YARDSTICK, pretrained=False, features_only=True, img_size=side)
+    net, optimiser, x = _prepared(model, setting, device, (batch, 3, side, side))
 
     def step() -> None:
         optimiser.zero_grad(set_to_none=True)
-        with torch.autocast(device, dtype=setting.amp or torch.float32, enabled=setting.amp is not None):
+        with _autocast(setting, device):
             loss = sum(f.float().mean() for f in net(x))
         loss.backward()
         float(loss.detach())
@@ -333,7 +336,7 @@ def run(args: argparse.Namespace) -> list[Row]:
             if counted is not None:
                 flops["authors"] = counted
 
-        timed = {name: _synced(case.step, device) for name, case in cases.items()}
+        timed = {name: synced(case.step, device) for name, case in cases.items()}
         print(f"  B={batch}: timing {len(timed)} cases, {args.repeats} rounds ...", flush=True)
         try:
             times = time_interleaved(timed, args.repeats, args.warmup)
@@ -375,11 +378,3 @@ def run(args: argparse.Namespace) -> list[Row]:
         if device == "cuda":
             torch.cuda.empty_cache()
     return rows
-
-
-def _synced(fn: Callable[[], None], device: str) -> Callable[[], None]:
-    def run() -> None:
-        fn()
-        sync(device)
-
-    return run

@@ -59,27 +59,10 @@ def _train_config(args: argparse.Namespace, base: Path | None):
     return TrainConfig.from_yaml(base, **overrides)
 
 
-def _pick_overlays(limit: int):
-    """A callback for :func:`evaluate_volumes` that keeps the slice with the most foreground
-    of each case (image, truth, prediction), up to ``limit`` cases, and the list it fills.
-    The pictures are drawn by :func:`_save_overlays` once every case has been scored, so that
-    a failed evaluation leaves no pictures of a run without metrics."""
-    chosen: list[tuple[str, int, np.ndarray, np.ndarray, np.ndarray]] = []
-
-    def on_case(name: str, image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> None:
-        if len(chosen) >= limit:
-            return
-        index = int(np.argmax((truth > 0).reshape(truth.shape[0], -1).sum(1)))
-        # copies: a view would keep the whole volume alive until the end
-        chosen.append((name, index, image[index].copy(), truth[index].copy(), prediction[index].copy()))
-
-    return on_case, chosen
-
-
 def _save_overlays(
     chosen: Sequence[tuple[str, int, np.ndarray, np.ndarray, np.ndarray]], out_dir: Path, names: Sequence[str]
 ) -> list[Path]:
-    """Draw the slices :func:`_pick_overlays` kept (image | truth | prediction)."""
+    """Draw the slices :func:`~simmpnet.evaluation.report.pick_overlays` kept (image | truth | prediction)."""
     from .evaluation.report import save_overlay
 
     written: list[Path] = []
@@ -113,8 +96,9 @@ def _evaluate(
     from .data.layouts import default_test_split, open_layout_of_model
     from .errors import CheckpointError
     from .evaluation.evaluate import evaluate_volumes
+    from .evaluation.html_report import ViewerCases, write_report
     from .evaluation.resample import resolve_resample
-    from .evaluation.report import write_json, write_metrics_markdown
+    from .evaluation.report import pick_overlays, write_json, write_metrics_markdown
     from .training import load_trained_model, resolve_device
 
     check_output_folder(out_dir)
@@ -125,42 +109,29 @@ def _evaluate(
         raise CheckpointError(f"{checkpoint}: the checkpoint does not record its number of classes")
     names = config.get("class_names") or ["background", *(f"class_{i}" for i in range(1, n_classes))]
     in_channels = int(getattr(model, "in_channels", config.get("in_channels", 1)))
-    name, options, found = open_layout_of_model(config, n_classes, in_channels, data, layout, layout_options)
+    name, found = open_layout_of_model(config, n_classes, in_channels, data, layout, layout_options)
     split = split or default_test_split(found)
     volumes = found.cases(split)
     _warn_if_trained_on(config, data, name, split, list(getattr(volumes, "names", [])))
-    on_case, chosen = _pick_overlays(overlays)
-    summary = evaluate_volumes(
-        model, volumes, input_size, n_classes, names, dev, on_case=on_case if overlays else None, workers=workers,
-        resample=resolve_resample(resample, config), progress=progress,
-    )
+    keep_overlay, chosen = pick_overlays(overlays)
+
+    # The report's viewer takes its cases from these predictions: nothing is predicted twice.
+    def on_case(*case: object) -> None:
+        keep_overlay(*case)
+        viewer.on_case(*case)
+
+    with ViewerCases(model, config, name, split, len(volumes)) as viewer:
+        summary = evaluate_volumes(
+            model, volumes, input_size, n_classes, names, dev, on_case=on_case, workers=workers,
+            resample=resolve_resample(resample, config), progress=progress,
+        )
     summary.update(checkpoint=str(checkpoint), data=str(data), layout=name, split=split)
     summary.update(extra or {})
-    pictures = _save_overlays(chosen, out_dir / "overlays", names)
+    pictures = _save_overlays(chosen, out_dir / "overlays", names)  # drawn once every case is scored
     write_metrics_markdown(summary, out_dir / "metrics.md")
     write_json(summary, out_dir / "metrics.json")
-    # The report opens the data again: as opened here, so that a conversion of the pictures'
-    # channels is announced once.
-    report_options = dict(layout_options or {})
-    if "channels" not in options and "channels" in getattr(found, "extra_options", ()):
-        report_options["channels"] = found.channels
-    _write_report(out_dir, checkpoint, data, name, split, device, layout_options=report_options, resample=resample)
+    write_report(out_dir, checkpoint=checkpoint, data=data, viewer=viewer)
     return summary, pictures
-
-
-def _write_report(
-    out_dir: Path, checkpoint: Path | None = None, data: Path | None = None, layout: str | None = None,
-    split: str | None = None, device: str = "auto", cases: int | None = None, slices: int | None = None,
-    output: Path | None = None, layout_options: dict | None = None, resample: str | None = None,
-) -> Path:
-    """``output`` (default ``out_dir/report.html``): the HTML report of the run or evaluation in ``out_dir``."""
-    from .evaluation.html_report import MAX_CASES, MAX_SLICES, write_report
-
-    return write_report(
-        out_dir, output, checkpoint=checkpoint, data=data, layout=layout, split=split, device=device,
-        max_cases=MAX_CASES if cases is None else cases, max_slices=MAX_SLICES if slices is None else slices,
-        layout_options=layout_options, resample=resample,
-    )
 
 
 def _warn_if_trained_on(config: dict, data: Path, layout: str, split: str, cases: list[str]) -> None:
@@ -266,9 +237,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    path = _write_report(
-        Path(args.run_dir), Path(args.checkpoint) if args.checkpoint else None, Path(args.data) if args.data else None,
-        args.layout, args.split, args.device, args.cases, args.slices, Path(args.output) if args.output else None,
+    from .evaluation.html_report import MAX_CASES, MAX_SLICES, write_report
+
+    path = write_report(
+        Path(args.run_dir), Path(args.output) if args.output else None,
+        checkpoint=Path(args.checkpoint) if args.checkpoint else None, data=Path(args.data) if args.data else None,
+        layout=args.layout, split=args.split, device=args.device,
+        max_cases=MAX_CASES if args.cases is None else args.cases,
+        max_slices=MAX_SLICES if args.slices is None else args.slices,
         layout_options=_parse_sets(args.set or []), resample=args.resample,
     )
     print(f"report: {path}")

@@ -36,19 +36,16 @@ import numpy as np
 
 from ..data.io import atomic_write
 from ..errors import InputError
-from .report import CLASS_COLORS, RESAMPLE_WORDS, SOURCE_KEYS, label_palette
+from .report import _METRICS, CLASS_COLORS, RESAMPLE_WORDS, SOURCE_KEYS, _fmt, _unit_word, label_palette, mean_drift
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MAX_CASES", "MAX_SLICES", "write_report"]
+__all__ = ["MAX_CASES", "MAX_SLICES", "ViewerCases", "write_report"]
 
 #: Cases with a slice viewer (the first of the split), unless told otherwise.
 MAX_CASES = 3
 #: Slices per case in the viewer: those with the most wrong pixels (then the most foreground).
 MAX_SLICES = 24
-
-_METRIC_COLUMNS = (("dsc", "DSC", True), ("hd95", "HD95", False), ("jaccard", "Jaccard", True), ("asd", "ASD", False))
-
 
 # ---------------------------------------------------------------------------------- inputs
 def _read_json(path: Path) -> Any:
@@ -182,49 +179,61 @@ def _heatmap(counts: np.ndarray) -> str:
 
 
 # ---------------------------------------------------------------------------------- model
-def _probe_cases(
-    checkpoint: Path, data: Path, layout: str | None, split: str | None, device: str, max_cases: int, max_slices: int,
-    layout_options: Mapping[str, Any] | None = None, resample: str | None = None,
-) -> dict[str, Any]:
-    """Predict the first ``max_cases`` cases of ``split`` with the memory probed; the
-    pictures and memory statistics of the page."""
-    from ..data.layouts import default_test_split, open_layout_of_model
-    from ..training import load_trained_model, resolve_device
-    from .inference import predict_slices
-    from .memory_maps import MemoryProbe
-    from .resample import resolve_resample
+class ViewerCases:
+    """The slice viewer's cases and the memory panel's statistics, gathered from predictions
+    made by whoever predicts the cases (``evaluate`` while it scores them, or the report).
 
-    dev = resolve_device(device)
-    model, input_size, config = load_trained_model(checkpoint, dev)
-    n_classes = int(getattr(model, "n_classes", None) or config.get("n_classes"))
-    in_channels = int(getattr(model, "in_channels", config.get("in_channels", 1)))
-    name, _, found = open_layout_of_model(config, n_classes, in_channels, data, layout, layout_options)
-    split = split or default_test_split(found)
-    volumes = found.cases(split)
-    total = len(volumes)
-    probe = MemoryProbe(model) if hasattr(model, "dmwla_blocks") else None
-    blocks = list(probe.blocks) if probe is not None else []
-    num_k = {name: b.memory.num_k for name, b in probe.blocks.items()} if probe is not None else {}
-    colors = _category_colors(max(num_k.values(), default=1))
-    category_palette = _palette_of(colors)
-    class_palette = [0, 0, 0] + label_palette()[3:]
-    resample = resolve_resample(resample, config)
-    cases = []
-    for index in range(min(max_cases, total)):
-        item = volumes[index]
-        image, truth = np.asarray(item["image"]), np.asarray(item["label"])
-        if probe is not None:
-            probe.reset()
-            with probe:
-                prediction = predict_slices(model, image, input_size, dev, resample=resample)
-            maps = probe.concatenated()
-        else:
-            prediction, maps = predict_slices(model, image, input_size, dev, resample=resample), {}
+    Use as a context manager around the predictions, with :meth:`on_case` called after each
+    case (the ``on_case`` of :func:`~simmpnet.evaluation.evaluate.evaluate_volumes`): the
+    memory probe records the forwards of the first ``max_cases`` cases and is removed after
+    them, so that the other cases run on the model as it is.
+
+    Args:
+        model: the predicting model (a Sim-MPNet has its memory probed; others get no panel).
+        config: the model's training config (the page's settings when the run folder has none).
+        layout: the layout's name; split: the split; total: its number of cases.
+        max_cases: cases with a slice viewer; max_slices: slices per case, worst errors first.
+    """
+
+    def __init__(
+        self, model: Any, config: Mapping[str, Any], layout: str, split: str, total: int,
+        max_cases: int = MAX_CASES, max_slices: int = MAX_SLICES,
+    ) -> None:
+        from .memory_maps import MemoryProbe
+
+        self.config, self.layout, self.split, self.total = config, layout, split, total
+        self.max_cases, self.max_slices = max_cases, max_slices
+        self.model_name, self.warmup_blocks = type(model).__name__, _warmup_blocks(model)
+        self.probe = MemoryProbe(model) if hasattr(model, "dmwla_blocks") else None
+        self.blocks = list(self.probe.blocks) if self.probe is not None else []
+        num_k = [b.memory.num_k for b in self.probe.blocks.values()] if self.probe is not None else []
+        self.colors = _category_colors(max(num_k, default=1))
+        self._category_palette, self._class_palette = _palette_of(self.colors), label_palette()
+        self.cases: list[dict[str, Any]] = []
+
+    def __enter__(self) -> ViewerCases:
+        if self.probe is not None and self.max_cases > 0:
+            self.probe.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.probe is not None:
+            self.probe.close()
+
+    def on_case(self, name: str, image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> None:
+        """Keep the case's worst slices (while fewer than ``max_cases`` are kept) with the
+        memory categories its forwards read."""
+        if len(self.cases) >= self.max_cases:
+            return
+        maps: dict[str, np.ndarray] = {}
+        if self.probe is not None:
+            maps = self.probe.concatenated()
+            self.probe.reset()
         wrong = (prediction != truth).reshape(truth.shape[0], -1).sum(1)
         foreground = ((truth > 0) | (prediction > 0)).reshape(truth.shape[0], -1).sum(1)
         # worst first; among equally wrong slices the ones with more to see
         ranked = sorted(range(truth.shape[0]), key=lambda z: (-int(wrong[z]), -int(foreground[z]), z))
-        chosen = [z for z in ranked if foreground[z] > 0][:max_slices] or ranked[:max_slices]
+        chosen = [z for z in ranked if foreground[z] > 0][: self.max_slices] or ranked[: self.max_slices]
         shown = _display_volume(image)
         slices = []
         for z in chosen:
@@ -232,29 +241,64 @@ def _probe_cases(
                 "z": int(z),
                 "wrong": int(wrong[z]),
                 "image": _png(shown[z]),
-                "truth": _png(_outline(truth[z]).astype(np.uint8), class_palette),
-                "prediction": _png(_outline(prediction[z]).astype(np.uint8), class_palette),
-                "memory": {b: _png((maps[b][z] + 1).astype(np.uint8), category_palette) for b in blocks if b in maps},
+                "truth": _png(_outline(truth[z]).astype(np.uint8), self._class_palette),
+                "prediction": _png(_outline(prediction[z]).astype(np.uint8), self._class_palette),
+                "memory": {
+                    b: _png((maps[b][z] + 1).astype(np.uint8), self._category_palette) for b in self.blocks if b in maps
+                },
             })
-        cases.append({"name": str(item["name"]), "depth": int(truth.shape[0]), "slices": slices})
-        logger.info("report: case %s, %d of %d slices embedded", item["name"], len(slices), truth.shape[0])
-    memory = []
-    if probe is not None:
-        for block in blocks:
-            counts = probe.slot_counts[block]
-            positions = counts.sum(1)
-            memory.append({
-                "block": block,
-                "num_k": num_k[block],
-                "pool_size": int(counts.shape[1]),
-                "share": (positions / max(int(positions.sum()), 1)).tolist(),
-                "slots_read": (counts > 0).sum(1).tolist(),
-                "heatmap": _heatmap(counts),
-            })
-    return {
-        "config": config, "cases": cases, "total_cases": total, "split": split, "layout": name, "memory": memory,
-        "category_colors": colors, "model": type(model).__name__, "warmup_blocks": _warmup_blocks(model),
-    }
+        self.cases.append({"name": str(name), "depth": int(truth.shape[0]), "slices": slices})
+        logger.info("report: case %s, %d of %d slices embedded", name, len(slices), truth.shape[0])
+        if len(self.cases) >= self.max_cases and self.probe is not None:
+            self.probe.close()
+
+    def result(self) -> dict[str, Any]:
+        """What the page shows of the model: the cases, the memory statistics, the settings."""
+        memory = []
+        if self.probe is not None:
+            for block in self.blocks:
+                counts = self.probe.slot_counts[block]
+                positions = counts.sum(1)
+                memory.append({
+                    "block": block,
+                    "num_k": int(counts.shape[0]),
+                    "pool_size": int(counts.shape[1]),
+                    "share": (positions / max(int(positions.sum()), 1)).tolist(),
+                    "slots_read": (counts > 0).sum(1).tolist(),
+                    "heatmap": _heatmap(counts),
+                })
+        return {
+            "config": self.config, "cases": self.cases, "total_cases": self.total, "split": self.split,
+            "layout": self.layout, "memory": memory, "category_colors": self.colors, "model": self.model_name,
+            "warmup_blocks": self.warmup_blocks,
+        }
+
+
+def _probe_cases(
+    checkpoint: Path, data: Path, layout: str | None, split: str | None, device: str, max_cases: int, max_slices: int,
+    layout_options: Mapping[str, Any] | None = None, resample: str | None = None,
+) -> dict[str, Any]:
+    """Predict the first ``max_cases`` cases of ``split`` with the memory probed (the report
+    of a folder that ``evaluate`` did not just write)."""
+    from ..data.layouts import default_test_split, open_layout_of_model
+    from ..training import load_trained_model, resolve_device
+    from .inference import predict_slices
+    from .resample import resolve_resample
+
+    dev = resolve_device(device)
+    model, input_size, config = load_trained_model(checkpoint, dev)
+    n_classes = int(getattr(model, "n_classes", None) or config.get("n_classes"))
+    in_channels = int(getattr(model, "in_channels", config.get("in_channels", 1)))
+    name, found = open_layout_of_model(config, n_classes, in_channels, data, layout, layout_options)
+    split = split or default_test_split(found)
+    volumes = found.cases(split)
+    resample = resolve_resample(resample, config)
+    with ViewerCases(model, config, name, split, len(volumes), max_cases, max_slices) as viewer:
+        for index in range(min(max_cases, len(volumes))):
+            item = volumes[index]
+            image, truth = np.asarray(item["image"]), np.asarray(item["label"])
+            viewer.on_case(item["name"], image, truth, predict_slices(model, image, input_size, dev, resample=resample))
+    return viewer.result()
 
 
 def _warmup_blocks(model: Any) -> list[str]:
@@ -274,19 +318,12 @@ def _number(value: Any, percent: bool) -> tuple[str, str]:
     """(shown text, sort key) of a metric value."""
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         return "n/a", ""
-    return (f"{100 * value:.2f}" if percent else f"{value:.2f}"), repr(float(value))
+    return _fmt(value, percent), repr(float(value))
 
 
 def _cell(value: Any, percent: bool) -> str:
     text, key = _number(value, percent)
     return f'<td class="num" data-sort="{key}">{text}</td>'
-
-
-def _unit(summary: Mapping[str, Any], convention: str) -> str:
-    unit = summary["conventions"][convention]["distance_unit"]
-    if unit == "voxel":
-        return "pixels" if summary.get("case_dims") == 2 else "voxels"
-    return str(unit)
 
 
 def _sortable(table_id: str, header: Sequence[str], rows: Sequence[str], foot: str = "") -> str:
@@ -306,17 +343,17 @@ def _metrics_section(summary: Mapping[str, Any] | None) -> str:
     headline = summary["headline_convention"]
     conventions = summary["conventions"]
     paper = "paper" if "paper" in conventions and headline != "paper" else None
-    unit = _unit(summary, headline)
-    header = ["Class"] + [f"{t} ({'%' if p else unit})" for _, t, p in _METRIC_COLUMNS]
+    unit = _unit_word(conventions[headline]["distance_unit"], summary)
+    header = ["Class"] + [f"{t} ({'%' if p else unit})" for _, t, p in _METRICS]
     if paper:
-        header += ["paper DSC (%)", f"paper HD95 ({_unit(summary, paper)})"]
+        header += ["paper DSC (%)", f"paper HD95 ({_unit_word(conventions[paper]['distance_unit'], summary)})"]
     pooled = summary.get("pooled_dsc") if isinstance(summary.get("pooled_dsc"), Mapping) else None
     if pooled:
         header.append("pooled DSC (%)")
     rows = []
     for name in summary["classes"]:
         entry = conventions[headline]["per_class"][name]
-        cells = [_cell(entry.get(k), p) for k, _, p in _METRIC_COLUMNS]
+        cells = [_cell(entry.get(k), p) for k, _, p in _METRICS]
         if paper:
             other = conventions[paper]["per_class"][name]
             cells += [_cell(other.get("dsc"), True), _cell(other.get("hd95"), False)]
@@ -324,7 +361,7 @@ def _metrics_section(summary: Mapping[str, Any] | None) -> str:
             cells.append(_cell(pooled.get("per_class", {}).get(name), True))
         rows.append(f'<tr><td data-sort="{_e(name)}">{_e(name)}</td>{"".join(cells)}</tr>')
     mean = conventions[headline]["mean"]
-    foot_cells = [_cell(mean.get(k), p) for k, _, p in _METRIC_COLUMNS]
+    foot_cells = [_cell(mean.get(k), p) for k, _, p in _METRICS]
     if paper:
         foot_cells += [_cell(conventions[paper]["mean"].get("dsc"), True), _cell(conventions[paper]["mean"].get("hd95"), False)]
     if pooled:
@@ -332,14 +369,14 @@ def _metrics_section(summary: Mapping[str, Any] | None) -> str:
     foot = f'<tfoot><tr><th>Mean</th>{"".join(foot_cells)}</tr></tfoot>'
     class_table = _sortable("metrics-table", header, rows, foot)
 
-    case_header = ["Case", "Class"] + [f"{t} ({'%' if p else unit})" for _, t, p in _METRIC_COLUMNS]
+    case_header = ["Case", "Class"] + [f"{t} ({'%' if p else unit})" for _, t, p in _METRICS]
     if paper:
         case_header.append("paper DSC (%)")
     case_rows = []
     per_case = conventions[headline].get("per_case") or summary.get("per_case") or {}
     for case, classes in per_case.items():
         for name, entry in classes.items():
-            cells = [_cell(entry.get(k), p) for k, _, p in _METRIC_COLUMNS]
+            cells = [_cell(entry.get(k), p) for k, _, p in _METRICS]
             if paper:
                 other = (conventions[paper].get("per_case") or {}).get(case, {}).get(name, {})
                 cells.append(_cell(other.get("dsc"), True))
@@ -433,11 +470,11 @@ def _drift_chart(records: Sequence[Mapping[str, Any]]) -> str:
         if record.get("event") != "epoch" or not isinstance(record.get("memory"), Mapping):
             continue
         for block, entry in record["memory"].items():
-            drift = [d for d in (entry or {}).get("drift") or [] if isinstance(d, (int, float))]
-            if drift:
+            drift = mean_drift(entry)
+            if drift is not None:
                 xs, ys = series.setdefault(block, ([], []))
                 xs.append(float(record["epoch"]))
-                ys.append(sum(drift) / len(drift))
+                ys.append(drift)
     if not series:
         return (
             '<p class="note">The training log holds no prototype drift (runs trained before the trainer logged it, '
@@ -556,6 +593,7 @@ def write_report(
     max_slices: int = MAX_SLICES,
     layout_options: Mapping[str, Any] | None = None,
     resample: str | None = None,
+    viewer: ViewerCases | None = None,
 ) -> Path:
     """Write the report of the run in ``run_dir`` as one self-contained HTML file.
 
@@ -576,6 +614,8 @@ def write_report(
         layout_options: options of the layout over those the model was trained with (as
             ``evaluate --set``).
         resample: how predictions return to the slice size (default: as the model was trained).
+        viewer: the cases and memory statistics gathered while ``checkpoint`` predicted ``split``
+            of ``data`` (``evaluate`` passes them); without it the report predicts them itself.
 
     Returns:
         the path of the HTML file.
@@ -631,6 +671,8 @@ def write_report(
     elif data_path is None:
         where = recorded.get("data") or config.get("data_root") or "not recorded"
         missing_viewer = f"the dataset folder ({where}) is not there (give --data): no slice viewer, no memory panel."
+    elif viewer is not None:
+        probed = viewer.result()
     else:
         probed = _probe_cases(
             model_path, data_path, layout or recorded.get("layout"), split or recorded.get("split"), device,

@@ -27,7 +27,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,10 @@ __all__ = [
     "format_table",
     "label_color",
     "label_palette",
+    "mean_drift",
     "metrics_markdown",
     "overlay_panels",
+    "pick_overlays",
     "plot_curves",
     "read_training_log",
     "save_overlay",
@@ -561,6 +563,23 @@ def overlay_panels(image2d: Any, truth2d: Any, pred2d: Any, alpha: float = 0.5) 
     return np.round(np.clip(panels, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+def pick_overlays(limit: int) -> tuple[Callable[[str, np.ndarray, np.ndarray, np.ndarray], None], list]:
+    """An ``on_case`` callback for :func:`~simmpnet.evaluation.evaluate.evaluate_volumes` that
+    keeps the slice with the most foreground of each case, up to ``limit`` cases, and the list
+    it fills with ``(name, slice index, image, truth, prediction)``; empty the list to keep
+    ``limit`` more."""
+    chosen: list[tuple[str, int, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def on_case(name: str, image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> None:
+        if len(chosen) >= limit:
+            return
+        index = int(np.argmax((truth > 0).reshape(truth.shape[0], -1).sum(1)))
+        # copies: a view would keep the whole volume alive until the end
+        chosen.append((name, index, image[index].copy(), truth[index].copy(), prediction[index].copy()))
+
+    return on_case, chosen
+
+
 def save_overlay(
     image2d: Any,
     truth2d: Any | None,
@@ -659,6 +678,13 @@ def save_overlay(
 # --------------------------------------------------------------------------------------------
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def mean_drift(entry: Any) -> float | None:
+    """The mean over categories of a DMW-LA block's prototype drift in an epoch record of the
+    training log (``record["memory"][block]``); None where the record has none."""
+    drift = [d for d in (entry or {}).get("drift") or [] if _is_number(d)]
+    return sum(drift) / len(drift) if drift else None
 
 
 def read_training_log(jsonl_path: str | os.PathLike[str]) -> dict[str, list[float]]:

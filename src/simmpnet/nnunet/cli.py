@@ -79,12 +79,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plans_and_dataset_json(args: argparse.Namespace, model: Path | None = None) -> tuple[Path, Path]:
-    from .run import dataset_name
-
-    if model is not None:
-        return model / "plans.json", model / "dataset.json"
+def _plans_and_dataset_json(args: argparse.Namespace) -> tuple[Path, Path]:
     from nnunetv2.paths import nnUNet_preprocessed
+
+    from .run import dataset_name
 
     base = Path(nnUNet_preprocessed) / dataset_name(args.dataset)
     return base / f"{args.plans}.json", base / "dataset.json"

@@ -56,7 +56,9 @@ from torch import nn
 
 from ..errors import CheckpointError, InputError
 from ..models import VARIANTS, SimMPNet, SimMPNetConfig, WLDSchedule
+from ..training.distributed import gather_cat, mean_over_ranks
 from ..training.losses import DeepSupervisionLoss
+from ..training.plan import scaled_warmup, scaled_wld_start
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +229,7 @@ class nnUNetTrainerSimMPNet(nnUNetTrainer):  # noqa: N801 - nnU-Net's naming of 
     def initialize(self) -> None:
         if not self.was_initialized:
             variant_warmup = VARIANTS[self.variant].encoder_memory.warmup_iters
-            self.warmup_iters = min(variant_warmup, max(1, self.run_steps() // 3))
+            self.warmup_iters = scaled_warmup(variant_warmup, self.run_steps())
             # nnU-Net calls build_network_architecture with the plans only; the warm-up
             # depends on the run's length.
             self.build_network_architecture = functools.partial(
@@ -235,7 +237,7 @@ class nnUNetTrainerSimMPNet(nnUNetTrainer):  # noqa: N801 - nnU-Net's naming of 
             )
         super().initialize()
         if self.wld is None:
-            self.wld = WLDSchedule(self.simmpnet.dmwla_blocks("encoder"), start_epoch=max(0, self.num_epochs // 3))
+            self.wld = WLDSchedule(self.simmpnet.dmwla_blocks("encoder"), start_epoch=scaled_wld_start(self.num_epochs))
             self.print_to_log_file(
                 f"Sim-MPNet {self.variant}: DMW-LA warm-up {self.warmup_iters} optimiser steps, W-LD from epoch "
                 f"{self.wld.start_epoch}, {'AdamW (paper)' if self.paper_optimizer else 'SGD (nnU-Net)'}"
@@ -243,9 +245,8 @@ class nnUNetTrainerSimMPNet(nnUNetTrainer):  # noqa: N801 - nnU-Net's naming of 
 
     @property
     def simmpnet(self) -> SimMPNet:
-        """The Sim-MPNet inside nnU-Net's wrappers (DDP, torch.compile)."""
-        network = self.network.module if self.is_ddp else self.network
-        return getattr(network, "_orig_mod", network)
+        """The Sim-MPNet inside nnU-Net's DDP wrapper (nothing compiles it: :meth:`_do_i_compile`)."""
+        return self.network.module if self.is_ddp else self.network
 
     def _do_i_compile(self) -> bool:
         return False
@@ -292,12 +293,19 @@ class nnUNetTrainerSimMPNet(nnUNetTrainer):  # noqa: N801 - nnU-Net's naming of 
         target = batch["target"].to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         # BatchNorm statistics change in the forward itself: kept to undo a skipped step.
-        norm_state = [(buffer, buffer.clone()) for buffer in self._norm_buffers()]
+        norm_state = [(buffer, buffer.clone()) for buffer in self._norm_buffers]
         amp = torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
         with amp:
             loss = self.loss(self.network(data), target)
+        # The backward is queued before the loss is read, so that the device does not idle
+        # while the host launches it; a skipped step drops its gradients unused.
+        (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
         value = float(loss.detach())
-        if not math.isfinite(value):
+        # Every process skips or steps together (a lone skip would leave the others waiting
+        # in the memory commit's collective).
+        finite = math.isfinite(mean_over_ranks(value, self.device) if self.is_ddp else value)
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
             self.simmpnet.discard_memory()
             with torch.no_grad():
                 for buffer, saved in norm_state:
@@ -306,7 +314,6 @@ class nnUNetTrainerSimMPNet(nnUNetTrainer):  # noqa: N801 - nnU-Net's naming of 
             return {"loss": np.array(value)}
         if self.grad_scaler is not None:
             scale = self.grad_scaler.get_scale()
-            self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.grad_scaler.step(self.optimizer)
@@ -314,23 +321,19 @@ class nnUNetTrainerSimMPNet(nnUNetTrainer):  # noqa: N801 - nnU-Net's naming of 
             # The scaler lowers its scale exactly when it skipped the step (inf/NaN gradients).
             stepped = self.grad_scaler.get_scale() >= scale
         else:
-            loss.backward()
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.optimizer.step()
             stepped = True
         if stepped:
-            gather = None
-            if self.is_ddp:
-                from ..training.distributed import gather_cat
-
-                gather = gather_cat
-            self.simmpnet.commit_memory(gather)
+            self.simmpnet.commit_memory(gather_cat if self.is_ddp else None)
             self._finite_losses.append(value)
         else:
             self.simmpnet.discard_memory()
         return {"loss": np.array(value)}
 
+    @functools.cached_property
     def _norm_buffers(self) -> list[torch.Tensor]:
+        """The BatchNorm statistics of the network (found once: the network is built once)."""
         return [
             buffer
             for module in self.simmpnet.modules()

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import InputError
 
-__all__ = ["RunPlan", "plan_run", "steps_per_epoch"]
+__all__ = ["RunPlan", "plan_run", "scaled_warmup", "scaled_wld_start", "steps_per_epoch"]
 
 
 def steps_per_epoch(n_slices: int, batch_size: int) -> int:
@@ -49,6 +49,18 @@ class RunPlan:
 
 def _a_third(total: int, least: int) -> int:
     return max(least, total // 3)
+
+
+def scaled_warmup(variant_warmup: int, steps: int) -> int:
+    """The DMW-LA warm-up of a run of ``steps`` optimiser steps: the variant's, but at most a
+    third of the run (at least 1)."""
+    return min(variant_warmup, _a_third(steps, 1))
+
+
+def scaled_wld_start(epochs: int) -> int:
+    """The epoch from which W-LD acts in a run of ``epochs``: a third of the way through (the
+    paper: epoch 100 of 300)."""
+    return _a_third(epochs, 0)
 
 
 def plan_run(config: Any, n_slices: int, variant_warmup: int | None) -> RunPlan:
@@ -88,7 +100,7 @@ def plan_run(config: Any, n_slices: int, variant_warmup: int | None) -> RunPlan:
     if config.model == "simmpnet" and config.wld_blocks != "none":
         wld_start = config.wld_start_epoch
         if wld_start is None:
-            wld_start = _a_third(epochs, 0)
+            wld_start = scaled_wld_start(epochs)
             scaled.append("wld_start_epoch")
         elif wld_start > config.epochs - 2:
             # epochs count from 0 here: K follows the losses from epoch wld_start + 1 on
@@ -107,7 +119,7 @@ def plan_run(config: Any, n_slices: int, variant_warmup: int | None) -> RunPlan:
     if variant_warmup is not None:
         warmup = config.warmup_iters
         if warmup is None:
-            warmup = min(variant_warmup, _a_third(steps, 1))
+            warmup = scaled_warmup(variant_warmup, steps)
             if warmup != variant_warmup:
                 scaled.append("warmup_iters")
         elif warmup >= full_steps:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
+from ..evaluation.report import mean_drift, pick_overlays
 
 __all__ = ["TensorBoardLog", "check_tensorboard"]
 
@@ -41,18 +41,16 @@ class TensorBoardLog:
 
     Args:
         folder: the event-file folder (``<output_dir>/tensorboard``).
-        class_names: all class names, background first (legend-free pictures use the colours).
         purge_step: on resume, the step of the checkpoint: events the interrupted run wrote
             after it are dropped, so that curves do not double back.
     """
 
-    def __init__(self, folder: str | os.PathLike, class_names: Sequence[str], purge_step: int | None = None) -> None:
+    def __init__(self, folder: str | os.PathLike, purge_step: int | None = None) -> None:
         check_tensorboard()
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(os.fspath(folder), purge_step=purge_step or None)
-        self.class_names = list(class_names)
-        self._cases: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._keep, self._cases = pick_overlays(OVERLAY_CASES)
 
     def record(self, record: dict[str, Any]) -> None:
         """The scalars of one log record (``event`` step or epoch; others are ignored)."""
@@ -65,9 +63,7 @@ class TensorBoardLog:
         elif event == "epoch":
             scalars = {"epoch/train_loss": record.get("train_loss"), "val/dsc": record.get("val_dsc")}
             for block, entry in (record.get("memory") or {}).items():
-                drift = [d for d in entry.get("drift") or [] if d is not None]
-                if drift:
-                    scalars[f"memory/drift/{block.replace(' ', '_')}"] = sum(drift) / len(drift)
+                scalars[f"memory/drift/{block.replace(' ', '_')}"] = mean_drift(entry)
         else:
             return
         for tag, value in scalars.items():
@@ -77,16 +73,13 @@ class TensorBoardLog:
     def keep_case(self, name: str, image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> None:
         """``on_case`` of :func:`~simmpnet.evaluation.evaluate.evaluate_volumes`: keeps the slice
         with the most foreground of the first :data:`OVERLAY_CASES` cases."""
-        if len(self._cases) >= OVERLAY_CASES:
-            return
-        index = int(np.argmax((truth > 0).reshape(truth.shape[0], -1).sum(1)))
-        self._cases.append((name, image[index].copy(), truth[index].copy(), prediction[index].copy()))
+        self._keep(name, image, truth, prediction)
 
     def overlays(self, step: int) -> None:
         """Write the pictures of the cases kept since the last call."""
         from ..evaluation.report import overlay_panels
 
-        for name, image, truth, prediction in self._cases:
+        for name, _, image, truth, prediction in self._cases:
             self.writer.add_image(f"val/overlay/{name}", overlay_panels(image, truth, prediction), step, dataformats="HWC")
         self._cases.clear()
 

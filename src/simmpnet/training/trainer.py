@@ -684,9 +684,7 @@ class Trainer:
             self._write_resolved_config()
             self._log_start()
             if cfg.tensorboard:
-                self.tensorboard = TensorBoardLog(
-                    self.output_dir / "tensorboard", cfg.names, purge_step=self.state["global_step"]
-                )
+                self.tensorboard = TensorBoardLog(self.output_dir / "tensorboard", purge_step=self.state["global_step"])
         self._started = time.monotonic()
         stop = self._out_of_budget()
         last_val: float | None = None

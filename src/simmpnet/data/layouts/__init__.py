@@ -114,14 +114,14 @@ def open_layout(
 def open_layout_of_model(
     config: dict[str, Any], n_classes: int, in_channels: int, data: str | os.PathLike,
     layout: str | None = None, layout_options: dict[str, Any] | None = None,
-) -> tuple[str, dict[str, Any], Layout]:
+) -> tuple[str, Layout]:
     """Open ``data`` for a trained model whose training config is ``config``: the ``layout``
     given, else the one it was trained on, with the training's ``layout_options`` (when the
-    layout is the same) overridden by ``layout_options``.  Returns (name, options, layout)."""
+    layout is the same) overridden by ``layout_options``.  Returns (name, layout)."""
     name = layout or config.get("layout", "synapse")
     options = dict(config.get("layout_options", {})) if name == config.get("layout") else {}
     options.update(layout_options or {})
-    return name, options, open_layout(name, data, n_classes, in_channels, **options)
+    return name, open_layout(name, data, n_classes, in_channels, **options)
 
 
 def default_test_split(layout: Layout) -> str:
