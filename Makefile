@@ -28,7 +28,7 @@ test: $(STAMP)
 # Everything, and the documentation site with broken links failing the build: what CI runs.
 test-all: $(DOCS_STAMP)
 	$(PY) -m pytest -q
-	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict

@@ -65,3 +65,63 @@ def cli_env(**extra: str) -> dict[str, str]:
     """The environment of a `python -m simmpnet` child process: this one, with the package's
     source folder importable."""
     return dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"), **extra)
+
+
+# ------------------------------------------------------------------ the paths-agree table
+#: Rows recorded by the "paths agree" checks (tests/test_paths_agree.py, tests/test_nnunet.py):
+#: (model, path, reference, pixels equal, max |logit difference| or None, rule).
+PATHS_AGREE: list[tuple[str, str, str, float, float | None, str]] = []
+
+
+@pytest.fixture(scope="session")
+def paths_agree():
+    """Record one row of the paths-agree table: ``record(model, path, reference, labels, expected,
+    logits=None, expected_logits=None, rule="bitwise")``; returns the share of equal pixels."""
+    import numpy as np
+
+    def record(model, path, reference, labels, expected, logits=None, expected_logits=None, rule="bitwise"):
+        labels, expected = np.asarray(labels), np.asarray(expected)
+        assert labels.shape == expected.shape, (path, labels.shape, expected.shape)
+        equal = float((labels == expected).mean())
+        diff = None
+        if logits is not None:
+            diff = float(np.abs(np.asarray(logits, dtype=np.float64) - np.asarray(expected_logits, dtype=np.float64)).max())
+        PATHS_AGREE.append((model, path, reference, equal, diff, rule))
+        return equal, diff
+
+    return record
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With SIMMPNET_PATHS_TABLE=FILE, write the rows recorded in this session as a markdown
+    table, with the date, commit, machine and versions (docs/paths-agree.md is made so)."""
+    target = os.environ.get("SIMMPNET_PATHS_TABLE")
+    if not target or not PATHS_AGREE:
+        return
+    import datetime
+    import platform
+    import subprocess
+
+    def run(*args):
+        try:
+            return subprocess.run(args, capture_output=True, text=True, check=False).stdout.strip()
+        except OSError:
+            return ""
+
+    lscpu = run("lscpu")
+    model_name = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in lscpu.splitlines() if line.startswith("Flags")), [])
+    shown_flags = " ".join(f for f in flags if f.startswith(("avx", "amx", "fma")))
+    lines = [
+        f"Date {datetime.date.today().isoformat()}, commit `{run('git', 'rev-parse', '--short', 'HEAD') or '?'}`"
+        f"{' (with uncommitted changes)' if run('git', 'status', '--porcelain', '--untracked-files=no') else ''}, "
+        f"{model_name} ({os.cpu_count()} cores; flags {shown_flags}), Python {platform.python_version()}, "
+        f"torch {torch.__version__}; pytest exit status {int(exitstatus)}.",
+        "",
+        "| model | path | compared with | pixels equal | max abs logit diff | rule |",
+        "|---|---|---|---:|---:|---|",
+    ]
+    for model, path, reference, equal, diff, rule in PATHS_AGREE:
+        shown_diff = "" if diff is None else f"{diff:.1e}"
+        lines.append(f"| {model} | {path} | {reference} | {100 * equal:.4f} % | {shown_diff} | {rule} |")
+    Path(target).write_text("\n".join(lines) + "\n")

@@ -144,19 +144,51 @@ def test_update_and_kmeans_run_in_fp32_under_autocast():
     assert torch.equal(fresh.bank, control.bank) and torch.equal(fresh.prototypes, control.prototypes)
 
 
-def test_warmup_state_follows_load_state_dict_and_warmup_iters():
-    """``in_warmup`` mirrors the counter buffer (for torch.compile) and must follow every way
-    the counter or the warm-up length changes."""
+def test_the_phase_travels_with_the_state_dict_whatever_warmup_iters_the_loader_has():
+    """``in_warmup`` is the saved ``warmup_done`` buffer: a block that loads a state dict takes
+    its phase, whatever its own ``warmup_iters``, and changing ``warmup_iters`` never sends a
+    clustered bank back into warm-up."""
     done = PrototypeMemory(8, 3, pool_size=4, warmup_iters=2)
     done.initialise_from_kmeans()
-    fresh = PrototypeMemory(8, 3, pool_size=4, warmup_iters=2)
+    assert int(done.warmup_done) == 1 and "warmup_done" in done.state_dict()
+    fresh = PrototypeMemory(8, 3, pool_size=4, warmup_iters=2000)
     assert fresh.in_warmup and not done.in_warmup
     fresh.load_state_dict(done.state_dict())
     assert not fresh.in_warmup
-    fresh.warmup_iters = 10  # counter 2 < 10: warm-up again
-    assert fresh.in_warmup
+    fresh.warmup_iters = 10_000  # counter 2: only a block still in warm-up would care
+    assert not fresh.in_warmup
     fresh.load_state_dict(PrototypeMemory(8, 3, pool_size=4, warmup_iters=2).state_dict())
     assert fresh.in_warmup and int(fresh.warmup_counter) == 0
+
+
+def test_a_block_in_warmup_leaves_it_at_the_length_it_has_then():
+    memory = PrototypeMemory(8, 3, pool_size=4, warmup_iters=10)
+    features = torch.randn(2, 8, 16)
+    memory.warmup_write(features)
+    memory.warmup_write(features)
+    memory.warmup_iters = 3  # shortened mid-way: the next write is the last one
+    assert memory.in_warmup
+    memory.warmup_write(features)
+    assert not memory.in_warmup and int(memory.warmup_counter) == 3
+
+
+def test_a_state_dict_from_before_the_phase_was_saved_loads_by_its_counter():
+    """The documented rule for old files: no ``warmup_done`` key -> the warm-up has ended when
+    the saved counter has reached the loading block's ``warmup_iters``; strict loading accepts
+    the missing key."""
+    done = PrototypeMemory(8, 3, pool_size=4, warmup_iters=5)
+    done.initialise_from_kmeans()
+    old = {k: v for k, v in done.state_dict().items() if k != "warmup_done"}
+    same_length = PrototypeMemory(8, 3, pool_size=4, warmup_iters=5)
+    same_length.load_state_dict(old, strict=True)
+    assert not same_length.in_warmup and int(same_length.warmup_done) == 1
+    longer = PrototypeMemory(8, 3, pool_size=4, warmup_iters=6)
+    longer.load_state_dict(old, strict=True)
+    assert longer.in_warmup and int(longer.warmup_done) == 0
+
+
+def test_no_warmup_reads_the_bank_from_the_start():
+    assert not PrototypeMemory(8, 3, pool_size=4, warmup_iters=0).in_warmup
 
 
 def test_a_short_category_pairs_replicas_in_blocks_as_the_authors_do():

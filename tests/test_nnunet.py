@@ -7,6 +7,7 @@ for the whole session (the ``nnunet`` fixture); the dataset is planned and prepr
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -210,7 +211,7 @@ def test_a_step_commits_the_memory_and_a_nonfinite_step_leaves_everything(shapes
 
 
 @pytest.mark.slow
-def test_train_resume_predict_evaluate_and_load(shapes, tmp_path):
+def test_train_resume_predict_evaluate_and_load(shapes, tmp_path, caplog):
     from nnunetv2.run.run_training import maybe_load_checkpoint
 
     from simmpnet.nnunet.run import evaluate_folder, make_predictor, predict_folder, results_folder
@@ -223,16 +224,26 @@ def test_train_resume_predict_evaluate_and_load(shapes, tmp_path):
     assert (fold / "checkpoint_final.pth").is_file() and (fold / NETWORK_FILE).is_file()
     after_first = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert after_first["current_epoch"] == 1
+    counter_key = next(k for k in after_first["network_weights"] if k.endswith("warmup_counter"))
+    assert all(int(v) == 1 for k, v in after_first["network_weights"].items() if k.endswith("warmup_done"))
 
-    resumed = new_trainer(epochs=2, iterations=2)
+    # extended to three epochs: the longer run scales to a longer warm-up (2 steps, not 1), but
+    # the phase travels with the weights, so no block goes back into warm-up or k-means
+    resumed = new_trainer(epochs=3, iterations=2)
     maybe_load_checkpoint(resumed, True, False, None)
-    assert resumed.current_epoch == 1
+    assert resumed.current_epoch == 1 and resumed.warmup_iters > int(after_first["network_weights"][counter_key])
     assert resumed.wld.previous_loss == pytest.approx(float(after_first["logging"]["train_losses"][-1]))
     for key, value in memory_buffers(resumed.simmpnet).items():
         assert torch.equal(value, after_first["network_weights"][key]), key
-    resumed.run_training()
+    assert not resumed.simmpnet.in_warmup
+    with caplog.at_level(logging.INFO, logger="simmpnet.models.memory"):
+        resumed.run_training()
+    assert "k-means" not in caplog.text
     final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    assert final["current_epoch"] == 2 and len(final["logging"]["train_losses"]) == 2
+    assert final["current_epoch"] == 3 and len(final["logging"]["train_losses"]) == 3
+    for key in final["network_weights"]:
+        if key.endswith("warmup_counter") or key.endswith("warmup_done"):
+            assert torch.equal(final["network_weights"][key], after_first["network_weights"][key]), key
     changed = [k for k in memory_buffers(resumed.simmpnet) if "bank" in k
                and not torch.equal(final["network_weights"][k], after_first["network_weights"][k])]
     assert changed  # the second epoch's steps wrote the memory
@@ -306,3 +317,122 @@ def test_the_command_line_trains_predicts_and_evaluates_in_a_fresh_process(shape
     assert json.loads((tmp_path / "pred" / "evaluation.json").read_text())["n_cases"] == 2
     done = run("train", "-d", "42", "-tr", "NoSuchTrainer", "--epochs", "1")
     assert done.returncode == 2 and "NoSuchTrainer" in done.stderr
+
+
+_PREDICT_IN_A_FRESH_PROCESS = """
+import sys
+
+import numpy as np
+import torch
+
+torch.set_num_threads(1)
+mode, model_folder, fold, image, out = sys.argv[1:]
+if mode == "nnunet":  # nnU-Net's own way: the trainer class looked up by name, the network rebuilt from it
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=False, device=torch.device("cpu"),
+                                allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(model_folder, (int(fold),), "checkpoint_final.pth")
+else:
+    from simmpnet.nnunet.run import make_predictor
+
+    predictor = make_predictor(model_folder, (int(fold),), device="cpu", mirroring=False)
+preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+data, _, _ = preprocessor.run_case([image], None, predictor.plans_manager, predictor.configuration_manager,
+                                   predictor.dataset_json)
+np.save(out, predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).numpy())
+"""
+
+
+@pytest.mark.slow
+def test_nnunets_own_predictor_in_a_fresh_process_gives_the_package_predictors_logits(shapes, tmp_path, paths_agree):
+    """nnU-Net rebuilds the network from the trainer class alone (the variant's 2000-step
+    warm-up): the memory's phase must come with the weights, or its blocks skip the memory read."""
+    from simmpnet.cli import main
+    from simmpnet.nnunet.registration import install, registration, uninstall
+    from simmpnet.nnunet.run import results_folder
+
+    trainer, fold = "nnUNetTrainerSimMPNetTiny_AdamW", "3"
+    assert main(["--quiet", "nnunet", "train", "-d", "42", "-tr", trainer, "-f", fold, "--epochs", "2", "--iterations",
+                 "3", "--val-iterations", "1", "--device", "cpu", "--no-validation", "--workers", "0"]) == 0
+    model = results_folder(DATASET, trainer)
+    weights = torch.load(model / f"fold_{fold}" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert all(int(v) == 1 for k, v in weights["network_weights"].items() if k.endswith("warmup_done"))
+    image = shapes.raw / DATASET / "imagesTs" / "case05_0000.nii.gz"
+    script = tmp_path / "predict.py"
+    script.write_text(_PREDICT_IN_A_FRESH_PROCESS)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    was_installed = registration().installed
+    install()  # nnU-Net finds trainers only in its own folder
+    try:
+        logits = {}
+        for mode in ("nnunet", "package"):
+            out = tmp_path / f"{mode}.npy"
+            done = subprocess.run([sys.executable, str(script), mode, str(model), fold, str(image), str(out)],
+                                  capture_output=True, text=True, env=env, timeout=600)
+            assert done.returncode == 0, done.stderr[-3000:]
+            logits[mode] = np.load(out)
+    finally:
+        if not was_installed:
+            uninstall()
+    ours, theirs = logits["package"], logits["nnunet"]
+    assert ours.shape == theirs.shape and ours.shape[0] == len(LABELS)
+    equal, diff = paths_agree(
+        "tiny (nnU-Net trainer)", "nnU-Net's `nnUNetPredictor.initialize_from_trained_model_folder`, fresh process",
+        "`simmpnet nnunet predict`'s predictor, fresh process", theirs.argmax(0), ours.argmax(0), theirs, ours,
+        rule="logits <= 1e-5",
+    )
+    assert diff <= 1e-5 and equal == 1.0, (diff, equal)
+
+
+@pytest.mark.slow
+def test_install_makes_nnunets_own_lookup_find_the_trainers_and_uninstall_undoes_it(tmp_path, monkeypatch, capsys):
+    from simmpnet.cli import main
+    from simmpnet.nnunet import registration as reg
+
+    lookup = (
+        "import os, nnunetv2\n"
+        "from nnunetv2.utilities.find_class_by_name import recursive_find_python_class as find\n"
+        "folder = os.path.join(nnunetv2.__path__[0], 'training', 'nnUNetTrainer')\n"
+        "print(find(folder, 'nnUNetTrainerSimMPNetTiny', 'nnunetv2.training.nnUNetTrainer'))\n"
+        "print(find(folder, 'nnUNetTrainer_5epochs', 'nnunetv2.training.nnUNetTrainer'))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+
+    def found() -> list[str]:
+        done = subprocess.run([sys.executable, "-c", lookup], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.split("\n")[-3:-1]
+
+    was_installed = reg.registration().installed
+    try:
+        assert main(["nnunet", "install"]) == 0 and main(["nnunet", "install"]) == 0  # idempotent
+        assert reg.registration().installed
+        assert main(["nnunet", "status"]) == 0 and "installed for nnU-Net" in capsys.readouterr().out
+        ours, theirs = found()
+        assert ours == "<class 'simmpnet.nnunet.trainer.nnUNetTrainerSimMPNetTiny'>" and "5epochs" in theirs
+        assert main(["nnunet", "uninstall"]) == 0
+        assert not reg.registration().installed and not (reg.trainer_folder() / reg.MODULE_NAME).exists()
+        ours, theirs = found()
+        assert ours == "None" and "5epochs" in theirs
+    finally:
+        if was_installed:
+            reg.install()
+
+    # a file of that name that simmpnet did not write is neither replaced nor removed
+    folder = tmp_path / "nnUNetTrainer"
+    folder.mkdir()
+    monkeypatch.setattr(reg, "trainer_folder", lambda: folder)
+    (folder / reg.MODULE_NAME).write_text("# someone else's\n")
+    for command in ("install", "uninstall"):
+        assert main(["nnunet", command]) == 2
+        assert "not written by simmpnet" in capsys.readouterr().err
+    assert (folder / reg.MODULE_NAME).read_text() == "# someone else's\n"
+    # a folder that cannot be written (here: a path through a file, which fails for root too)
+    (folder / reg.MODULE_NAME).unlink()
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    monkeypatch.setattr(reg, "trainer_folder", lambda: blocked / "nnUNetTrainer")
+    assert main(["nnunet", "install"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write simmpnet_trainers.py" in err and len(err.strip().splitlines()) == 1

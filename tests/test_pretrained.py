@@ -147,7 +147,8 @@ def test_from_pretrained_reads_a_training_checkpoint(trained):
     model = SimMPNet.from_pretrained(trained)
     assert not model.training
     assert model.preprocessing == Preprocessing(
-        input_size=64, in_channels=1, intensity_window=tuple(WINDOW), class_names=tuple(CLASS_NAMES), resample="logits"
+        input_size=64, in_channels=1, intensity_window=tuple(WINDOW), class_names=tuple(CLASS_NAMES), resample="logits",
+        trained_on="resized-slices",
     )
     reference, size, _ = load_trained_model(trained)
     assert size == 64

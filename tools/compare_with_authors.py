@@ -373,6 +373,7 @@ STATE_MAP = {
     "memory.bank": "concept_pool",
     "memory.prototypes": "concept_proto",
     "memory.warmup_counter": "warmup_iter_counter (float; warm-up while counter <= T_w)",
+    "memory.warmup_done": "no buffer: their phase is derived from warmup_iter_counter (_get_warmup_state)",
     "memory.update_count": "k (one shared Parameter: net.k for encoder B, decoder.k for the decoder)",
 }
 
@@ -537,8 +538,9 @@ def set_memory(pairs: list[BlockPair], theirs: nn.Module, phase: str) -> None:
         state = dict(memory.state_dict())
         state.update(bank=pair.state["bank"].clone(), prototypes=pair.state["prototypes"].clone())
         state["warmup_counter"] = torch.tensor(0 if phase == "warmup" else t_w)
+        state["warmup_done"] = torch.tensor(int(phase != "warmup"))
         state["update_count"] = pair.state["K"].clone()
-        memory.load_state_dict(state)  # (keeps the block's warm-up flag in step with the counter)
+        memory.load_state_dict(state)  # (keeps the block's host mirror of the phase in step)
         pair.ours.key_weight.copy_(pair.state["key"])
         block.concept_pool = pair.state["bank"].clone()  # (they rebind these buffers in forward)
         block.concept_proto = pair.state["prototypes"].clone()
@@ -954,10 +956,72 @@ def _disable_dropout(model: nn.Module) -> list[str]:
     return active
 
 
-# A parameter gradient is compared relative to its own norm, or to this share of the norm of
-# their whole gradient if that is larger: gradients that are zero in theory come out as rounding
-# noise of about 1e-16 of the whole gradient's norm on both sides.
-GRAD_FLOOR = 1e-9
+# A parameter gradient is compared relative to its own norm, or to a floor if that is larger.
+# Gradients that are zero in theory (a conv bias before a train-mode BatchNorm, a bias added
+# before a softmax) come out on both sides as rounding noise whose size depends on the kernels
+# (their blocking, vector width, AMX or not), so it cannot be held to a fixed share of the whole
+# gradient.  Each gradient entry is a float64 sum over the positions of a feature map, at most
+# `terms` of them (batch x height x width of the input: no layer runs above the input's
+# resolution), and the rounding error of a sum of n terms is at most n * eps times the sum of
+# their magnitudes, for which the whole gradient's norm stands in.  The floor is that bound
+# over GRAD_REL, so that a difference within it stays within GRAD_REL:
+#     floor = terms * eps(float64) / GRAD_REL * ||whole gradient of theirs||.
+# The noise of gradients that are zero in theory is a few to a few hundred eps of the whole
+# gradient's norm, far below terms * eps (131072 for the paper's batch of two 256 x 256 images).
+GRAD_EPS = torch.finfo(torch.float64).eps
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientRow:
+    """One parameter: ``||g_ours - g_theirs|| / max(||g_theirs||, floor)`` and ``||g_theirs||``."""
+
+    name: str
+    rel: float
+    norm_theirs: float
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientComparison:
+    """The rows, worst first; the worst and the median relative difference; the floor and how
+    many gradients are below it."""
+
+    rows: list[GradientRow]
+    worst: float
+    median: float
+    floor: float
+    below_floor: int
+
+
+def gradient_floor(total: float, terms: int) -> float:
+    """The floor of :func:`compare_gradients` for a whole gradient of norm ``total`` whose
+    entries sum at most ``terms`` positions each."""
+    return terms * GRAD_EPS / GRAD_REL * total
+
+
+def compare_gradients(grads: Sequence[tuple[str, torch.Tensor, torch.Tensor]], terms: int) -> GradientComparison:
+    """Compare ``(name, g_ours, g_theirs)`` triples parameter by parameter, in float64: each as
+    ``||g_ours - g_theirs|| / max(||g_theirs||, floor)`` with the floor of
+    :func:`gradient_floor` (``terms``: the positions of the batch, batch x height x width)."""
+    if not grads:
+        raise ValueError("no gradients to compare")
+    norms = [float(torch.linalg.vector_norm(g_t.double())) for _, _, g_t in grads]
+    floor = gradient_floor(math.sqrt(sum(n * n for n in norms)), terms)
+    rows = []
+    for (name, g_o, g_t), norm_t in zip(grads, norms):
+        if g_o.shape != g_t.shape:
+            raise RuntimeError(f"{name}: gradient shapes differ: ours {tuple(g_o.shape)}, theirs {tuple(g_t.shape)}")
+        diff = float(torch.linalg.vector_norm(g_o.double() - g_t.double()))
+        bound = max(norm_t, floor)
+        rel = 0.0 if diff == 0 else diff / bound if bound > 0 else float("inf")
+        rows.append(GradientRow(name, rel, norm_t))
+    rows.sort(key=lambda row: row.rel, reverse=True)
+    return GradientComparison(
+        rows=rows,
+        worst=rows[0].rel,
+        median=rows[len(rows) // 2].rel,
+        floor=floor,
+        below_floor=sum(norm < floor for norm in norms),
+    )
 
 
 def check_training_step(report: Report, config: RunConfig, authors: Authors, ours: nn.Module, theirs: nn.Module,
@@ -1011,27 +1075,22 @@ def check_training_step(report: Report, config: RunConfig, authors: Authors, our
         g_o, g_t = param.grad, theirs.get_parameter(nmap.mapping[key]).grad
         zero = torch.zeros_like(param)
         pairs_g.append((key, zero if g_o is None else g_o, zero if g_t is None else g_t))
-    total = math.sqrt(sum(float(torch.linalg.vector_norm(g_t.double())) ** 2 for _, _, g_t in pairs_g))
-    floor = GRAD_FLOOR * total
-    grads, vanishing = [], 0
-    for key, g_o, g_t in pairs_g:
-        norm_t = float(torch.linalg.vector_norm(g_t.double()))
-        diff = float(torch.linalg.vector_norm(g_o.double() - g_t.double()))
-        vanishing += norm_t < floor
-        grads.append((diff / max(norm_t, floor) if diff else 0.0, key, nmap.mapping[key], norm_t))
-    grads.sort(reverse=True)
-    report(f"Gradients of the {len(grads)} mapped parameters: relative L2 difference "
-           f"||g_ours - g_theirs|| / max(||g_theirs||, {GRAD_FLOOR:g} * ||whole gradient of theirs||"
-           f" = {fmt(floor)}).  "
-           f"{vanishing} parameters have gradients below that floor and are held to it (among them those that "
-           "are zero in theory, whose rounding noise would count as relative error: conv biases before a "
+    terms = x.shape[0] * x.shape[-2] * x.shape[-1]
+    grads = compare_gradients(pairs_g, terms)
+    report(f"Gradients of the {len(grads.rows)} mapped parameters: relative L2 difference "
+           f"||g_ours - g_theirs|| / max(||g_theirs||, floor), floor = {terms} * eps / {GRAD_REL:g} * "
+           f"||whole gradient of theirs|| = {fmt(grads.floor)} (eps = {GRAD_EPS:.3g}, float64; {terms} = batch x "
+           "height x width, the most positions summed into one gradient entry: a difference within the float64 "
+           f"rounding bound of such a sum stays within {GRAD_REL:g}).  "
+           f"{grads.below_floor} parameters have gradients below that floor and are held to it (among them those "
+           "that are zero in theory, whose rounding noise would count as relative error: conv biases before a "
            "train-mode BatchNorm, biases added before a softmax); worst 10:")
     report("")
-    report.table(["ours", "theirs", "rel L2", "||grad theirs||"], [[k, n, fmt(r), fmt(g)] for r, k, n, g in grads[:10]])
-    worst, median = grads[0][0], grads[len(grads) // 2][0]
-    report(f"max {fmt(worst)}, median {fmt(median)}")
+    report.table(["ours", "theirs", "rel L2", "||grad theirs||"],
+                 [[row.name, nmap.mapping[row.name], fmt(row.rel), fmt(row.norm_theirs)] for row in grads.rows[:10]])
+    report(f"max {fmt(grads.worst)}, median {fmt(grads.median)}")
     report("")
-    report.verdict(config, "train step: parameter gradients (max rel L2)", worst, GRAD_REL, fmt(worst))
+    report.verdict(config, "train step: parameter gradients (max rel L2)", grads.worst, GRAD_REL, fmt(grads.worst))
 
     ours.commit_memory()
     rows, worst_clean = [], 0.0

@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,54 +15,21 @@ import torch
 from .data.dicom import DicomSeries
 from .data.dicom_seg import default_seg_path, require_highdicom, write_dicom_seg
 from .data.io import default_label_path, file_extension, list_inputs, read_image, write_label_map
-from .data.transforms import normalise_percentile
+from .data.network_input import ModelInput, as_input, network_slices, normalise_intensity
 from .errors import CheckpointError, InputError
 from .evaluation.inference import predict_slices
 from .evaluation.resample import check_inference, resolve_resample
+from .pretrained import check_sliding_window
 from .training.trainer import load_trained_model, resolve_device
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["predict_paths", "predict_array", "normalise_intensity"]
 
-def normalise_intensity(array: np.ndarray, window: Sequence[float] | None = None) -> np.ndarray:
-    """Map raw intensities to the ``[0, 1]`` range the networks are trained on.
-
-    With a ``window`` (e.g. ``(-125, 275)`` HU for the Synapse CT): clip to it and scale.
-    Without one: images already in ``[0, 1]`` stay as they are (the training data of every
-    layout here are); anything else is clipped to its 0.5-99.5 percentiles and scaled.
-    """
-    if window is not None:
-        lo, hi = float(window[0]), float(window[1])
-        if not hi > lo:
-            raise InputError(f"intensity window must be (low, high) with low < high, got {list(window)}")
-        return ((np.clip(array, lo, hi) - lo) / (hi - lo)).astype(np.float32)
-    return normalise_percentile(array)
-
-
-def _as_slices(array: np.ndarray, kind: str, in_channels: int, source: Path) -> np.ndarray:
-    """The network's view of an input: ``(D, H, W)`` or ``(D, H, W, C)``."""
-    if kind == "image2d":
-        if array.ndim == 3 and in_channels == 1:
-            if array.shape[-1] != 3:
-                raise InputError(f"{source}: {array.shape[-1]} channels, the model takes 1")
-            logger.warning("%s: colour image converted to grey for a 1-channel model", source)
-            array = array @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        elif array.ndim == 2 and in_channels == 3:
-            array = np.repeat(array[..., None], 3, axis=-1)
-        elif array.ndim == 3 and array.shape[-1] != in_channels:
-            raise InputError(f"{source}: {array.shape[-1]} channels, the model takes {in_channels}")
-        return array[None]
-    if array.ndim != 3:
-        raise InputError(f"{source}: expected a volume (D, H, W), got shape {array.shape}")
-    if in_channels != 1:
-        raise InputError(f"{source}: a single-channel volume, but the model takes {in_channels} channels")
-    return array
-
 
 def predict_array(
     model: torch.nn.Module,
-    image: np.ndarray,
+    image: Any,
     *,
     preprocessing: object | None = None,
     probabilities: bool = False,
@@ -73,15 +41,21 @@ def predict_array(
     inference: str = "resize",
     overlap: float = 0.5,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Predict one image or volume given as an array, exactly as :func:`predict_paths` does a
-    file (same normalisation, channel handling, resizing or sliding window, and resampling).
+    """Predict one image or volume, exactly as :func:`predict_paths` predicts a file holding the
+    same content (the same conversion of the input, normalisation, channel handling, resizing
+    or sliding window, and resampling: :mod:`simmpnet.data.network_input`).
 
     Args:
         model: a Sim-MPNet (``model.preprocessing`` is used unless ``preprocessing`` is given).
-        image: raw intensities: ``(H, W)`` grey or ``(H, W, C)`` colour image, or ``(D, H, W)``
-            volume (axial slices along the first axis).  A 3-D array is taken for a colour
-            image when its last axis has 3 entries or ``in_channels`` (> 1) entries, otherwise
-            for a volume; ``volume`` overrides that guess.
+        image: what the user holds (docs/prediction.md has the table): a path (a file, or a
+            folder of one DICOM series), read as ``simmpnet predict`` reads it; a Pillow image,
+            decoded as a picture file of its mode; a numpy array or torch tensor, ``(H, W)``
+            grey or ``(H, W, C)`` colour picture (``uint8`` samples are divided by 255,
+            ``uint16`` by 65535, as reading them from a PNG does; other dtypes are raw
+            intensities) or ``(D, H, W)`` volume of raw intensities (axial slices along the
+            first axis).  A 3-D array is taken for a colour image when its last axis has 3
+            entries or ``in_channels`` (> 1) entries, otherwise for a volume; ``volume``
+            overrides that guess.
         preprocessing: a :class:`simmpnet.Preprocessing` (default ``model.preprocessing``).
         probabilities: also return the softmax probabilities.
         device: where to run (``"auto"``, ``"cpu"``, ``"cuda"`` ...); None: where the model is.
@@ -93,8 +67,9 @@ def predict_array(
             with ``inference="resize"``.
         volume: True: ``image`` is a ``(D, H, W)`` volume; False: an image; None: guess.
         inference: ``"resize"`` (the paper's: every slice resized to the input size) or
-            ``"sliding-window"`` (tiles of the input size at the image's own resolution), as
-            ``predict --inference``; see :func:`simmpnet.evaluation.inference.predict_slices`.
+            ``"sliding-window"`` (tiles of the input size at the image's own resolution, for
+            a model trained on native-resolution crops), as ``predict --inference``; see
+            :func:`simmpnet.evaluation.inference.predict_slices`.
         overlap: fraction of a tile its neighbours share with the sliding window, in
             ``[0, 1)`` (as ``predict --overlap``).
 
@@ -113,27 +88,13 @@ def predict_array(
     prep = preprocessing if preprocessing is not None else getattr(model, "preprocessing", None)
     if not isinstance(prep, Preprocessing):
         raise InputError("the model has no preprocessing; pass preprocessing=simmpnet.Preprocessing(...)")
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
-    array = np.asarray(image)
-    if array.dtype.kind not in "biuf":
-        raise InputError(f"expected a numeric image array, got dtype {array.dtype}")
-    array = array.astype(np.float32, copy=False)  # as read_image gives it
-    if array.ndim not in (2, 3) or array.size == 0:
-        raise InputError(f"expected an (H, W) or (H, W, C) image or a (D, H, W) volume, got shape {array.shape}")
-    if not np.isfinite(array).all():
-        raise InputError("the image holds NaN or Inf values")
+    if inference == "sliding-window":
+        check_sliding_window(prep)
     in_channels = int(getattr(model, "in_channels", prep.in_channels))
-    if volume is None:
-        colour = array.ndim == 3 and (array.shape[-1] == 3 or (in_channels > 1 and array.shape[-1] == in_channels))
-        volume = array.ndim == 3 and not colour
-    elif volume and array.ndim != 3:
-        raise InputError(f"volume=True needs a (D, H, W) array, got shape {array.shape}")
-    kind = "volume" if volume else "image2d"
+    item = as_input(image, in_channels=in_channels, volume=volume)
     window = intensity_window if intensity_window is not None else prep.intensity_window
     mode = resample or prep.resample
-    normalised = normalise_intensity(array, window)
-    slices = _as_slices(normalised, kind, in_channels, "input array")
+    slices = network_slices(item, in_channels, window)
     was_training = model.training
     home = next(model.parameters()).device
     target = home if device is None else resolve_device(device) if isinstance(device, str) else torch.device(device)
@@ -143,14 +104,14 @@ def predict_array(
             model.to(target)
         result = predict_slices(
             model, slices, prep.input_size, target, batch_size=batch_size, resample=mode, probabilities=probabilities,
-            inference=inference, overlap=overlap,
+            inference=inference, overlap=overlap, preprocessing=prep,
         )
     finally:
         model.train(was_training)
         if moved:
             model.to(home)
     labels, probs = result if probabilities else (result, None)
-    if kind == "image2d":
+    if item.is_picture:
         labels = labels[0]
         probs = None if probs is None else probs[:, 0]
     return (labels, probs) if probabilities else labels
@@ -199,6 +160,8 @@ def predict_paths(
         require_highdicom()
     dev = resolve_device(device)
     model, input_size, config = load_trained_model(checkpoint, dev)
+    if inference == "sliding-window":
+        check_sliding_window(getattr(model, "preprocessing", None), str(checkpoint))
     resample = resolve_resample(resample, config)
     in_channels = int(getattr(model, "in_channels", config.get("in_channels", 1)))
     names = config.get("class_names")
@@ -213,11 +176,11 @@ def predict_paths(
     written = []
     for path in inputs:
         loaded = read_image(path)
-        image = normalise_intensity(loaded.array, window)
-        slices = _as_slices(image, loaded.kind, in_channels, path)
+        slices = network_slices(ModelInput(loaded.array, loaded.kind, str(path)), in_channels, window)
         with torch.no_grad():
             labels = predict_slices(
-                model, slices, input_size, dev, resample=resample, inference=inference, overlap=overlap
+                model, slices, input_size, dev, resample=resample, inference=inference, overlap=overlap,
+                preprocessing=getattr(model, "preprocessing", None),
             )
         if loaded.kind == "image2d":
             labels = labels[0]

@@ -20,7 +20,7 @@ input's size.  :meth:`SimMPNet.predict <simmpnet.models.SimMPNet.predict>` appli
      "config": {... SimMPNetConfig ...},
      "preprocessing": {"input_size": 128, "in_channels": 1, "normalisation": "window",
                        "intensity_window": [-125.0, 275.0], "class_names": [...],
-                       "resample": "labels"}}
+                       "resample": "labels", "trained_on": "resized-slices"}}
 
 This module imports torch and safetensors only when a model is saved or loaded.
 """
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -38,12 +39,17 @@ from typing import TYPE_CHECKING, Any
 from .errors import CheckpointError, InputError, one_line
 from .evaluation.resample import RESAMPLE_MODES
 
+logger = logging.getLogger(__name__)
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from .models.simmpnet import SimMPNet
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "PRETRAINED_FORMAT", "Preprocessing", "save_pretrained", "load_pretrained"]
+__all__ = [
+    "CONFIG_NAME", "WEIGHTS_NAME", "PRETRAINED_FORMAT", "TRAINED_ON", "Preprocessing", "check_sliding_window",
+    "save_pretrained", "load_pretrained",
+]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -55,6 +61,8 @@ _PEER_FORMAT = "simmpnet-peer"  # simmpnet.models.factory.PEER_FORMAT
 #: Keys by which the config.json of other libraries names their model (transformers, timm, diffusers).
 _FOREIGN_CONFIG_KEYS = ("model_type", "architecture", "architectures", "_class_name")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+#: What a network can have been trained on (:attr:`Preprocessing.trained_on`).
+TRAINED_ON = ("resized-slices", "native-crops")
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,13 @@ class Preprocessing:
         class_names: names of the classes, background first, or ``None``.
         resample: how predictions return to the input's size: ``"labels"`` (the paper's
             nearest resize of the label map) or ``"logits"``.
+        trained_on: what the network saw in training: ``"resized-slices"`` (whole slices
+            resized to ``input_size``: every ``simmpnet train`` run), ``"native-crops"``
+            (patches at the data's own resolution: the nnU-Net trainers) or ``None`` (not
+            recorded: a network trained by other code, or a file written before simmpnet
+            recorded it).  Sliding-window prediction, which shows the network the image at its
+            own resolution, is refused for ``"resized-slices"``
+            (:func:`check_sliding_window`).
     """
 
     input_size: int
@@ -80,6 +95,7 @@ class Preprocessing:
     intensity_window: tuple[float, float] | None = None
     class_names: tuple[str, ...] | None = None
     resample: str = "labels"
+    trained_on: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("input_size", "in_channels"):
@@ -101,6 +117,8 @@ class Preprocessing:
             object.__setattr__(self, "class_names", tuple(names))
         if self.resample not in RESAMPLE_MODES:
             raise InputError(f"resample must be one of {list(RESAMPLE_MODES)}, got {self.resample!r}")
+        if self.trained_on is not None and self.trained_on not in TRAINED_ON:
+            raise InputError(f"trained_on must be one of {list(TRAINED_ON)} or None, got {self.trained_on!r}")
 
     @property
     def normalisation(self) -> str:
@@ -115,6 +133,7 @@ class Preprocessing:
             "intensity_window": None if self.intensity_window is None else list(self.intensity_window),
             "class_names": None if self.class_names is None else list(self.class_names),
             "resample": self.resample,
+            "trained_on": self.trained_on,
         }
 
     @classmethod
@@ -139,13 +158,34 @@ class Preprocessing:
     @classmethod
     def for_training_config(cls, config: Mapping[str, Any], input_size: int, in_channels: int) -> Preprocessing:
         """The preprocessing of a ``simmpnet train`` run (its config as the checkpoint stores
-        it), as ``simmpnet predict`` applies it."""
+        it), as ``simmpnet predict`` applies it.  Every layout of ``simmpnet train`` resizes
+        whole slices to the input size."""
         return cls(
             input_size=int(input_size),
             in_channels=int(in_channels),
             intensity_window=config.get("intensity_window"),
             class_names=config.get("class_names"),
             resample=config.get("resample") or "labels",
+            trained_on="resized-slices",
+        )
+
+
+def check_sliding_window(prep: Preprocessing | None, source: str = "the model", warn: bool = True) -> None:
+    """Refuse sliding-window prediction for a network trained on resized slices: its tiles
+    would show it the image at another scale than the one it learnt, and the labels are wrong
+    without any error.  A network that does not record how it was trained is let through, with
+    a warning when ``warn``."""
+    trained_on = None if prep is None else prep.trained_on
+    if trained_on == "resized-slices":
+        raise InputError(
+            f"{source}: sliding-window prediction needs a network trained on native-resolution crops, and this one "
+            f"was trained on whole slices resized to {prep.input_size} x {prep.input_size}; use the resize inference "
+            "(--inference resize, the default)"
+        )
+    if trained_on is None and warn:
+        logger.warning(
+            "%s: does not record how it was trained; sliding-window prediction is valid only for a network trained "
+            "on crops at the images' own resolution", source,
         )
 
 

@@ -78,6 +78,7 @@ __all__ = [
     "IMAGE2D_EXTENSIONS",
     "MAX_PIXELS",
     "MIN_SIDE",
+    "PICTURE_FULL_SCALE",
     "SUPPORTED_EXTENSIONS",
     "LoadedImage",
     "atomic_write",
@@ -88,6 +89,8 @@ __all__ = [
     "file_extension",
     "list_inputs",
     "path_exists",
+    "picture_samples",
+    "picture_scale",
     "read_image",
     "write_label_map",
 ]
@@ -386,6 +389,41 @@ def _apply_inverse(array: np.ndarray, perm: tuple[int, ...], flips: tuple[bool, 
 # --------------------------------------------------------------------------------------------
 # readers
 # --------------------------------------------------------------------------------------------
+#: Full scale of the integer samples of pictures: they are divided by it, so that an 8-bit or
+#: 16-bit picture lands in ``[0, 1]`` like the training slices.  Other sample types (Pillow's
+#: 32-bit ``"I"`` and float ``"F"`` modes) keep their values.
+PICTURE_FULL_SCALE: dict[np.dtype, float] = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+def picture_scale(dtype: np.dtype) -> float | None:
+    """What the samples of a picture of ``dtype`` are divided by (:data:`PICTURE_FULL_SCALE`),
+    or None."""
+    return PICTURE_FULL_SCALE.get(np.dtype(dtype))
+
+
+def picture_samples(im: Any, source: str | os.PathLike[str]) -> np.ndarray:
+    """The samples of a loaded Pillow image as ``H x W`` (grey) or ``H x W x 3`` (colour): an
+    alpha channel is dropped (logged), palette, CMYK and other colour modes become RGB, 1-bit
+    becomes 8-bit grey, 16-bit grey stays uint16."""
+    mode = im.mode
+    if mode in ("1", "L", "LA", "La"):
+        if mode in ("LA", "La"):
+            logger.warning("%s: alpha channel dropped, grayscale kept", source)
+        return np.asarray(im.convert("L"))
+    if mode in ("P", "PA"):
+        if mode == "PA" or "transparency" in im.info:
+            logger.warning("%s: palette transparency dropped, RGB kept", source)
+            return np.asarray(im.convert("RGBA").convert("RGB"))
+        return np.asarray(im.convert("RGB"))
+    if mode.startswith("I;16"):
+        return np.asarray(im).astype(np.uint16)
+    if mode in ("I", "F"):
+        return np.asarray(im)
+    if mode in ("RGBA", "RGBa"):
+        logger.warning("%s: alpha channel dropped, RGB kept", source)
+    return np.asarray(im if mode == "RGB" else im.convert("RGB"))
+
+
 def _read_image2d(path: Path, max_pixels: int) -> LoadedImage:
     Image = _require("PIL", path)
     from PIL import UnidentifiedImageError
@@ -411,35 +449,13 @@ def _read_image2d(path: Path, max_pixels: int) -> LoadedImage:
         fmt = str(im.format or file_extension(path).lstrip(".").upper())
         try:
             im.load()
-            mode = im.mode
-            scale: float | None = None
-            if mode in ("1", "L", "LA", "La"):
-                if mode in ("LA", "La"):
-                    logger.warning("%s: alpha channel dropped, grayscale kept", path)
-                arr = np.asarray(im.convert("L"))
-                scale = 255.0
-            elif mode in ("P", "PA"):
-                if mode == "PA" or "transparency" in im.info:
-                    logger.warning("%s: palette transparency dropped, RGB kept", path)
-                    arr = np.asarray(im.convert("RGBA").convert("RGB"))
-                else:
-                    arr = np.asarray(im.convert("RGB"))
-                scale = 255.0
-            elif mode.startswith("I;16"):
-                arr = np.asarray(im).astype(np.uint16)
-                scale = 65535.0
-            elif mode in ("I", "F"):
-                arr = np.asarray(im)
-            else:
-                if mode in ("RGBA", "RGBa"):
-                    logger.warning("%s: alpha channel dropped, RGB kept", path)
-                arr = np.asarray(im if mode == "RGB" else im.convert("RGB"))
-                scale = 255.0
+            arr = picture_samples(im, path)
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise _fail(path, "corrupt or truncated image data", exc) from exc
     if arr.ndim not in (2, 3):  # pragma: no cover - Pillow always gives H x W (x C)
         raise _fail(path, f"unexpected decoded shape {arr.shape}")
     out = _finite_float32(path, arr)
+    scale = picture_scale(arr.dtype)
     if scale is not None:
         out /= np.float32(scale)
     return LoadedImage(

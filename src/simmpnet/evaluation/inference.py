@@ -18,6 +18,8 @@ slice's own resolution and their logits blended (:mod:`simmpnet.evaluation.slidi
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -40,6 +42,7 @@ def predict_slices(
     probabilities: bool = False,
     inference: str = "resize",
     overlap: float = 0.5,
+    preprocessing: Any = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Predict a stack of 2D slices.
 
@@ -63,6 +66,9 @@ def predict_slices(
             own resolution, see :mod:`simmpnet.evaluation.sliding_window`).
         overlap: fraction of a tile its neighbours share with the sliding window, in
             ``[0, 1)``; not used by ``"resize"``.
+        preprocessing: the :class:`simmpnet.Preprocessing` the model was trained with
+            (default: ``model.preprocessing``, when it has one); the sliding window is refused
+            for a model trained on resized slices (:func:`simmpnet.pretrained.check_sliding_window`).
 
     Returns:
         ``(D, H, W)`` uint8 label map; with ``probabilities``, ``(labels, probabilities)``
@@ -74,6 +80,13 @@ def predict_slices(
         raise InputError(f"expected (D, H, W) or (D, H, W, C) slices, got shape {slices.shape}")
     if not np.isfinite(slices).all():
         raise InputError("the image holds NaN or Inf values")
+    if inference == "sliding-window":
+        from ..pretrained import check_sliding_window
+
+        # (the callers that load models warn once about a model that does not record it)
+        check_sliding_window(
+            preprocessing if preprocessing is not None else getattr(model, "preprocessing", None), warn=False
+        )
     model.eval()
     if inference == "sliding-window":
         # imported here: MONAI takes seconds to import, and the resize does not need it

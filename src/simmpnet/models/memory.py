@@ -130,12 +130,22 @@ class PrototypeMemory(nn.Module):
     Buffers:
         ``bank`` ``(d, num_k * P)``: block ``c`` is columns ``c*P .. (c+1)*P - 1``.
         ``prototypes`` ``(d, num_k)``; ``warmup_counter`` (training forwards seen during
-        warm-up); ``update_count`` (``K``).
+        warm-up); ``warmup_done`` (1 once the warm-up has ended: the k-means start has run and
+        the block reads its memory); ``update_count`` (``K``).
+
+    The phase is ``warmup_done``, state saved with the weights: a network built with any
+    ``warmup_iters`` that loads a state dict computes the function of the network that wrote
+    it, and a resumed or extended run never runs the k-means start again.  ``warmup_iters``
+    only says when a block still in warm-up leaves it.  A state dict without ``warmup_done``
+    (written before simmpnet recorded the phase) is read by the rule that applied then: the
+    warm-up has ended when its ``warmup_counter`` has reached the loading block's
+    ``warmup_iters``.
     """
 
     bank: torch.Tensor
     prototypes: torch.Tensor
     warmup_counter: torch.Tensor
+    warmup_done: torch.Tensor
     update_count: torch.Tensor
 
     def __init__(
@@ -170,6 +180,8 @@ class PrototypeMemory(nn.Module):
         self.register_buffer("bank", torch.rand(feature_dim, num_k * pool_size))
         self.register_buffer("prototypes", torch.rand(feature_dim, num_k))
         self.register_buffer("warmup_counter", torch.zeros((), dtype=torch.long))
+        # No warm-up at all: the block reads its (random) bank from the first forward.
+        self.register_buffer("warmup_done", torch.tensor(int(warmup_iters == 0), dtype=torch.long))
         self.register_buffer("update_count", torch.tensor(update_count, dtype=torch.long))
         self._sync_warmup()
         self._sync_update_count()
@@ -182,25 +194,28 @@ class PrototypeMemory(nn.Module):
 
     @property
     def in_warmup(self) -> bool:
-        """True until ``warmup_iters`` training forwards have run (or :meth:`initialise_from_kmeans`)."""
-        # A Python mirror of the counter buffer, kept in step by every method that changes the
-        # counter and by load_state_dict: torch.compile branches on it without a graph break.
-        return self._warming
+        """True until the k-means start has run (after ``warmup_iters`` training forwards, or
+        through :meth:`initialise_from_kmeans`); read from ``warmup_done``, saved state."""
+        # A Python mirror of the phase buffer, kept in step by every method that changes it and
+        # by load_state_dict: torch.compile branches on it without a graph break.
+        return not self._done
 
     @property
     def warmup_iters(self) -> int:
-        """``T_w``: training forwards of warm-up."""
+        """``T_w``: training forwards of warm-up.  Changing it never changes the phase: a block
+        past its warm-up stays there, one in warm-up leaves it at its next training forward
+        once the counter has reached the new length."""
         return self._warmup_iters
 
     @warmup_iters.setter
     def warmup_iters(self, value: int) -> None:
+        if int(value) < 0:
+            raise ValueError(f"warmup_iters must be >= 0, got {value}")
         self._warmup_iters = int(value)
-        self._sync_warmup()
 
-    def _sync_warmup(self, counter: int | None = None) -> None:
-        # `counter`: the new value of the buffer when the caller knows it (no read from the device).
-        self._counter = int(self.warmup_counter) if counter is None else counter
-        self._warming = self._counter < self._warmup_iters
+    def _sync_warmup(self) -> None:
+        self._counter = int(self.warmup_counter)
+        self._done = bool(self.warmup_done)
 
     def _sync_update_count(self) -> None:
         # The update's shapes depend on K: a host mirror of the buffer keeps them known.
@@ -211,8 +226,19 @@ class PrototypeMemory(nn.Module):
         self.update_count.fill_(int(k))
         self._k = int(k)
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        phase = prefix + "warmup_done"
+        if phase not in state_dict and prefix + "warmup_counter" in state_dict:
+            # Written before the phase was saved: the rule of that time (class docstring).
+            if phase in missing_keys:
+                missing_keys.remove(phase)
+            with torch.no_grad():
+                self.warmup_done.fill_(int(int(self.warmup_counter) >= self._warmup_iters))
         self._sync_warmup()
         self._sync_update_count()
 
@@ -238,14 +264,14 @@ class PrototypeMemory(nn.Module):
         per_image = max(self.total_slots // b, 1)
         positions = torch.randint(n, (b, 1, per_image), device=device).expand(b, d, per_image)
         columns = features.gather(2, positions).transpose(0, 1).reshape(d, b * per_image)
-        share = (self._counter + 1) / self.warmup_iters * 0.5
+        share = (self._counter + 1) / max(self.warmup_iters, 1) * 0.5
         count = min(max(1, int(share * columns.shape[1])), self.total_slots)
         picked = torch.randint(columns.shape[1], (count,), device=device)
         slots = torch.randperm(self.total_slots, device=device)[:count]
         self.bank[:, slots] = columns[:, picked].to(self.bank.dtype)
         self.warmup_counter += 1
-        self._sync_warmup(self._counter + 1)
-        if not self.in_warmup:
+        self._counter += 1
+        if self._counter >= self.warmup_iters:
             self.initialise_from_kmeans()
 
     @torch.no_grad()
@@ -273,9 +299,10 @@ class PrototypeMemory(nn.Module):
         rebuilt = torch.where((counts == 0)[:, None, None], centroids[:, None, :], rebuilt)
         self.bank.copy_(rebuilt.reshape(self.total_slots, -1).t())
         self.prototypes.copy_(F.normalize(centroids, dim=1).t())
-        counter = max(self._counter, self.warmup_iters)
-        self.warmup_counter.fill_(counter)
-        self._sync_warmup(counter)
+        self._counter = max(self._counter, self.warmup_iters)
+        self.warmup_counter.fill_(self._counter)
+        self.warmup_done.fill_(1)
+        self._done = True
         sizes = counts.tolist()
         logger.info("memory bank structured by k-means: cluster sizes %s", sizes)
 

@@ -69,6 +69,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_install(args: argparse.Namespace) -> int:
+    from .registration import install
+
+    module = install()
+    print(f"installed: {module} (nnU-Net's own scripts now find -tr {' / '.join(SIMMPNET_TRAINERS)})")
+    return 0
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    from .registration import uninstall
+
+    module = uninstall()
+    print(f"removed: {module}" if module else "not installed: nothing to remove")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .. import __version__
+    from .registration import registration
+
+    state = registration()
+    where = f"nnU-Net {state.nnunet_version} at {state.folder}"
+    if state.installed:
+        print(f"installed for {where}: {state.module} (simmpnet {__version__})")
+    elif state.foreign:
+        print(f"not installed for {where}: {state.module} exists but was not written by simmpnet")
+    else:
+        print(f"not installed for {where}; `simmpnet nnunet install` makes nnUNetv2_train -tr find the trainers")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     _setup(args)
     from .run import predict_folder, results_folder
@@ -153,7 +184,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def add_nnunet_commands(add_command: Callable[..., argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     """Add ``simmpnet nnunet`` and its subcommands; ``add_command`` is the top-level parser's."""
-    text = "Sim-MPNet inside nnU-Net v2: convert, plan, train, predict, evaluate, compare (needs simmpnet[nnunet])"
+    text = (
+        "Sim-MPNet inside nnU-Net v2: install (for nnU-Net's own scripts), convert, plan, train, predict, evaluate, "
+        "compare (needs simmpnet[nnunet])"
+    )
     parent = add_command("nnunet", help=text, description=text)
     sub = parent.add_subparsers(dest="nnunet_command", required=True)
 
@@ -191,6 +225,15 @@ def add_nnunet_commands(add_command: Callable[..., argparse.ArgumentParser], com
         p = sub.add_parser(name, parents=[shared], help=help_text, description=help_text)
         p.set_defaults(func=func)
         return p
+
+    for name, func, help_text in (
+        ("install", cmd_install, "put a module into nnU-Net's trainer folder so that nnUNetv2_train / nnUNetv2_predict "
+         "find simmpnet's trainers (-tr nnUNetTrainerSimMPNet...)"),
+        ("uninstall", cmd_uninstall, "remove the module that `simmpnet nnunet install` wrote"),
+        ("status", cmd_status, "whether simmpnet's trainers are registered with nnU-Net, and for which nnU-Net"),
+    ):
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(func=func)
 
     p = command("convert-demo", cmd_convert_demo,
                 "the demo brain data (prepared if needed) as Dataset990_BrainLobesDemo in nnUNet_raw")

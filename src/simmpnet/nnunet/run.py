@@ -120,9 +120,10 @@ def train_fold(
     ``trainer``; returns the fold's output folder.
 
     Args:
-        epochs, iterations, val_iterations: nnU-Net's ``num_epochs`` (1000),
-            ``num_iterations_per_epoch`` (250) and ``num_val_iterations_per_epoch`` (50), or
-            these when given (short runs on a CPU; they do not change the results folder's name).
+        epochs: nnU-Net's ``num_epochs`` (1000), or this when given (short runs on a CPU; it
+            does not change the results folder's name).
+        iterations: ``num_iterations_per_epoch`` (250), or this when given.
+        val_iterations: ``num_val_iterations_per_epoch`` (50), or this when given.
         resume: continue from the fold's latest checkpoint (nnU-Net's ``--c``).
         validate: run nnU-Net's final validation (sliding window on the fold's validation cases).
     """

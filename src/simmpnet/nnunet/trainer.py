@@ -55,6 +55,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from ..errors import CheckpointError, InputError
+from ..pretrained import Preprocessing
 from ..models import VARIANTS, SimMPNet, SimMPNetConfig, WLDSchedule
 from ..training.distributed import gather_cat, mean_over_ranks
 from ..training.losses import DeepSupervisionLoss
@@ -158,6 +159,8 @@ def load_simmpnet(checkpoint: str | os.PathLike[str], device: str | torch.device
         raise CheckpointError(f"{path}: not an nnU-Net checkpoint (no network_weights)")
     model = network_from_description(json.loads(description_file.read_text()), str(description_file))
     model.load_weights(payload["network_weights"], str(path))
+    # nnU-Net trains on patches at the plans' spacing, not on resized slices
+    model.preprocessing = Preprocessing(model.config.img_size_a, model.in_channels, trained_on="native-crops")
     return model.to(device).eval()
 
 

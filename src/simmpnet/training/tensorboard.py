@@ -41,8 +41,10 @@ class TensorBoardLog:
 
     Args:
         folder: the event-file folder (``<output_dir>/tensorboard``).
-        purge_step: on resume, the step of the checkpoint: events the interrupted run wrote
-            after it are dropped, so that curves do not double back.
+        purge_step: the events already in ``folder`` with a step >= ``purge_step`` are dropped
+            (TensorBoard no longer reads them).  On resume the trainer passes the
+            checkpoint's step + 1: the events the interrupted run wrote after its checkpoint go,
+            so that curves do not double back, and those up to and including it stay.
     """
 
     def __init__(self, folder: str | os.PathLike, purge_step: int | None = None) -> None:

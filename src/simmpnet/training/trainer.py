@@ -42,6 +42,7 @@ from ..evaluation.evaluate import evaluate_volumes
 from ..evaluation.resample import check_resample
 from ..models import VARIANTS, SimMPNet, WLDSchedule
 from ..models.factory import MODEL_NAMES, build_model, input_size_of, model_from_payload, model_payload
+from ..pretrained import Preprocessing
 from . import distributed
 from .losses import DICE_DENOMINATORS, DeepSupervisionLoss
 from .plan import plan_run
@@ -684,7 +685,8 @@ class Trainer:
             self._write_resolved_config()
             self._log_start()
             if cfg.tensorboard:
-                self.tensorboard = TensorBoardLog(self.output_dir / "tensorboard", purge_step=self.state["global_step"])
+                # A resumed run writes nothing at its checkpoint's step: the events up to it stay.
+                self.tensorboard = TensorBoardLog(self.output_dir / "tensorboard", purge_step=self.state["global_step"] + 1)
         self._started = time.monotonic()
         stop = self._out_of_budget()
         last_val: float | None = None
@@ -944,5 +946,14 @@ def load_trained_model(path: str | os.PathLike, device: torch.device | str = "cp
         model_part, config = payload, {}
     model = model_from_payload(model_part, source).to(device).eval()
     if "input_size" not in model_part and isinstance(model, SimMPNet):
-        return model, model.config.img_size_a, config
-    return model, input_size_of(model_part, source), config
+        input_size = model.config.img_size_a
+    else:
+        input_size = input_size_of(model_part, source)
+    if payload.get("format") == TRAIN_FORMAT:
+        # What the run did to its slices travels with its weights, for every network type.
+        in_channels = int(getattr(model, "in_channels", config.get("in_channels", 1)))
+        try:
+            model.preprocessing = Preprocessing.for_training_config(config, input_size, in_channels)
+        except (InputError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{source}: the training config's preprocessing is unusable ({err})") from err
+    return model, input_size, config
