@@ -436,3 +436,50 @@ def test_install_makes_nnunets_own_lookup_find_the_trainers_and_uninstall_undoes
     assert main(["nnunet", "install"]) == 2
     err = capsys.readouterr().err
     assert "cannot write simmpnet_trainers.py" in err and len(err.strip().splitlines()) == 1
+
+
+def test_plans_that_do_not_fit_are_refused_before_nnunet_creates_a_folder(shapes):
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
+
+    from simmpnet.nnunet.run import find_trainer
+
+    base = Path(nnUNet_preprocessed) / DATASET
+    plans = json.loads((base / "nnUNetPlans.json").read_text())
+    dataset_json = json.loads((base / "dataset.json").read_text())
+    cls = find_trainer("nnUNetTrainerSimMPNetTiny")
+    results = Path(nnUNet_results) / DATASET / "nnUNetTrainerSimMPNetTiny__nnUNetPlans__3d_fullres"
+    with pytest.raises(InputError, match="3D configuration.*train the 2d configuration"):
+        cls(plans=plans, configuration="3d_fullres", fold=4, dataset_json=dataset_json, device=torch.device("cpu"))
+    assert not results.exists()
+    resenc = json.loads(json.dumps(plans))
+    resenc["plans_name"] = "nnUNetResEncUNetMPlans"
+    resenc["configurations"]["2d"]["architecture"]["network_class_name"] = (
+        "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+    )
+    with pytest.raises(InputError, match="planned for ResidualEncoderUNet.*-p nnUNetPlans"):
+        cls(plans=resenc, configuration="2d", fold=4, dataset_json=dataset_json, device=torch.device("cpu"))
+    assert not (Path(nnUNet_results) / DATASET / "nnUNetTrainerSimMPNetTiny__nnUNetResEncUNetMPlans__2d").exists()
+
+
+def test_short_run_variants_and_the_network_inside_the_checkpoint(shapes):
+    from simmpnet.nnunet.trainer import SHORT_RUN_EPOCHS, TRAINERS, network_from_description
+
+    for base in ("nnUNetTrainerSimMPNet", "nnUNetTrainerSimMPNetTiny_AdamW"):
+        for epochs in SHORT_RUN_EPOCHS:
+            name = f"{base}_{'1epoch' if epochs == 1 else f'{epochs}epochs'}"
+            assert TRAINERS[name].run_epochs == epochs and issubclass(TRAINERS[name], TRAINERS[base]), name
+    from nnunetv2.paths import nnUNet_preprocessed
+
+    base_folder = Path(nnUNet_preprocessed) / DATASET
+    plans = json.loads((base_folder / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False  # (nnU-Net's run_training sets it)
+    trainer = TRAINERS["nnUNetTrainerSimMPNetTiny_5epochs"](
+        plans=plans, configuration="2d", fold=4,
+        dataset_json=json.loads((base_folder / "dataset.json").read_text()), device=torch.device("cpu"),
+    )
+    assert trainer.num_epochs == 5 and type(trainer).variant == "tiny"
+    trainer.initialize()
+    description = trainer.my_init_kwargs["simmpnet_network"]
+    assert description["trainer"] == "nnUNetTrainerSimMPNetTiny_5epochs"
+    rebuilt = network_from_description(description, "init_args")
+    assert rebuilt.config == trainer.simmpnet.config

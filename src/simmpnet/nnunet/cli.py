@@ -63,7 +63,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     out = train_fold(
         args.dataset, args.fold, args.trainer, args.configuration, args.plans, args.epochs, args.iterations,
-        args.val_iterations, args.resume, args.device, validate=not args.no_validation,
+        args.val_iterations, args.resume, args.device, validate=not args.no_validation, npz=args.npz,
+        only_validation=args.val, validate_best=args.val_best,
     )
     print(f"trained: {out}")
     return 0
@@ -211,7 +212,8 @@ def add_nnunet_commands(add_command: Callable[..., argparse.ArgumentParser], com
                            help=f"trainers to compare (default: nnUNetTrainer {DEFAULT_TRAINER})")
         else:
             p.add_argument("-tr", "--trainer", default=DEFAULT_TRAINER,
-                           help=f"simmpnet's ({', '.join(SIMMPNET_TRAINERS)}) or any of nnU-Net's; default {DEFAULT_TRAINER}")
+                           help=f"simmpnet's ({', '.join(SIMMPNET_TRAINERS)}, each also with nnU-Net's short-run "
+                           f"suffixes _1epoch, _5epochs ...) or any of nnU-Net's; default {DEFAULT_TRAINER}")
         p.add_argument("-c", "--configuration", default="2d", help="nnU-Net configuration (default 2d)")
         p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
         p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
@@ -248,8 +250,14 @@ def add_nnunet_commands(add_command: Callable[..., argparse.ArgumentParser], com
     p.add_argument("-f", "--fold", default="0", help="fold 0-4 or all (default 0)")
     model(p)
     length(p)
-    p.add_argument("--resume", action="store_true", help="continue from the fold's latest checkpoint (nnU-Net's --c)")
+    p.add_argument("--resume", "--c", action="store_true", help="continue from the fold's latest checkpoint (nnU-Net's --c)")
     p.add_argument("--no-validation", action="store_true", help="skip nnU-Net's final validation of the fold")
+    p.add_argument("--npz", action="store_true",
+                   help="the final validation also saves softmax probabilities (nnU-Net's --npz; find_best_configuration "
+                   "needs them for ensembles)")
+    p.add_argument("--val", action="store_true", help="only run the final validation of a trained fold (nnU-Net's --val)")
+    p.add_argument("--val_best", "--val-best", action="store_true",
+                   help="validate checkpoint_best.pth instead of checkpoint_final.pth (nnU-Net's --val_best)")
 
     p = command("predict", cmd_predict, "nnUNetv2_predict: nnU-Net's sliding window over a folder of images")
     dataset(p)

@@ -115,9 +115,12 @@ def train_fold(
     resume: bool = False,
     device: str = "auto",
     validate: bool = True,
+    npz: bool = False,
+    only_validation: bool = False,
+    validate_best: bool = False,
 ) -> Path:
-    """``nnUNetv2_train DATASET CONFIGURATION FOLD -tr TRAINER [--c]`` with the class of
-    ``trainer``; returns the fold's output folder.
+    """``nnUNetv2_train DATASET CONFIGURATION FOLD -tr TRAINER [--c] [--npz] [--val] [--val_best]``
+    with the class of ``trainer``; returns the fold's output folder.
 
     Args:
         epochs: nnU-Net's ``num_epochs`` (1000), or this when given (short runs on a CPU; it
@@ -126,6 +129,10 @@ def train_fold(
         val_iterations: ``num_val_iterations_per_epoch`` (50), or this when given.
         resume: continue from the fold's latest checkpoint (nnU-Net's ``--c``).
         validate: run nnU-Net's final validation (sliding window on the fold's validation cases).
+        npz: the final validation also saves the softmax probabilities (nnU-Net's ``--npz``;
+            ``nnUNetv2_find_best_configuration`` needs them to consider ensembles).
+        only_validation: no training: the final validation of the trained fold (``--val``).
+        validate_best: validate ``checkpoint_best.pth`` instead of the final one (``--val_best``).
     """
     import torch
     from nnunetv2.run.run_training import maybe_load_checkpoint
@@ -139,6 +146,10 @@ def train_fold(
     plans_dict = json.loads(plans_file.read_text())
     if configuration not in plans_dict.get("configurations", {}):
         raise InputError(f"{plans_file}: no configuration {configuration!r} (has {sorted(plans_dict['configurations'])})")
+    if resume and only_validation:
+        raise InputError("--resume (--c) and --val exclude each other: --val validates a finished fold")
+    if not validate and (npz or only_validation or validate_best):
+        raise InputError("--no-validation leaves nothing for --npz, --val or --val_best to do")
     for key, value in (("epochs", epochs), ("iterations", iterations), ("val_iterations", val_iterations)):
         if value is not None and value < 1:
             raise InputError(f"{key} must be at least 1, got {value}")
@@ -155,10 +166,13 @@ def train_fold(
         nnunet_trainer.num_iterations_per_epoch = iterations
     if val_iterations is not None:
         nnunet_trainer.num_val_iterations_per_epoch = val_iterations
-    maybe_load_checkpoint(nnunet_trainer, resume, False, None)
-    nnunet_trainer.run_training()
+    maybe_load_checkpoint(nnunet_trainer, resume, only_validation, None)
+    if not only_validation:
+        nnunet_trainer.run_training()
+    if validate_best:
+        nnunet_trainer.load_checkpoint(str(Path(nnunet_trainer.output_folder) / "checkpoint_best.pth"))
     if validate:
-        nnunet_trainer.perform_actual_validation(False)
+        nnunet_trainer.perform_actual_validation(npz)
     return Path(nnunet_trainer.output_folder)
 
 
@@ -171,15 +185,16 @@ def make_predictor(
 ):
     """nnU-Net's ``nnUNetPredictor`` for a trained model folder (``<trainer>__<plans>__<configuration>``).
 
-    For simmpnet's trainers the network is built from each fold's ``simmpnet_network.json``
-    and handed to the predictor (nnU-Net would look the trainer up by name in its own package);
+    For simmpnet's trainers the network is built from the description in the checkpoint (or
+    ``simmpnet_network.json``) and handed to the predictor, so no registration with nnU-Net is
+    needed (nnU-Net looks trainers up by name in its own package: ``simmpnet nnunet install``);
     for nnU-Net's trainers, nnU-Net's own ``initialize_from_trained_model_folder``.
     """
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from .trainer import NETWORK_FILE, network_from_description
+    from .trainer import TRAINERS, network_of_checkpoint
 
     folder = Path(model_folder)
     torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -192,15 +207,14 @@ def make_predictor(
     for fold_dir in fold_dirs:
         if not (fold_dir / checkpoint).is_file():
             raise InputError(f"{fold_dir / checkpoint}: no such checkpoint (train the fold first)")
-    description_file = fold_dirs[0] / NETWORK_FILE
-    if not description_file.is_file():
+    payloads = [torch.load(d / checkpoint, map_location="cpu", weights_only=False) for d in fold_dirs]
+    first = payloads[0]
+    if first.get("trainer_name") not in TRAINERS:
         predictor.initialize_from_trained_model_folder(str(folder), tuple(folds), checkpoint)
         return predictor
     plans_manager = PlansManager(json.loads((folder / "plans.json").read_text()))
     dataset_json = json.loads((folder / "dataset.json").read_text())
-    payloads = [torch.load(d / checkpoint, map_location="cpu", weights_only=False) for d in fold_dirs]
-    first = payloads[0]
-    network = network_from_description(json.loads(description_file.read_text()), str(description_file))
+    network = network_of_checkpoint(first, fold_dirs[0], str(fold_dirs[0] / checkpoint))
     network.load_weights(first["network_weights"], str(fold_dirs[0] / checkpoint))
     predictor.manual_initialization(
         network,

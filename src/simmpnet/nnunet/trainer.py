@@ -31,10 +31,17 @@ sliding-window validation, checkpoints and logs.  What these trainers change (do
   (training and validation through one module) has not run on a GPU; ``simmpnet train`` has a
   ``compile`` key.
 
-Because nnU-Net rebuilds the network of a trained model from its trainer class and the plans
-alone, while the DMW-LA warm-up length of a run depends on its length, each fold folder also
-holds ``simmpnet_network.json`` (the exact architecture); :func:`load_simmpnet` and
-:func:`simmpnet.nnunet.run.predict_folder` build the network from it.
+nnU-Net rebuilds the network of a trained model from its trainer class and the plans alone;
+that network computes the trained function, because whether each DMW-LA block has left its
+warm-up is saved with the weights.  The exact architecture also travels inside every checkpoint
+(``init_args["simmpnet_network"]``), so a model folder exported to a zip and installed elsewhere
+loads with :func:`load_simmpnet`; ``simmpnet_network.json`` next to the checkpoints repeats it
+for people to read.
+
+Short runs: every trainer has nnU-Net's short-run variants (``nnUNetTrainerSimMPNetTiny_1epoch``,
+``_5epochs`` ... :data:`SHORT_RUN_EPOCHS`), as ``nnunetv2`` has ``nnUNetTrainer_1epoch`` ...
+Plans that do not fit (a 3D configuration, plans made for another network such as ResEnc or
+Primus) are refused in the constructor, before nnU-Net creates any folder.
 """
 from __future__ import annotations
 
@@ -65,11 +72,14 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "NETWORK_FILE",
+    "SHORT_RUN_EPOCHS",
     "TRAINERS",
     "HeadSubsetLoss",
+    "check_plans",
     "encoder_side",
     "load_simmpnet",
     "network_from_description",
+    "network_of_checkpoint",
     "nnUNetTrainerSimMPNet",
     "nnUNetTrainerSimMPNetTiny",
     "nnUNetTrainerSimMPNet_AdamW",
@@ -81,6 +91,47 @@ NETWORK_FILE = "simmpnet_network.json"
 NETWORK_FORMAT = "simmpnet-nnunet-network"
 #: MaxViT cuts every stage into windows of ``side / 32`` pixels.
 SIDE_STEP = 32
+#: The network nnU-Net's default plans (``nnUNetPlans``) are made for; plans made for another
+#: network (ResEnc, Primus) size their batch and patch for it, not for Sim-MPNet.
+PLANNED_NETWORK = "PlainConvUNet"
+#: nnU-Net's short-run trainers (``nnUNetTrainer_Xepochs``): each Sim-MPNet trainer has a
+#: variant per entry, named as nnU-Net names its own (``_1epoch``, ``_5epochs`` ...).
+SHORT_RUN_EPOCHS = (1, 5, 10, 20, 50, 100, 250, 500, 750, 2000, 4000, 8000)
+
+
+def check_plans(plans: dict, configuration: str) -> None:
+    """Refuse, before any work, plans that Sim-MPNet cannot train on: a configuration that is
+    not there, a 3D one, or one planned for another network than nnU-Net's default U-Net."""
+    manager = PlansManager(plans)
+    name = plans.get("plans_name", "the plans")
+    try:
+        config = manager.get_configuration(configuration)
+    except RuntimeError as err:
+        raise InputError(f"{name}: no configuration {configuration!r} (has {sorted(plans.get('configurations', {}))})") from err
+    if len(config.patch_size) != 2:
+        raise InputError(
+            f"{name} {configuration}: a 3D configuration (patch {tuple(config.patch_size)}); Sim-MPNet is a 2D "
+            "network: train the 2d configuration"
+        )
+    network = str(config.network_arch_class_name)
+    if network.rsplit(".", 1)[-1] != PLANNED_NETWORK:
+        raise InputError(
+            f"{name} {configuration}: planned for {network.rsplit('.', 1)[-1]}, whose batch and patch sizes do not "
+            f"suit Sim-MPNet; train on nnU-Net's default plans (-p nnUNetPlans, made for {PLANNED_NETWORK})"
+        )
+
+
+def resize_note(patch_size: tuple[int, ...] | list[int]) -> str | None:
+    """What Sim-MPNet does with a planned patch whose sides are not both encoder A's side
+    (None when they are)."""
+    patch = tuple(int(s) for s in patch_size)
+    side = encoder_side(patch)
+    if all(s == side for s in patch):
+        return None
+    return (
+        f"patch {patch}: Sim-MPNet's encoder A runs at {side} x {side} (the longer side rounded up to a multiple of "
+        f"{SIDE_STEP}); each patch is resized to it and the logits back"
+    )
 
 
 def encoder_side(patch_size: tuple[int, ...] | list[int]) -> int:
@@ -132,6 +183,22 @@ def network_from_description(description: dict[str, Any], source: str) -> SimMPN
         raise CheckpointError(f"{source}: malformed {NETWORK_FILE} ({err})") from err
 
 
+def network_of_checkpoint(payload: dict, fold_dir: Path, source: str) -> SimMPNet:
+    """The (untrained) Sim-MPNet of an nnU-Net checkpoint of these trainers: from the
+    description inside it, else from ``simmpnet_network.json`` next to it (checkpoints written
+    before the description moved inside)."""
+    description = (payload.get("init_args") or {}).get("simmpnet_network")
+    if description is not None:
+        return network_from_description(description, source)
+    description_file = fold_dir / NETWORK_FILE
+    if description_file.is_file():
+        return network_from_description(json.loads(description_file.read_text()), str(description_file))
+    raise CheckpointError(
+        f"{source}: holds no Sim-MPNet description and has no {NETWORK_FILE} next to it: not written by simmpnet's "
+        "nnU-Net trainer (for nnU-Net's own networks use nnU-Net's predictor)"
+    )
+
+
 def load_simmpnet(checkpoint: str | os.PathLike[str], device: str | torch.device = "cpu") -> SimMPNet:
     """The Sim-MPNet of a checkpoint written by one of these trainers (``fold_N/checkpoint_final.pth``,
     ``checkpoint_best.pth`` or ``checkpoint_latest.pth``), memory banks included, in ``eval()``
@@ -142,22 +209,16 @@ def load_simmpnet(checkpoint: str | os.PathLike[str], device: str | torch.device
     :meth:`~SimMPNet.save_pretrained` folder loads with :meth:`SimMPNet.from_pretrained`.
 
     Raises:
-        CheckpointError: the file is not such a checkpoint, or ``simmpnet_network.json`` is
-            missing or does not fit its weights.
+        CheckpointError: the file is not such a checkpoint (no description of the network
+            inside it or next to it), or the description does not fit its weights.
     """
     path = Path(checkpoint)
-    description_file = path.parent / NETWORK_FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
-    if not description_file.is_file():
-        raise CheckpointError(
-            f"{path}: no {NETWORK_FILE} next to it: not written by simmpnet's nnU-Net trainer (for nnU-Net's own "
-            "networks use nnU-Net's predictor)"
-        )
     payload = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(payload, dict) or "network_weights" not in payload:
         raise CheckpointError(f"{path}: not an nnU-Net checkpoint (no network_weights)")
-    model = network_from_description(json.loads(description_file.read_text()), str(description_file))
+    model = network_of_checkpoint(payload, path.parent, str(path))
     model.load_weights(payload["network_weights"], str(path))
     # nnU-Net trains on patches at the plans' spacing, not on resized slices
     model.preprocessing = Preprocessing(model.config.img_size_a, model.in_channels, trained_on="native-crops")
@@ -178,11 +239,16 @@ class nnUNetTrainerSimMPNet(nnUNetTrainer):  # noqa: N801 - nnU-Net's naming of 
     variant: str = "paper"
     #: The paper's AdamW (lr 1e-4, weight decay 1e-4, constant) instead of nnU-Net's SGD.
     paper_optimizer: bool = False
+    #: ``num_epochs`` of a short-run variant (None: nnU-Net's 1000).
+    run_epochs: int | None = None
 
     def __init__(
         self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = torch.device("cuda")
     ) -> None:
+        check_plans(plans, configuration)  # before nnU-Net creates the fold's folder
         super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.run_epochs is not None:
+            self.num_epochs = self.run_epochs
         if self.label_manager.has_regions:
             raise InputError(
                 "dataset.json defines regions (overlapping, sigmoid outputs); Sim-MPNet's heads are softmax classes: "
@@ -215,11 +281,9 @@ class nnUNetTrainerSimMPNet(nnUNetTrainer):  # noqa: N801 - nnU-Net's naming of 
         mode.  ``warmup_iters``: the DMW-LA warm-up (default: the variant's)."""
         patch = tuple(configuration_manager.patch_size)
         side = encoder_side(patch)
-        if any(int(s) != side for s in patch):
-            logger.info(
-                "patch %s: Sim-MPNet's encoder A runs at %d x %d (the longer side rounded up to a multiple of %d); "
-                "each patch is resized to it and the logits back", patch, side, side, SIDE_STEP,
-            )
+        note = resize_note(patch)
+        if note:
+            logger.info("%s", note)
         overrides: dict[str, Any] = {"img_size_a": side, "img_size_b": side * 7 // 8}
         if warmup_iters is not None:
             overrides["warmup_iters"] = warmup_iters
@@ -239,12 +303,29 @@ class nnUNetTrainerSimMPNet(nnUNetTrainer):  # noqa: N801 - nnU-Net's naming of 
                 type(self).build_network_architecture, warmup_iters=self.warmup_iters
             )
         super().initialize()
+        # In every checkpoint: nnU-Net saves init_args, and a zipped model folder keeps nothing else.
+        self.my_init_kwargs["simmpnet_network"] = self.network_description()
         if self.wld is None:
             self.wld = WLDSchedule(self.simmpnet.dmwla_blocks("encoder"), start_epoch=scaled_wld_start(self.num_epochs))
             self.print_to_log_file(
                 f"Sim-MPNet {self.variant}: DMW-LA warm-up {self.warmup_iters} optimiser steps, W-LD from epoch "
                 f"{self.wld.start_epoch}, {'AdamW (paper)' if self.paper_optimizer else 'SGD (nnU-Net)'}"
             )
+            note = resize_note(self.configuration_manager.patch_size)
+            if note:
+                self.print_to_log_file(note)
+
+    def network_description(self) -> dict[str, Any]:
+        """The exact architecture of the network (what ``simmpnet_network.json`` holds)."""
+        return {
+            "format": NETWORK_FORMAT,
+            "version": 1,
+            "trainer": type(self).__name__,
+            "variant": self.variant,
+            "n_classes": self.simmpnet.n_classes,
+            "in_channels": self.simmpnet.in_channels,
+            "config": self.simmpnet.config.to_dict(),
+        }
 
     @property
     def simmpnet(self) -> SimMPNet:
@@ -272,15 +353,7 @@ class nnUNetTrainerSimMPNet(nnUNetTrainer):  # noqa: N801 - nnU-Net's naming of 
     def on_train_start(self) -> None:
         super().on_train_start()
         if self.local_rank == 0:
-            description = {
-                "format": NETWORK_FORMAT,
-                "version": 1,
-                "trainer": type(self).__name__,
-                "variant": self.variant,
-                "n_classes": self.simmpnet.n_classes,
-                "in_channels": self.simmpnet.in_channels,
-                "config": self.simmpnet.config.to_dict(),
-            }
+            description = self.network_description()
             target = Path(self.output_folder) / NETWORK_FILE
             tmp = target.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(description, indent=2) + "\n")
@@ -389,8 +462,17 @@ class nnUNetTrainerSimMPNetTiny_AdamW(nnUNetTrainerSimMPNet):  # noqa: N801
     paper_optimizer = True
 
 
-#: The trainers by name, as ``-tr`` / ``--trainer`` take them.
+def _short_run(base: type[nnUNetTrainerSimMPNet], epochs: int) -> type[nnUNetTrainerSimMPNet]:
+    name = f"{base.__name__}_{'1epoch' if epochs == 1 else f'{epochs}epochs'}"
+    doc = f"{base.__doc__.splitlines()[0]} ({epochs} epoch{'s' if epochs > 1 else ''}, as nnU-Net's own short runs)"
+    return type(name, (base,), {"run_epochs": epochs, "__doc__": doc, "__module__": __name__, "__qualname__": name})
+
+
+_BASES = (nnUNetTrainerSimMPNet, nnUNetTrainerSimMPNetTiny, nnUNetTrainerSimMPNet_AdamW, nnUNetTrainerSimMPNetTiny_AdamW)
+#: The trainers by name, as ``-tr`` / ``--trainer`` take them: the four, and the short-run
+#: variants of each (:data:`SHORT_RUN_EPOCHS`).
 TRAINERS: dict[str, type[nnUNetTrainerSimMPNet]] = {
-    cls.__name__: cls
-    for cls in (nnUNetTrainerSimMPNet, nnUNetTrainerSimMPNetTiny, nnUNetTrainerSimMPNet_AdamW, nnUNetTrainerSimMPNetTiny_AdamW)
+    cls.__name__: cls for base in _BASES for cls in (base, *(_short_run(base, n) for n in SHORT_RUN_EPOCHS))
 }
+# Module attributes, so that nnU-Net's lookup by name (hasattr on this module's importer) finds them.
+globals().update(TRAINERS)
