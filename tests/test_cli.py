@@ -46,7 +46,8 @@ def test_train_evaluate_predict_round_trip(brain_data, trained, tmp_path, capsys
     Image.fromarray((volume[5] * 255).astype(np.uint8)).save(inputs / "slice.png")
     np.savez(inputs / "slab.npz", image=volume[:3])
     predicted = tmp_path / "pred"
-    args = ["--quiet", "predict", "--checkpoint", str(trained), "--input", str(inputs), "--output", str(predicted), "--overlays"]
+    args = ["--quiet", "predict", "--checkpoint", str(trained), "--input", str(inputs), "--output", str(predicted), "--overlays",
+            "--save-probabilities"]
     assert main(args) == 0
     scan = nib.load(predicted / "scan.nii.gz")
     source = nib.load(inputs / "scan.nii.gz")
@@ -58,7 +59,16 @@ def test_train_evaluate_predict_round_trip(brain_data, trained, tmp_path, capsys
     assert png.shape == volume[5].shape
     with np.load(predicted / "slab.npz") as f:
         assert f["label"].shape == (3, *volume.shape[1:])
-    assert len(list(predicted.glob("*_overlay.png"))) == 3
+    # one layout: label maps at the top (what `evaluate --predictions` reads), the rest in sub-folders
+    assert sorted(p.name for p in (predicted / "overlays").iterdir()) == ["scan.png", "slab.png", "slice.png"]
+    assert sorted(p.name for p in (predicted / "probabilities").iterdir()) == ["scan.npz", "slab.npz", "slice.npz"]
+    with np.load(predicted / "probabilities" / "scan.npz") as f:
+        probs = f["probabilities"]
+    # class-first, in the axis order of the network's view of the volume (D, H, W)
+    assert probs.shape[0] == 9 and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    assert sorted(p.name for p in predicted.iterdir()) == [
+        "overlays", "prediction_summary.json", "probabilities", "scan.nii.gz", "slab.npz", "slice.png"]
 
 
 def _expect_clean_error(capsys, args, *needles):

@@ -2,6 +2,8 @@
 SimpleITK/GDCM (oblique orientation, anisotropic spacing, files named against slice order),
 label maps in the series' geometry, the DICOM-SEG read back by highdicom, and the bad inputs
 refused in one line before a model is loaded."""
+import hashlib
+import json
 import sys
 import uuid
 from pathlib import Path
@@ -230,7 +232,16 @@ def test_predict_series_writes_label_map_in_its_geometry_and_a_dicom_seg(model_d
     out = tmp_path / "pred"
     args = ["--quiet", "predict", "--checkpoint", str(model_dir), "--input", str(tmp_path / "CT"), "--output", str(out)]
     assert main([*args, "--device", "cpu", "--dicom-seg", "--overlays"]) == 0  # predict_array below runs on the CPU
-    assert sorted(p.name for p in out.iterdir()) == ["CT.nii.gz", "CT_overlay.png", "CT_seg.dcm"]
+    assert sorted(p.name for p in out.iterdir()) == ["CT.nii.gz", "CT_seg.dcm", "overlays", "prediction_summary.json"]
+    assert [p.name for p in (out / "overlays").iterdir()] == ["CT.png"]
+    # which weights made the outputs: the summary, the NIfTI description and the SEG all say it
+    sha = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+    summary = json.loads((out / "prediction_summary.json").read_text())
+    assert summary["model"]["sha256"] == sha and summary["written"] == 1 and summary["failed"] == 0
+    assert summary["model"]["command"] == "simmpnet " + " ".join([*args, "--device", "cpu", "--dicom-seg", "--overlays"])
+    import nibabel as nib
+
+    assert sha[:16] in nib.load(out / "CT.nii.gz").header["descrip"].item().decode()
 
     label_map = sitk.ReadImage(str(out / "CT.nii.gz"))
     source = read_series(tmp_path / "CT")
@@ -251,6 +262,9 @@ def test_predict_series_writes_label_map_in_its_geometry_and_a_dicom_seg(model_d
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uids["series"]
     assert seg.StudyInstanceUID == uids["study"] and seg.FrameOfReferenceUID == uids["frame"]
     assert seg.PatientID == "P001"
+    assert seg.DeviceSerialNumber == sha[:16] and sha[:16] in seg.SeriesDescription
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert sha[:16] in algorithm.AlgorithmVersion and sha in algorithm.AlgorithmParameters
     masks = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids["sops"], segment_numbers=[1, 2, 3])
     assert masks.shape == (*labels.shape, 3)
     for c in (1, 2, 3):
@@ -266,7 +280,7 @@ def test_predict_dicom_files_of_two_series_given_together(model_dir: Path, tmp_p
     files = [str(p) for p in (*first["files"][1:4], *second["files"])]
     out = tmp_path / "pred"
     assert main(["--quiet", "predict", "--checkpoint", str(model_dir), "--input", *files, "--output", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["1.2.3.6.1.nii.gz", "1.2.3.6.2.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["1.2.3.6.1.nii.gz", "1.2.3.6.2.nii.gz", "prediction_summary.json"]
     picked = sitk.ReadImage(str(out / "1.2.3.6.1.nii.gz"))
     assert picked.GetSize() == (48, 40, 3)
     np.testing.assert_allclose(picked.GetOrigin(), ORIGIN + 2.5 * NORMAL, atol=1e-4)

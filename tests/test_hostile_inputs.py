@@ -503,14 +503,16 @@ def predict_output_is_a_file(env: Env) -> Hostile:
 
 
 @case
-def predict_folder_one_bad_among_good(env: Env) -> Hostile:
+def predict_folder_one_bad_among_good_stop_on_error(env: Env) -> Hostile:
     good = png_bytes((_slice(0)[0] * 255).astype(np.uint8))
     env.file("inputs/a_good.png", good)
     env.file("inputs/b_bad.png", good[: len(good) // 2])
     env.file("inputs/c_good.png", good)
     # Files are predicted in name order and written one at a time: a_good is complete,
-    # b_bad stops the run, c_good is never started.
-    return env.predict(env.tmp / "inputs").expect("b_bad.png", "truncated", keep={"a_good.png"})
+    # b_bad stops the run (--stop-on-error), c_good is never started.
+    hostile = env.predict(env.tmp / "inputs")
+    hostile.argv.append("--stop-on-error")
+    return hostile.expect("b_bad.png", "truncated", keep={"a_good.png"})
 
 
 # -- predict: the checkpoint ---------------------------------------------------------------
@@ -1092,6 +1094,36 @@ def test_debug_shows_the_traceback(base, tmp_path, monkeypatch):
     hostile = predict_png_truncated(Env(tmp_path, base, monkeypatch))
     with pytest.raises(SimMPNetError, match="cut.png"):
         main(["--debug", *hostile.argv])
+
+
+def test_a_batch_goes_on_past_a_bad_file_and_names_it(base, tmp_path, capsys):
+    """4 pictures, 1 corrupt: 3 label maps, the bad one named on the terminal and in the
+    summary, exit 1; --skip-existing then redoes only what is missing."""
+    good = png_bytes((_slice(0)[0] * 255).astype(np.uint8))
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for name in ("a.png", "b_bad.png", "c.png", "d.png"):
+        (inputs / name).write_bytes(good[: len(good) // 2] if "bad" in name else good)
+    out = tmp_path / "pred"
+    argv = ["--quiet", "predict", "--checkpoint", str(base.checkpoint), "--input", str(inputs), "--output", str(out)]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "3 label map(s) written" in captured.out and "1 failed" in captured.out
+    (failure,) = [line for line in captured.err.splitlines() if line.strip()]
+    assert "b_bad.png" in failure and "truncated" in failure
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png", "d.png", "prediction_summary.json"]
+    summary = json.loads((out / "prediction_summary.json").read_text())
+    assert (summary["written"], summary["skipped"], summary["failed"]) == (3, 0, 1)
+    (bad,) = [item for item in summary["inputs"] if item["status"] == "failed"]
+    assert bad["input"].endswith("b_bad.png") and "truncated" in bad["reason"]
+    assert len(summary["model"]["sha256"]) == 64
+    before = (out / "a.png").stat().st_mtime_ns
+    (out / "d.png").unlink()
+    (inputs / "b_bad.png").write_bytes(good)
+    assert main([*argv, "--skip-existing"]) == 0
+    summary = json.loads((out / "prediction_summary.json").read_text())
+    assert (summary["written"], summary["skipped"], summary["failed"]) == (2, 2, 0)
+    assert (out / "a.png").stat().st_mtime_ns == before and (out / "d.png").is_file()
 
 
 def test_16bit_picture_is_read_and_normalised(base, tmp_path, capsys):

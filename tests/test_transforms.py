@@ -177,3 +177,11 @@ def test_colour_images_are_augmented_channel_by_channel_with_their_label():
     assert torch.equal(label_c, label_g)
     torch.testing.assert_close(image_c[0], image_g[0])
     torch.testing.assert_close(image_c[1], image_g[0] * 0.5, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(217, 181), (181, 217), (512, 512), (100, 37)])
+def test_nearest_resize_keeps_the_last_row_and_column(shape):
+    """Upsizing a label map must not turn its last row or column into background."""
+    labels = np.full((64, 64), 3, np.uint8)
+    out = resize_slice(labels, shape, order=0)
+    assert out.shape == shape and (out == 3).all()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -282,7 +283,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict_paths
 
     check_output_folder(Path(args.output))
-    written = predict_paths(
+    batch = predict_paths(
         Path(args.checkpoint), [Path(i) for i in args.input], Path(args.output), device=args.device,
         overlay=args.overlay,
         intensity_window=tuple(args.window) if args.window else None,
@@ -290,10 +291,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
         inference=args.inference,
         overlap=args.overlap,
         dicom_seg=args.dicom_seg,
+        save_probabilities=args.save_probabilities,
+        skip_existing=args.skip_existing,
+        stop_on_error=args.stop_on_error,
+        command=shlex.join(["simmpnet", *args.argv]),
     )
     seg = ", each with a DICOM-SEG (<name>_seg.dcm)" if args.dicom_seg else ""
-    print(f"{len(written)} label map(s) written to {args.output}{seg}")
-    return 0
+    skipped = f", {len(batch.skipped)} skipped (outputs exist)" if batch.skipped else ""
+    failed = f", {len(batch.failed)} failed" if batch.failed else ""
+    print(f"{len(batch.written)} label map(s) written to {args.output}{seg}{skipped}{failed}")
+    if Path(args.output).is_dir():
+        from .predict import SUMMARY_NAME
+
+        print(f"model sha256 {batch.model['sha256']}; summary: {Path(args.output) / SUMMARY_NAME}")
+    for outcome in batch.failed:
+        print(f"simmpnet: failed: {outcome.reason}", file=sys.stderr)
+    return 1 if batch.failed else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -587,8 +600,17 @@ def build_parser() -> argparse.ArgumentParser:
         "each predicted as one volume), or several DICOM files, grouped into series",
     )
     p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--overlays", action="store_true", dest="overlay", help="also write an overlay PNG per input")
+    p.add_argument("--overlays", action="store_true", dest="overlay",
+                   help="also write an overlay PNG per input, into OUTPUT/overlays/")
     _deprecated_alias(p, "--overlay", "--overlays", "overlay", nargs=0)
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write the softmax probabilities of each input, OUTPUT/probabilities/<name>.npz "
+                   "(key probabilities: float32, class-first)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="skip inputs whose outputs exist (resume a batch that was stopped)")
+    p.add_argument("--stop-on-error", action="store_true",
+                   help="stop at the first input that cannot be read or written (default: go on, report it in "
+                   "the summary and exit with status 1)")
     p.add_argument(
         "--dicom-seg", action="store_true",
         help="DICOM series input only: also write a DICOM Segmentation object referencing the series "

@@ -3,9 +3,13 @@ MHA, npz, h5, DICOM series), one file or a folder.  Label maps are written in th
 geometry; for a DICOM series optionally also as a DICOM-SEG object."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +18,9 @@ import torch
 
 from .data.dicom import DicomSeries
 from .data.dicom_seg import default_seg_path, require_highdicom, write_dicom_seg
-from .data.io import default_label_path, file_extension, list_inputs, read_image, write_label_map
+from .data.io import atomic_write, default_label_path, file_extension, list_inputs, read_image, write_label_map
 from .data.network_input import ModelInput, as_input, network_slices, normalise_intensity
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, InputError, SimMPNetError, one_line
 from .evaluation.inference import predict_slices
 from .evaluation.resample import check_inference, resolve_resample
 from .pretrained import check_sliding_window
@@ -24,7 +28,7 @@ from .training.trainer import load_trained_model, resolve_device
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["predict_paths", "predict_array", "normalise_intensity"]
+__all__ = ["InputOutcome", "PredictionBatch", "predict_paths", "predict_array", "normalise_intensity"]
 
 
 def predict_array(
@@ -117,6 +121,84 @@ def predict_array(
     return (labels, probs) if probabilities else labels
 
 
+#: Written next to a batch's outputs: which model made them, and what happened to each input.
+SUMMARY_NAME = "prediction_summary.json"
+#: Sub-folders of the output folder for what is not a label map, so that ``simmpnet evaluate
+#: --predictions`` on the output folder sees label maps only.
+OVERLAY_FOLDER, PROBABILITY_FOLDER = "overlays", "probabilities"
+
+
+@dataclass
+class InputOutcome:
+    """What a batch did with one input: ``status`` is ``"written"``, ``"skipped"`` (its outputs
+    existed: ``skip_existing``) or ``"failed"`` (``reason`` says why)."""
+
+    input: str
+    status: str
+    outputs: list[str] = field(default_factory=list)
+    reason: str | None = None
+
+
+@dataclass
+class PredictionBatch:
+    """The result of :func:`predict_paths`: the model that made the outputs (checkpoint,
+    SHA-256, variant, classes, package version, command) and the outcome of every input."""
+
+    model: dict[str, Any]
+    outcomes: list[InputOutcome]
+
+    def _with(self, status: str) -> list[InputOutcome]:
+        return [o for o in self.outcomes if o.status == status]
+
+    @property
+    def written(self) -> list[Path]:
+        """The label maps written."""
+        return [Path(o.outputs[0]) for o in self._with("written")]
+
+    @property
+    def skipped(self) -> list[InputOutcome]:
+        return self._with("skipped")
+
+    @property
+    def failed(self) -> list[InputOutcome]:
+        return self._with("failed")
+
+    def to_dict(self) -> dict[str, Any]:
+        counts = {status: len(self._with(status)) for status in ("written", "skipped", "failed")}
+        return {"model": self.model, **counts, "inputs": [dataclasses.asdict(o) for o in self.outcomes]}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_record(checkpoint: str | os.PathLike, model: torch.nn.Module, config: dict, command: str | None) -> dict:
+    """What identifies a trained model in the outputs it makes: the SHA-256 of its weights file
+    (a ``save_pretrained`` folder: of its ``model.safetensors``), its variant, classes and the
+    package version, and the command that ran it."""
+    from . import __version__
+    from .pretrained import WEIGHTS_NAME
+
+    path = Path(checkpoint)
+    weights = path / WEIGHTS_NAME if path.is_dir() else path
+    architecture = getattr(model, "config", None)
+    n_classes = getattr(model, "n_classes", None) or config.get("n_classes")
+    return {
+        "checkpoint": str(path.resolve()),
+        "sha256": file_sha256(weights),
+        "model": type(model).__name__,
+        "variant": config.get("variant") or getattr(architecture, "variant", None),
+        "n_classes": n_classes,
+        "class_names": list(config["class_names"]) if config.get("class_names") else None,
+        "simmpnet_version": __version__,
+        "command": command,
+    }
+
+
 def predict_paths(
     checkpoint: str | os.PathLike,
     input_path: str | os.PathLike | Sequence[str | os.PathLike],
@@ -128,7 +210,12 @@ def predict_paths(
     inference: str = "resize",
     overlap: float = 0.5,
     dicom_seg: bool = False,
-) -> list[Path]:
+    *,
+    save_probabilities: bool = False,
+    skip_existing: bool = False,
+    stop_on_error: bool = False,
+    command: str | None = None,
+) -> PredictionBatch:
     """Predict every supported file at ``input_path`` (a file or a folder) into ``output_dir``.
 
     ``input_path`` may also be a DICOM file, a folder holding DICOM series, or a sequence of
@@ -147,9 +234,19 @@ def predict_paths(
     size at the image's own resolution, neighbours sharing ``overlap`` of a tile; ``resample``
     does not apply).
 
-    Returns the label maps written.  Files are read, predicted and written one at a time, so
-    memory stays flat over long folders.  The inputs are listed (and DICOM series checked)
-    before the model is loaded, so bad inputs fail before any work.
+    The output folder holds the label maps (and DICOM-SEGs) only, so that ``simmpnet evaluate
+    --predictions`` reads it as it is; ``overlay`` pictures go to ``overlays/``, and
+    ``save_probabilities`` writes ``probabilities/<name>.npz`` (key ``probabilities``: float32,
+    class-first, in the label map's axis order; ``class_names``).  Every file is written
+    atomically.  :data:`SUMMARY_NAME` records the model (the SHA-256 of its weights, variant,
+    classes, package version, ``command``) and the outcome of every input; NIfTI label maps and
+    DICOM-SEGs carry the SHA-256 too.
+
+    A batch goes on past an input it cannot read or write (``stop_on_error`` stops at the first)
+    and reports it in the summary; ``skip_existing`` skips inputs whose outputs exist (a batch
+    resumed after a kill).  The inputs are listed (and DICOM series checked) before the model is
+    loaded, and the output folder is created only once there is something to put in it.
+    Files are read, predicted and written one at a time, so memory stays flat over long folders.
     """
     check_inference(inference, overlap, resample)
     inputs = list_inputs(input_path)
@@ -158,6 +255,9 @@ def predict_paths(
         if other is not None:
             raise InputError(f"{other}: DICOM-SEG output needs DICOM series as input, and this is not one")
         require_highdicom()
+    out_dir = Path(output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a folder")
     dev = resolve_device(device)
     model, input_size, config = load_trained_model(checkpoint, dev)
     if inference == "sliding-window":
@@ -171,31 +271,91 @@ def predict_paths(
         if not n_classes:
             raise CheckpointError(f"{checkpoint}: the checkpoint does not record its number of classes")
         segment_names = list(names or ["background", *(f"class_{i}" for i in range(1, n_classes))])
-    out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    record = model_record(checkpoint, model, config, command)
+    description = f"simmpnet {record['simmpnet_version']} sha256:{record['sha256'][:16]}"
+    outcomes: list[InputOutcome] = []
+    errors: list[BaseException] = []
     for path in inputs:
-        loaded = read_image(path)
-        slices = network_slices(ModelInput(loaded.array, loaded.kind, str(path)), in_channels, window)
-        with torch.no_grad():
-            labels = predict_slices(
-                model, slices, input_size, dev, resample=resample, inference=inference, overlap=overlap,
-                preprocessing=getattr(model, "preprocessing", None),
-            )
-        if loaded.kind == "image2d":
-            labels = labels[0]
-        target = write_label_map(labels, loaded, default_label_path(loaded, out_dir))
-        written.append(target)
-        if dicom_seg:
-            write_dicom_seg(labels, loaded, default_seg_path(loaded, out_dir), segment_names)
-        if overlay:
-            from .evaluation.report import save_overlay
+        shown = str(path)
+        try:
+            loaded = read_image(path)
+            targets = _targets(loaded, out_dir, dicom_seg, overlay, save_probabilities)
+            if skip_existing and all(t.is_file() for t in targets.values()):
+                outcomes.append(InputOutcome(shown, "skipped", [str(t) for t in targets.values()]))
+                logger.info("%s: outputs exist, skipped", path)
+                continue
+            slices = network_slices(ModelInput(loaded.array, loaded.kind, shown), in_channels, window)
+            with torch.no_grad():
+                result = predict_slices(
+                    model, slices, input_size, dev, resample=resample, inference=inference, overlap=overlap,
+                    probabilities=save_probabilities, preprocessing=getattr(model, "preprocessing", None),
+                )
+            labels, probs = result if save_probabilities else (result, None)
+            if loaded.kind == "image2d":
+                labels = labels[0]
+                probs = None if probs is None else probs[:, 0]
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_label_map(labels, loaded, targets["labels"], description=description)
+            if dicom_seg:
+                write_dicom_seg(labels, loaded, targets["seg"], segment_names, model_id=record["sha256"])
+            if probs is not None:
+                _write_probabilities(targets["probabilities"], probs, names)
+            if overlay:
+                _write_overlay(targets["overlay"], slices, labels, loaded.kind == "image2d", names)
+        except (SimMPNetError, OSError) as err:
+            if stop_on_error:
+                raise
+            errors.append(err)
+            outcomes.append(InputOutcome(shown, "failed", reason=one_line(err)))
+            logger.debug("%s: failed: %s", path, one_line(err))
+            continue
+        outcomes.append(InputOutcome(shown, "written", [str(t) for t in targets.values()]))
+        logger.info("%s -> %s", path, targets["labels"])
+    batch = PredictionBatch(record, outcomes)
+    if errors and len(errors) == len(outcomes):
+        # Nothing to show for the batch: an error, and no folder or summary left behind.
+        if len(errors) == 1:
+            raise errors[0]
+        raise InputError(f"none of the {len(errors)} inputs could be predicted; the first: {one_line(errors[0])}") from errors[0]
+    text = json.dumps(batch.to_dict(), indent=2) + "\n"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_dir / SUMMARY_NAME, lambda tmp: tmp.write_text(text))
+    if errors:
+        logger.info("%d of %d inputs failed (%s)", len(errors), len(outcomes), out_dir / SUMMARY_NAME)
+    return batch
 
-            index = 0 if loaded.kind == "image2d" else int(np.argmax((labels > 0).sum((1, 2))))
-            image = slices[index]
-            shown = labels if loaded.kind == "image2d" else labels[index]
-            grey = image if image.ndim == 2 else image.mean(-1)
-            stem = target.name[: len(target.name) - len(file_extension(target))]  # a series UID holds dots
-            save_overlay(grey, None, shown, out_dir / f"{stem}_overlay.png", class_names=names)
-        logger.info("%s -> %s", path, target)
-    return written
+
+def _targets(loaded: Any, out_dir: Path, dicom_seg: bool, overlay: bool, probabilities: bool) -> dict[str, Path]:
+    """Where the outputs of one input go (the label map first)."""
+    labels = default_label_path(loaded, out_dir)
+    stem = labels.name[: len(labels.name) - len(file_extension(labels))]  # a series UID holds dots
+    targets = {"labels": labels}
+    if dicom_seg:
+        targets["seg"] = default_seg_path(loaded, out_dir)
+    if probabilities:
+        targets["probabilities"] = out_dir / PROBABILITY_FOLDER / f"{stem}.npz"
+    if overlay:
+        targets["overlay"] = out_dir / OVERLAY_FOLDER / f"{stem}.png"
+    return targets
+
+
+def _write_probabilities(target: Path, probs: np.ndarray, names: Sequence[str] | None) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    extra = {"class_names": np.array(list(names))} if names else {}
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, probabilities=probs.astype(np.float32, copy=False), **extra)
+
+    atomic_write(target, write, suffix=".npz")
+
+
+def _write_overlay(target: Path, slices: np.ndarray, labels: np.ndarray, picture: bool, names: Any) -> None:
+    from .evaluation.report import save_overlay
+
+    index = 0 if picture else int(np.argmax((labels > 0).sum((1, 2))))
+    image = slices[index]
+    shown = labels if picture else labels[index]
+    grey = image if image.ndim == 2 else image.mean(-1)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_overlay(grey, None, shown, target, class_names=names)

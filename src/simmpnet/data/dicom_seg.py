@@ -54,6 +54,7 @@ def write_dicom_seg(
     reference: LoadedImage,
     out_path: str | os.PathLike[str],
     class_names: Sequence[str],
+    model_id: str | None = None,
 ) -> Path:
     """Write the label map of a DICOM series as a DICOM-SEG object referencing that series.
 
@@ -64,6 +65,9 @@ def write_dicom_seg(
         out_path: the ``.dcm`` file to write (atomically).
         class_names: the model's class names, background first; class ``c`` becomes segment
             ``c`` labelled ``class_names[c]``.
+        model_id: what identifies the trained model (the SHA-256 of its checkpoint): it goes
+            into the algorithm's version, the series description and the device serial number,
+            so that the SEG names the exact weights that made it.
 
     Returns:
         ``out_path`` as a :class:`~pathlib.Path`.
@@ -103,8 +107,12 @@ def write_dicom_seg(
 
     from .. import __version__
 
+    short_id = (model_id or "")[:16]
     algorithm = hd.AlgorithmIdentificationSequence(
-        name="Sim-MPNet", version=__version__, family=codes.cid7162.ArtificialIntelligence
+        name="Sim-MPNet",
+        version=f"{__version__} sha256:{short_id}" if short_id else __version__,
+        family=codes.cid7162.ArtificialIntelligence,
+        parameters={"checkpoint_sha256": model_id} if model_id else None,
     )
     segments = [
         hd.seg.SegmentDescription(
@@ -130,8 +138,9 @@ def write_dicom_seg(
             manufacturer="simmpnet",
             manufacturer_model_name="Sim-MPNet",
             software_versions=__version__,
-            device_serial_number="none",
-            series_description="Sim-MPNet segmentation",
+            # The software is the device; its "serial number" is the model's weights.
+            device_serial_number=short_id or "unknown",
+            series_description=f"Sim-MPNet segmentation {short_id}".strip(),
             content_label="SIMMPNET",
         )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:  # highdicom's checks of the sources

@@ -1025,7 +1025,9 @@ def _write_png(labels: np.ndarray, out_path: Path) -> None:
     atomic_write(out_path, write, suffix=".png")
 
 
-def _write_nifti(labels_ijk: np.ndarray, reference: LoadedImage, out_path: Path, ext: str) -> None:
+def _write_nifti(
+    labels_ijk: np.ndarray, reference: LoadedImage, out_path: Path, ext: str, description: str | None = None
+) -> None:
     nib = _require("nibabel", out_path)
     header = reference.header.copy()
     klass = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
@@ -1035,7 +1037,7 @@ def _write_nifti(labels_ijk: np.ndarray, reference: LoadedImage, out_path: Path,
     hdr.set_slope_inter(1.0, 0.0)
     hdr["cal_min"] = 0
     hdr["cal_max"] = int(labels_ijk.max()) if labels_ijk.size else 0
-    hdr["descrip"] = b"simmpnet label map"
+    hdr["descrip"] = (description or "simmpnet label map").encode("ascii", "replace")[:79]
     try:
         hdr.set_intent("label")
     except Exception:  # pragma: no cover - very old nibabel
@@ -1043,7 +1045,9 @@ def _write_nifti(labels_ijk: np.ndarray, reference: LoadedImage, out_path: Path,
     atomic_write(out_path, lambda tmp: nib.save(img, str(tmp)), suffix=ext)
 
 
-def _write_sitk(labels_ijk_or_2d: np.ndarray, reference: LoadedImage, out_path: Path, ext: str) -> None:
+def _write_sitk(
+    labels_ijk_or_2d: np.ndarray, reference: LoadedImage, out_path: Path, ext: str, description: str | None = None
+) -> None:
     sitk = _require("SimpleITK", out_path)
     if labels_ijk_or_2d.ndim == 3:
         arr = np.ascontiguousarray(np.transpose(labels_ijk_or_2d, (2, 1, 0)))
@@ -1053,6 +1057,8 @@ def _write_sitk(labels_ijk_or_2d: np.ndarray, reference: LoadedImage, out_path: 
     img.SetOrigin(reference.origin)
     img.SetSpacing(reference.file_spacing)
     img.SetDirection(reference.direction)
+    if description and ext in (".nii", ".nii.gz"):
+        img.SetMetaData("ITK_FileNotes", description[:79])  # ITK's NIfTI writer puts it in descrip
 
     def write(tmp: Path) -> None:
         try:
@@ -1081,7 +1087,7 @@ def _write_plain(labels: np.ndarray, reference: LoadedImage, out_path: Path, ext
 
 
 def write_label_map(
-    labels: Any, reference: LoadedImage, out_path: str | os.PathLike[str]
+    labels: Any, reference: LoadedImage, out_path: str | os.PathLike[str], description: str | None = None
 ) -> Path:
     """Write a label map in the geometry of the image it was predicted from.
 
@@ -1091,6 +1097,8 @@ def write_label_map(
             uint8 is written as is; other integer, bool or whole-number float arrays with
             values in ``[0, 255]`` are converted to uint8.
         reference: the :class:`LoadedImage` the prediction was made on.
+        description: what made the labels, for formats with a description field (NIfTI's
+            80-byte ``descrip``); default "simmpnet label map".
         out_path: target file. Its extension picks the format and must suit the reference:
             ``.png`` for 2-D pictures (uint8, pixel value = class id); ``.nii``/``.nii.gz``
             for NIfTI (the reference's affine and header, qform/sform and their codes kept,
@@ -1137,11 +1145,11 @@ def write_label_map(
     elif reference.kind == "nifti":
         if reference.affine is None or reference.header is None:
             raise _fail(out_path, f"reference {reference.path.name} lacks its NIfTI affine/header")
-        _write_nifti(file_arr, reference, out_path, ext)
+        _write_nifti(file_arr, reference, out_path, ext, description)
     elif reference.kind in ("sitk", "dicom"):
         if reference.origin is None or reference.direction is None or reference.file_spacing is None:
             raise _fail(out_path, f"reference {reference.path.name} lacks its origin/spacing/direction")
-        _write_sitk(file_arr, reference, out_path, ext)
+        _write_sitk(file_arr, reference, out_path, ext, description)
     else:
         _write_plain(file_arr, reference, out_path, ext)
     logger.info("wrote label map %s (%s, shape %s)", out_path, reference.kind, arr.shape)

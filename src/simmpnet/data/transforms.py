@@ -43,7 +43,10 @@ def resize_slice(array: np.ndarray, output_size: int | tuple[int, int], order: i
     h, w = array.shape
     if (h, w) == (oh, ow):
         return array.copy()
-    out = ndimage.zoom(array, (oh / h, ow / w), order=order)
+    # Nearest: a coordinate that rounding puts a hair past the last pixel takes that pixel
+    # (scipy's default "constant" mode made the whole last row or column 0, background, for
+    # some sizes, e.g. 64 -> 217).  Inside the image every mode gives the same values.
+    out = ndimage.zoom(array, (oh / h, ow / w), order=order, mode="nearest" if order == 0 else "constant")
     if out.shape != (oh, ow):  # guard against rounding of the zoom factors
         out = out[:oh, :ow]
         out = np.pad(out, ((0, oh - out.shape[0]), (0, ow - out.shape[1])), mode="edge")
