@@ -369,7 +369,8 @@ def test_nnunets_own_predictor_in_a_fresh_process_gives_the_package_predictors_l
         for mode in ("nnunet", "package"):
             out = tmp_path / f"{mode}.npy"
             done = subprocess.run([sys.executable, str(script), mode, str(model), fold, str(image), str(out)],
-                                  capture_output=True, text=True, env=env, timeout=600)
+                                  capture_output=True, text=True, encoding="utf-8", errors="replace", env=env,
+                                  timeout=600)
             assert done.returncode == 0, done.stderr[-3000:]
             logits[mode] = np.load(out)
     finally:
@@ -400,7 +401,8 @@ def test_install_makes_nnunets_own_lookup_find_the_trainers_and_uninstall_undoes
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
 
     def found() -> list[str]:
-        done = subprocess.run([sys.executable, "-c", lookup], capture_output=True, text=True, env=env, timeout=300)
+        done = subprocess.run([sys.executable, "-c", lookup], capture_output=True, text=True, encoding="utf-8",
+                              errors="replace", env=env, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         return done.stdout.split("\n")[-3:-1]
 

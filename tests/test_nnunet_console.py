@@ -26,7 +26,8 @@ BIN = Path(sys.executable).parent
 
 def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     """A console script of this environment (or an absolute program path) with ``args``."""
-    done = subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, env=env, timeout=1200)
+    done = subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, encoding="utf-8",
+                          errors="replace", env=env, timeout=1200)
     assert done.returncode == 0, f"{' '.join(args)}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     return done
 

@@ -4,7 +4,6 @@ geometry; for a DICOM series optionally also as a DICOM-SEG object."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -18,7 +17,9 @@ import torch
 
 from .data.dicom import DicomSeries
 from .data.dicom_seg import default_seg_path, require_highdicom, write_dicom_seg
-from .data.io import atomic_write, default_label_path, file_extension, list_inputs, read_image, write_label_map
+from .data.io import (
+    atomic_write, default_label_path, file_extension, list_inputs, read_image, sha256_file, write_label_map,
+)
 from .data.network_input import ModelInput, as_input, network_slices, normalise_intensity
 from .errors import CheckpointError, InputError, SimMPNetError, one_line
 from .evaluation.inference import predict_slices
@@ -168,14 +169,6 @@ class PredictionBatch:
         return {"model": self.model, **counts, "inputs": [dataclasses.asdict(o) for o in self.outcomes]}
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def model_record(checkpoint: str | os.PathLike, model: torch.nn.Module, config: dict, command: str | None) -> dict:
     """What identifies a trained model in the outputs it makes: the SHA-256 of its weights file
     (a ``save_pretrained`` folder: of its ``model.safetensors``), its variant, classes and the
@@ -189,7 +182,7 @@ def model_record(checkpoint: str | os.PathLike, model: torch.nn.Module, config: 
     n_classes = getattr(model, "n_classes", None) or config.get("n_classes")
     return {
         "checkpoint": str(path.resolve()),
-        "sha256": file_sha256(weights),
+        "sha256": sha256_file(weights),
         "model": type(model).__name__,
         "variant": config.get("variant") or getattr(architecture, "variant", None),
         "n_classes": n_classes,

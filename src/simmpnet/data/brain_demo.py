@@ -22,7 +22,6 @@ up), W runs from the subject's left to right (neurological convention).
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -40,7 +39,7 @@ import numpy as np
 
 from simmpnet.errors import InputError
 
-from .io import atomic_write
+from .io import atomic_write, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -97,14 +96,6 @@ _SUBPROCESS_TIMEOUT_S = 300.0
 # --------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------
-def sha256_file(path: Path) -> str:
-    """Return the hex SHA-256 of the file at ``path`` (read in 1 MiB chunks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def _write_text_atomic(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -55,6 +55,7 @@ untouched. Pillow, nibabel, h5py and SimpleITK are imported only when a file nee
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import os
@@ -92,6 +93,7 @@ __all__ = [
     "picture_samples",
     "picture_scale",
     "read_image",
+    "sha256_file",
     "write_label_map",
 ]
 
@@ -209,6 +211,15 @@ class LoadedImage:
 # --------------------------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------------------------
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The hex SHA-256 of the file at ``path`` (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def file_extension(path: str | os.PathLike[str]) -> str:
     """Lower-case extension of ``path``, with ``.nii.gz`` as one extension (``""`` if none)."""
     name = Path(path).name.lower()
