@@ -1,5 +1,6 @@
 import gzip
 import json
+import logging
 from pathlib import Path
 
 import h5py
@@ -321,3 +322,22 @@ def test_training_into_a_folder_that_holds_a_run_is_refused_unless_resumed_or_ov
     assert sum(r.get("event") == "end" for r in records) == 1
     payload = load_checkpoint(out / "last.pt")
     assert payload["state"]["global_step"] == 1 and payload["config"]["lr"] == 0.1
+
+
+def test_a_library_warning_is_one_line_without_its_path(monkeypatch, capsys, tmp_path):
+    import warnings
+
+    from simmpnet import cli
+
+    def noisy(args):
+        logging.getLogger("highdicom.seg").info("an INFO line of a library")
+        logging.getLogger("simmpnet.predict").info("our own INFO line")
+        warnings.warn("something a library says", UserWarning)
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_predict", noisy)
+    shown = warnings.showwarning
+    assert main(["predict", "--checkpoint", "x", "--input", "y", "--output", str(tmp_path)]) == 0
+    assert warnings.showwarning is shown  # restored
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == ["our own INFO line", "simmpnet: warning: something a library says (UserWarning)"]

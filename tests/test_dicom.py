@@ -226,12 +226,15 @@ def test_bad_series_are_refused_naming_the_folder_and_file(tmp_path: Path) -> No
 # ---------------------------------------------------------------------------------------------
 # predict: label map in the series' geometry, DICOM-SEG referencing the series
 # ---------------------------------------------------------------------------------------------
-def test_predict_series_writes_label_map_in_its_geometry_and_a_dicom_seg(model_dir: Path, tmp_path: Path) -> None:
+def test_predict_series_writes_label_map_in_its_geometry_and_a_dicom_seg(model_dir: Path, tmp_path: Path, capfd) -> None:
     hd = pytest.importorskip("highdicom")
     uids = write_series(tmp_path / "CT", phantom())
     out = tmp_path / "pred"
-    args = ["--quiet", "predict", "--checkpoint", str(model_dir), "--input", str(tmp_path / "CT"), "--output", str(out)]
+    args = ["predict", "--checkpoint", str(model_dir), "--input", str(tmp_path / "CT"), "--output", str(out)]
+    capfd.readouterr()
     assert main([*args, "--device", "cpu", "--dicom-seg", "--overlays"]) == 0  # predict_array below runs on the CPU
+    err = capfd.readouterr().err
+    assert "highdicom" not in err and "site-packages" not in err, err  # a quiet log: no library INFO lines or paths
     assert sorted(p.name for p in out.iterdir()) == ["CT.nii.gz", "CT_seg.dcm", "overlays", "prediction_summary.json"]
     assert [p.name for p in (out / "overlays").iterdir()] == ["CT.png"]
     # which weights made the outputs: the summary, the NIfTI description and the SEG all say it

@@ -10,6 +10,7 @@ import logging
 import os
 import shlex
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -664,9 +665,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr, force=True
-    )
+    level = logging.WARNING if args.quiet else logging.INFO
+    # simmpnet's own records at `level`; other libraries' INFO lines (highdicom writes nine per
+    # DICOM-SEG) only with --debug.
+    logging.basicConfig(level=level if args.debug else logging.WARNING, format="%(message)s", stream=sys.stderr,
+                        force=True)
+    own = logging.getLogger("simmpnet")
+    own_level, own.level = own.level, level
+    shown_warnings = warnings.showwarning
+    if not args.debug:
+        warnings.showwarning = _warning_in_one_line
     try:
         return args.func(args)
     except SimMPNetError as err:
@@ -683,6 +691,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("simmpnet: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown_warnings
+        own.setLevel(own_level)
+
+
+def _warning_in_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A library's warning as one line, without the path of the file that raised it."""
+    print(f"simmpnet: warning: {one_line(message, limit=None)} ({category.__name__})", file=sys.stderr)
 
 
 if __name__ == "__main__":
