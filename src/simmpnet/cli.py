@@ -480,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--output", default=f"runs/{name}", help="output folder")
         p.add_argument(
             "--steps", type=int,
-            help="training steps per model (default: the demo config's, about 10 minutes on a 2-core CPU)",
+            help="training steps per model (default: the demo config's 450)",
         )
         p.add_argument(
             "--time-budget", type=float, metavar="SECONDS",
