@@ -186,10 +186,9 @@ def test_a_network_built_with_another_warmup_loads_the_trained_function(trained,
         assert torch.equal(rebuilt.eval()(x), model.eval()(x))
 
 
+@pytest.mark.parametrize("trained", ["tiny"], indirect=True)  # one network is enough for the refusal
 def test_sliding_window_on_a_model_trained_on_resized_slices_is_refused(trained, inputs, tmp_path, capsys):
     name, checkpoint, model = trained
-    if name != "tiny":
-        pytest.skip("one network is enough for the refusal")
     args = ["predict", "--checkpoint", str(checkpoint), "--input", str(inputs["folder"] / "scan.nii.gz"),
             "--output", str(tmp_path / "out"), "--device", "cpu", "--inference", "sliding-window"]
     assert main(args) == 2
