@@ -281,7 +281,7 @@ def predict_paths(
             with torch.no_grad():
                 result = predict_slices(
                     model, slices, input_size, dev, resample=resample, inference=inference, overlap=overlap,
-                    probabilities=save_probabilities, preprocessing=getattr(model, "preprocessing", None),
+                    probabilities=save_probabilities,
                 )
             labels, probs = result if save_probabilities else (result, None)
             if loaded.kind == "image2d":

@@ -156,18 +156,27 @@ class Preprocessing:
         return prep
 
     @classmethod
-    def for_training_config(cls, config: Mapping[str, Any], input_size: int, in_channels: int) -> Preprocessing:
+    def for_training_config(
+        cls, config: Mapping[str, Any], input_size: int, in_channels: int, source: str = "training config"
+    ) -> Preprocessing:
         """The preprocessing of a ``simmpnet train`` run (its config as the checkpoint stores
         it), as ``simmpnet predict`` applies it.  Every layout of ``simmpnet train`` resizes
-        whole slices to the input size."""
-        return cls(
-            input_size=int(input_size),
-            in_channels=int(in_channels),
-            intensity_window=config.get("intensity_window"),
-            class_names=config.get("class_names"),
-            resample=config.get("resample") or "labels",
-            trained_on="resized-slices",
-        )
+        whole slices to the input size.
+
+        Raises:
+            CheckpointError: the config's preprocessing keys are unusable (names ``source``).
+        """
+        try:
+            return cls(
+                input_size=int(input_size),
+                in_channels=int(in_channels),
+                intensity_window=config.get("intensity_window"),
+                class_names=config.get("class_names"),
+                resample=config.get("resample") or "labels",
+                trained_on="resized-slices",
+            )
+        except (InputError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{source}: the training config's preprocessing is unusable ({err})") from err
 
 
 def check_sliding_window(prep: Preprocessing | None, source: str = "the model", warn: bool = True) -> None:
@@ -355,10 +364,7 @@ def model_from_checkpoint(payload: dict[str, Any], source: str, cls: type[SimMPN
     model = cls.from_payload(part, source)
     if train_config is not None:
         size = part.get("input_size", model.preprocessing.input_size)
-        try:
-            prep = Preprocessing.for_training_config(train_config, int(size), model.in_channels)
-        except (InputError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{source}: the training config's preprocessing is unusable ({err})") from err
+        prep = Preprocessing.for_training_config(train_config, size, model.in_channels, source)
         model.preprocessing = check_preprocessing(model, prep, source)
     return model
 

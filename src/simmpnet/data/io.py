@@ -90,8 +90,8 @@ __all__ = [
     "file_extension",
     "list_inputs",
     "path_exists",
+    "intensities",
     "picture_samples",
-    "picture_scale",
     "read_image",
     "sha256_file",
     "write_label_map",
@@ -293,7 +293,7 @@ def _check_pixels(path: Path, shape: tuple[int, ...], max_pixels: int) -> None:
         )
 
 
-def _finite_float32(path: Path, arr: np.ndarray) -> np.ndarray:
+def _finite_float32(path: str | os.PathLike[str], arr: np.ndarray) -> np.ndarray:
     """Numeric-dtype check, conversion to float32 and NaN/Inf check."""
     if arr.dtype.kind not in "biuf":
         raise _fail(path, f"image data must be numeric, got dtype {arr.dtype}")
@@ -406,10 +406,15 @@ def _apply_inverse(array: np.ndarray, perm: tuple[int, ...], flips: tuple[bool, 
 PICTURE_FULL_SCALE: dict[np.dtype, float] = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
-def picture_scale(dtype: np.dtype) -> float | None:
-    """What the samples of a picture of ``dtype`` are divided by (:data:`PICTURE_FULL_SCALE`),
-    or None."""
-    return PICTURE_FULL_SCALE.get(np.dtype(dtype))
+def intensities(samples: np.ndarray, source: str | os.PathLike[str], picture: bool = False) -> np.ndarray:
+    """``samples`` as float32 intensities, refused (naming ``source``) when empty, not numeric or
+    not finite; a picture's 8-bit and 16-bit samples are divided by their full scale
+    (:data:`PICTURE_FULL_SCALE`)."""
+    out = _finite_float32(source, samples)
+    scale = PICTURE_FULL_SCALE.get(samples.dtype) if picture else None
+    if scale is not None:
+        out /= np.float32(scale)
+    return out
 
 
 def picture_samples(im: Any, source: str | os.PathLike[str]) -> np.ndarray:
@@ -465,10 +470,7 @@ def _read_image2d(path: Path, max_pixels: int) -> LoadedImage:
             raise _fail(path, "corrupt or truncated image data", exc) from exc
     if arr.ndim not in (2, 3):  # pragma: no cover - Pillow always gives H x W (x C)
         raise _fail(path, f"unexpected decoded shape {arr.shape}")
-    out = _finite_float32(path, arr)
-    scale = picture_scale(arr.dtype)
-    if scale is not None:
-        out /= np.float32(scale)
+    out = intensities(arr, path, picture=True)
     return LoadedImage(
         array=out,
         kind="image2d",

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .io import list_inputs, picture_samples, picture_scale, read_image
+from .io import intensities, list_inputs, picture_samples, read_image
 from .transforms import normalise_percentile
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def as_input(image: Any, *, in_channels: int = 1, volume: bool | None = None) ->
         return ModelInput(loaded.array, loaded.kind, str(loaded.path))
     if _is_pil_image(image):
         samples = picture_samples(image, "Pillow image")
-        return ModelInput(_scaled(samples, picture_scale(samples.dtype), "Pillow image"), _PICTURE, "Pillow image")
+        return ModelInput(intensities(samples, "Pillow image", picture=True), _PICTURE, "Pillow image")
     try:
         import torch
 
@@ -128,18 +128,8 @@ def as_input(image: Any, *, in_channels: int = 1, volume: bool | None = None) ->
         volume = array.ndim == 3 and not colour
     elif volume and array.ndim != 3:
         raise InputError(f"volume=True needs a (D, H, W) array, got shape {array.shape}")
-    if volume:
-        return ModelInput(_scaled(array, None, "input array"), "volume", "input array")
-    return ModelInput(_scaled(array, picture_scale(array.dtype), "input array"), _PICTURE, "input array")
-
-
-def _scaled(samples: np.ndarray, scale: float | None, source: str) -> np.ndarray:
-    out = samples.astype(np.float32)
-    if not np.isfinite(out).all():
-        raise InputError(f"{source}: the image holds NaN or Inf values")
-    if scale is not None:
-        out /= np.float32(scale)
-    return out
+    kind = "volume" if volume else _PICTURE
+    return ModelInput(intensities(array, "input array", picture=not volume), kind, "input array")
 
 
 def network_slices(

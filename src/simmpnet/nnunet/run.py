@@ -207,11 +207,11 @@ def make_predictor(
     for fold_dir in fold_dirs:
         if not (fold_dir / checkpoint).is_file():
             raise InputError(f"{fold_dir / checkpoint}: no such checkpoint (train the fold first)")
-    payloads = [torch.load(d / checkpoint, map_location="cpu", weights_only=False) for d in fold_dirs]
-    first = payloads[0]
-    if first.get("trainer_name") not in TRAINERS:
+    first = torch.load(fold_dirs[0] / checkpoint, map_location="cpu", weights_only=False)
+    if first.get("trainer_name") not in TRAINERS:  # nnU-Net's own network: nnU-Net reads the folds
         predictor.initialize_from_trained_model_folder(str(folder), tuple(folds), checkpoint)
         return predictor
+    payloads = [first, *(torch.load(d / checkpoint, map_location="cpu", weights_only=False) for d in fold_dirs[1:])]
     plans_manager = PlansManager(json.loads((folder / "plans.json").read_text()))
     dataset_json = json.loads((folder / "dataset.json").read_text())
     network = network_of_checkpoint(first, fold_dirs[0], str(fold_dirs[0] / checkpoint))

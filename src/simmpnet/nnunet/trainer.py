@@ -62,8 +62,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from ..errors import CheckpointError, InputError
-from ..pretrained import Preprocessing
 from ..models import VARIANTS, SimMPNet, SimMPNetConfig, WLDSchedule
+from ..pretrained import Preprocessing
 from ..training.distributed import gather_cat, mean_over_ranks
 from ..training.losses import DeepSupervisionLoss
 from ..training.plan import scaled_warmup, scaled_wld_start
@@ -474,5 +474,5 @@ _BASES = (nnUNetTrainerSimMPNet, nnUNetTrainerSimMPNetTiny, nnUNetTrainerSimMPNe
 TRAINERS: dict[str, type[nnUNetTrainerSimMPNet]] = {
     cls.__name__: cls for base in _BASES for cls in (base, *(_short_run(base, n) for n in SHORT_RUN_EPOCHS))
 }
-# Module attributes, so that nnU-Net's lookup by name (hasattr on this module's importer) finds them.
+# The generated variants are module attributes too, so that they import and pickle by name.
 globals().update(TRAINERS)

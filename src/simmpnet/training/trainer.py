@@ -952,8 +952,5 @@ def load_trained_model(path: str | os.PathLike, device: torch.device | str = "cp
     if payload.get("format") == TRAIN_FORMAT:
         # What the run did to its slices travels with its weights, for every network type.
         in_channels = int(getattr(model, "in_channels", config.get("in_channels", 1)))
-        try:
-            model.preprocessing = Preprocessing.for_training_config(config, input_size, in_channels)
-        except (InputError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{source}: the training config's preprocessing is unusable ({err})") from err
+        model.preprocessing = Preprocessing.for_training_config(config, input_size, in_channels, source)
     return model, input_size, config
