@@ -24,7 +24,7 @@ from simmpnet.data.brain_demo import CLASS_NAMES  # noqa: E402
 from simmpnet.data.io import atomic_write  # noqa: E402
 from simmpnet.data.layouts.synapse import load_h5_volume, load_npz_slice  # noqa: E402
 from simmpnet.evaluation.inference import predict_slices  # noqa: E402
-from simmpnet.training.trainer import load_trained_model  # noqa: E402
+from simmpnet.loading import load_trained_model  # noqa: E402
 
 
 def border_slices(data: Path, before: str, after: str, count: int) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -254,13 +254,13 @@ def test_compare_trains_both_models_on_the_demo_footing(brain_data, tmp_path, ca
 
 
 def test_demo_config_layers_yaml_model_section_and_command_line(tmp_path):
-    from simmpnet.cli import demo_config
+    from simmpnet.demo import demo_config
 
     unet = demo_config("unet", tmp_path, tmp_path / "out", "cpu")
     assert unet.model == "unet" and unet.model_overrides == {} and unet.input_size == 96
     # a step budget: the demo's result must not depend on the machine's speed
     assert unet.max_steps is not None and unet.max_steps > 0 and unet.time_budget_s is None
-    sim = demo_config("simmpnet", tmp_path, tmp_path / "out", "cpu", ["input_size=128", "model_overrides={}"], 7, 60)
+    sim = demo_config("simmpnet", tmp_path, tmp_path / "out", "cpu", {"input_size": 128, "model_overrides": {}}, 7, 60)
     assert sim.input_size == 128 and sim.model_overrides == {} and sim.max_steps == 7 and sim.time_budget_s == 60
 
 

@@ -16,7 +16,7 @@ import yaml
 from conftest import small_train_config
 from simmpnet.cli import main
 from simmpnet.errors import InputError
-from simmpnet.evaluation.html_report import write_report
+from simmpnet.evaluate import write_report
 
 #: the tests on the trained run: a training run and an evaluation (tens of seconds on 2 CPU cores)
 slow = pytest.mark.slow

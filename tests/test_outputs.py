@@ -10,7 +10,8 @@ import yaml
 from conftest import small_train_config
 from PIL import Image
 
-from simmpnet.cli import _warn_if_trained_on, build_parser, main
+from simmpnet.cli import build_parser, main
+from simmpnet.evaluate import warn_if_trained_on
 from simmpnet.errors import InputError
 from simmpnet.evaluation.evaluate import score_cases
 from simmpnet.evaluation.metrics import evaluate_case
@@ -123,9 +124,9 @@ def test_scoring_cases_the_model_was_trained_on_is_warned(brain_data, caplog):
     config["layout"] = "synapse"
     trained_on = (brain_data / "lists" / "small.txt").read_text().split()[0].split("_slice")[0]
     with caplog.at_level(logging.WARNING, logger="simmpnet"):
-        _warn_if_trained_on(config, brain_data, "synapse", "test_vol", ["brain_slab02", "brain_slab07"])
+        warn_if_trained_on(config, brain_data, "synapse", "test_vol", ["brain_slab02", "brain_slab07"])
         assert not caplog.records
-        _warn_if_trained_on(config, brain_data, "synapse", "mixed", [trained_on, "brain_slab07"])
+        warn_if_trained_on(config, brain_data, "synapse", "mixed", [trained_on, "brain_slab07"])
     assert f"1 of the 2 cases of split 'mixed' were in the model's training split 'small' ({trained_on})" in caplog.text
 
 

@@ -37,7 +37,7 @@ import torch
 
 from simmpnet import SimMPNet
 from simmpnet.training.losses import DeepSupervisionLoss
-from simmpnet.training.trainer import load_trained_model
+from simmpnet.loading import load_trained_model
 
 from .harness import Skip, held_out_volumes, median_ms, synced, time_interleaved
 from .results import Row, fmt

@@ -85,7 +85,7 @@ def _compare(session, batches: list[np.ndarray], references: list[np.ndarray]) -
 
 def demo(args: argparse.Namespace) -> list[Row]:
     from simmpnet.export import export_model, onnxruntime_session
-    from simmpnet.training.trainer import load_trained_model
+    from simmpnet.loading import load_trained_model
 
     trained_checkpoint(args.checkpoint, args.data)
     model, size, _ = load_trained_model(args.checkpoint, "cpu")

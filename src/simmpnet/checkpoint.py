@@ -20,13 +20,22 @@ from typing import Any
 
 import torch
 
-from .data.io import atomic_write
+from .files import atomic_write
 from .errors import CheckpointError, InputError, one_line
 
-__all__ = ["CHECKPOINT_VERSION", "check_format_version", "save_checkpoint", "load_checkpoint", "foreign_file_kind"]
+__all__ = [
+    "CHECKPOINT_VERSION", "MODEL_FORMAT", "PEER_FORMAT", "TRAIN_FORMAT", "check_format_version", "foreign_file_kind",
+    "load_checkpoint", "save_checkpoint", "split_training_checkpoint",
+]
 
 #: Newest checkpoint ``version`` this code reads (the trainer and ``SimMPNet.save`` write 1).
 CHECKPOINT_VERSION = 1
+#: The ``format`` of every checkpoint kind, decoded here and nowhere else: a ``last.pt`` /
+#: ``best.pt`` of ``simmpnet train`` (the model part, the optimiser, the training config), a
+#: file of ``SimMPNet.save``, and the model part of a run of a peer network (MONAI's U-Net).
+TRAIN_FORMAT = "simmpnet-train"
+MODEL_FORMAT = "simmpnet-model"
+PEER_FORMAT = "simmpnet-peer"
 #: Entries a checkpoint of a known ``format`` must hold as dictionaries.
 _REQUIRED_PARTS: dict[str, tuple[str, ...]] = {"simmpnet-train": ("model", "config")}
 
@@ -191,3 +200,12 @@ def _nonfinite_tensors(obj: Any, where: str) -> Iterator[str]:
     elif isinstance(obj, (list, tuple)):
         for index, value in enumerate(obj):
             yield from _nonfinite_tensors(value, f"{where}[{index}]")
+
+
+def split_training_checkpoint(payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``(model part, training config)`` of a checkpoint dictionary: for a ``simmpnet train``
+    checkpoint its ``model`` and ``config`` entries, for a model file the payload itself and
+    ``None`` (no training config)."""
+    if payload.get("format") == TRAIN_FORMAT:
+        return payload.get("model"), payload.get("config") or {}
+    return payload, None

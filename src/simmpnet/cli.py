@@ -13,19 +13,13 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import yaml
 
 from .errors import SimMPNetError, one_line
 
-if TYPE_CHECKING:  # the commands import the heavy modules only when they run
-    from .training import TrainConfig
-
 logger = logging.getLogger("simmpnet")
-
-DEMO_CONFIG = Path(__file__).parent / "configs" / "brain_demo.yaml"
 
 
 # ---------------------------------------------------------------------- helpers
@@ -60,112 +54,6 @@ def _train_config(args: argparse.Namespace, base: Path | None):
         return TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_yaml(base, **overrides)
 
-
-def _save_overlays(
-    chosen: Sequence[tuple[str, int, np.ndarray, np.ndarray, np.ndarray]], out_dir: Path, names: Sequence[str]
-) -> list[Path]:
-    """Draw the slices :func:`~simmpnet.evaluation.report.pick_overlays` kept (image | truth | prediction)."""
-    from .evaluation.report import save_overlay
-
-    written: list[Path] = []
-    for name, index, image, truth, prediction in chosen:
-        path = out_dir / f"{name}_slice{index:03d}.png"
-        save_overlay(image, truth, prediction, path, class_names=list(names))
-        written.append(path)
-    return written
-
-
-def _evaluate(
-    checkpoint: Path,
-    data: Path,
-    split: str | None,
-    out_dir: Path,
-    device: str,
-    overlays: int,
-    extra: dict | None = None,
-    layout: str | None = None,
-    layout_options: dict | None = None,
-    workers: int = 1,
-    resample: str | None = None,
-    progress: bool = False,
-) -> tuple[dict, list[Path]]:
-    """Evaluate ``checkpoint`` on the volumes of ``split``; write metrics.json (with ``extra``
-    merged in), metrics.md and overlay pictures.  ``layout_options`` override those the model
-    was trained with; ``workers`` processes compute the metrics; ``resample`` is how the
-    predictions return to the slice size (None: as the model's validation did).  Returns the
-    summary and the pictures.  Nothing is written unless every case was scored."""
-    from .data.io import check_output_folder
-    from .data.layouts import default_test_split, open_layout_of_model
-    from .errors import CheckpointError
-    from .evaluation.evaluate import evaluate_volumes
-    from .evaluation.html_report import ViewerCases, write_report
-    from .evaluation.resample import resolve_resample
-    from .evaluation.report import pick_overlays, write_json, write_metrics_markdown
-    from .training import load_trained_model, resolve_device
-
-    check_output_folder(out_dir)
-    dev = resolve_device(device)
-    model, input_size, config = load_trained_model(checkpoint, dev)
-    n_classes = getattr(model, "n_classes", None) or config.get("n_classes")
-    if not n_classes:
-        raise CheckpointError(f"{checkpoint}: the checkpoint does not record its number of classes")
-    names = config.get("class_names") or ["background", *(f"class_{i}" for i in range(1, n_classes))]
-    in_channels = int(getattr(model, "in_channels", config.get("in_channels", 1)))
-    name, found = open_layout_of_model(config, n_classes, in_channels, data, layout, layout_options)
-    split = split or default_test_split(found)
-    volumes = found.cases(split)
-    _warn_if_trained_on(config, data, name, split, list(getattr(volumes, "names", [])))
-    keep_overlay, chosen = pick_overlays(overlays)
-
-    # The report's viewer takes its cases from these predictions: nothing is predicted twice.
-    def on_case(*case: object) -> None:
-        keep_overlay(*case)
-        viewer.on_case(*case)
-
-    with ViewerCases(model, config, name, split, len(volumes)) as viewer:
-        summary = evaluate_volumes(
-            model, volumes, input_size, n_classes, names, dev, on_case=on_case, workers=workers,
-            resample=resolve_resample(resample, config), progress=progress,
-        )
-    summary.update(checkpoint=str(checkpoint), data=str(data), layout=name, split=split)
-    summary.update(extra or {})
-    pictures = _save_overlays(chosen, out_dir / "overlays", names)  # drawn once every case is scored
-    write_metrics_markdown(summary, out_dir / "metrics.md")
-    write_json(summary, out_dir / "metrics.json")
-    write_report(out_dir, checkpoint=checkpoint, data=data, viewer=viewer)
-    return summary, pictures
-
-
-def _warn_if_trained_on(config: dict, data: Path, layout: str, split: str, cases: list[str]) -> None:
-    """Warn when cases of ``split`` were in the model's training split (e.g. another fold
-    chosen at evaluation): their scores flatter the model.  Only for the data folder and
-    layout the model was trained on, opened with its training options; slices and volumes
-    named ``<case>_slice...`` or ``<case>_volume...`` count for their case."""
-    import re
-
-    from .data.layouts import open_layout
-
-    root, train_list = config.get("data_root"), config.get("train_list")
-    if not (root and train_list and layout == config.get("layout")):
-        return
-    try:
-        if Path(root).resolve() != data.resolve():
-            return
-        trained = open_layout(layout, data, config.get("n_classes"), None, **dict(config.get("layout_options", {})))
-        names = trained.slices(train_list).names
-    except (SimMPNetError, OSError, KeyError, AttributeError):
-        return  # the training split cannot be listed any more: nothing to compare
-    def subject(name: str) -> str:  # the case a slice or volume name belongs to
-        return re.split(r"_slice|_volume", str(name))[0]
-
-    seen = {subject(n) for n in names}
-    overlap = [c for c in cases if subject(c) in seen]
-    if overlap:
-        shown = ", ".join(overlap[:5]) + (f" and {len(overlap) - 5} more" if len(overlap) > 5 else "")
-        logger.warning(
-            "%d of the %d cases of split %r were in the model's training split %r (%s): their scores flatter the model",
-            len(overlap), len(cases), split, train_list, shown,
-        )
 
 
 # ---------------------------------------------------------------------- commands
@@ -219,7 +107,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for flag, value in (("--n-classes", args.n_classes), ("--class-names", args.class_names)):
         if value is not None:
             raise SimMPNetError(f"{flag} goes with --predictions; a checkpoint records its classes")
-    summary, _ = _evaluate(
+    from .evaluate import evaluate_checkpoint
+
+    summary, _ = evaluate_checkpoint(
         Path(args.checkpoint),
         Path(args.data),
         args.split,
@@ -239,7 +129,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .evaluation.html_report import MAX_CASES, MAX_SLICES, write_report
+    from .evaluate import write_report
+    from .evaluation.html_report import MAX_CASES, MAX_SLICES
 
     path = write_report(
         Path(args.run_dir), Path(args.output) if args.output else None,
@@ -328,53 +219,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo_config(
-    model: str,
-    data: Path,
-    output: Path,
-    device: str,
-    sets: Sequence[str] = (),
-    steps: int | None = None,
-    budget: float | None = None,
-) -> TrainConfig:
-    """The :class:`TrainConfig` of the demo for ``model``: ``configs/brain_demo.yaml``, its
-    section for that model, then the command line (``steps`` replaces the config's step count,
-    ``budget`` adds a wall-clock limit, then ``device`` and the ``--set`` pairs; a ``--set``
-    replaces the whole value of its key, e.g. all of ``model_overrides``)."""
-    from .data.brain_demo import CLASS_NAMES
-    from .models.factory import MODEL_NAMES
-    from .training import TrainConfig
-
-    values = yaml.safe_load(DEMO_CONFIG.read_text())
-    sections = {name: values.pop(name, None) or {} for name in MODEL_NAMES}
-    values.update(sections[model])
-    values.update(
-        data_root=str(data), output_dir=str(output), class_names=list(CLASS_NAMES), n_classes=len(CLASS_NAMES),
-        device=device, model=model,
-    )
-    if steps is not None:
-        values["max_steps"] = steps
-    if budget is not None:
-        values["time_budget_s"] = budget
-    values.update(_parse_sets(sets))
-    return TrainConfig.from_dict(values)
-
 
 def _run_demo(args: argparse.Namespace, model: str, output: Path) -> tuple[dict, list[Path]]:
-    """Prepare the brain data, train ``model`` for the demo's steps, evaluate its last checkpoint."""
-    from .data.brain_demo import prepare_brain_demo
-    from .training import Trainer
+    from .demo import run_demo
 
-    data = prepare_brain_demo(Path(args.data) if args.data else output.parent / "brain_demo_data")
-    # The demo's folder is its own: a new demo replaces the last one unless --resume continues it.
-    trainer = Trainer(
-        demo_config(model, data, output, args.device, args.set or [], args.steps, args.time_budget), overwrite=True
+    return run_demo(
+        model, output, data=Path(args.data) if args.data else None, device=args.device,
+        overrides=_parse_sets(args.set or []), steps=args.steps, budget=args.time_budget, resume=args.resume,
     )
-    if args.resume and (output / "last.pt").is_file():
-        trainer.resume()
-    result = trainer.fit()
-    # The last checkpoint is scored: selecting one on the test cases would flatter the figure.
-    return _evaluate(output / "last.pt", data, "test_vol", output, args.device, overlays=10, extra={"training": result})
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

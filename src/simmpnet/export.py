@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.io import atomic_write
+from .files import atomic_write
 from .errors import InputError, SimMPNetError
 
 logger = logging.getLogger(__name__)
@@ -342,7 +342,7 @@ def export_checkpoint(
     Returns:
         ``(path written, input size, check or None)``.
     """
-    from .training.trainer import load_trained_model
+    from .loading import load_trained_model
 
     if format == "safetensors":
         return _export_pretrained(checkpoint, output, input_size, check)

@@ -34,17 +34,19 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import CheckpointError, InputError, one_line
-from .evaluation.resample import RESAMPLE_MODES
+from .evaluation.resample import RESAMPLE_MODES, TRAINED_ON, check_sliding_window
 
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .models.simmpnet import SimMPNet
+#: The model class a folder is read into (:class:`simmpnet.models.SimMPNet` passes itself):
+#: this module never imports the network it serves.
+Model = TypeVar("Model", bound="torch.nn.Module")
 
 __all__ = [
     "CONFIG_NAME", "WEIGHTS_NAME", "PRETRAINED_FORMAT", "TRAINED_ON", "Preprocessing", "check_sliding_window",
@@ -56,14 +58,9 @@ WEIGHTS_NAME = "model.safetensors"
 PRETRAINED_FORMAT = "simmpnet-pretrained"
 #: Newest ``config.json`` version this code reads.
 PRETRAINED_VERSION = 1
-_TRAIN_FORMAT = "simmpnet-train"  # simmpnet.training.trainer.TRAIN_FORMAT (not imported: heavy)
-_PEER_FORMAT = "simmpnet-peer"  # simmpnet.models.factory.PEER_FORMAT
 #: Keys by which the config.json of other libraries names their model (transformers, timm, diffusers).
 _FOREIGN_CONFIG_KEYS = ("model_type", "architecture", "architectures", "_class_name")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-#: What a network can have been trained on (:attr:`Preprocessing.trained_on`).
-TRAINED_ON = ("resized-slices", "native-crops")
-
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -179,26 +176,8 @@ class Preprocessing:
             raise CheckpointError(f"{source}: the training config's preprocessing is unusable ({err})") from err
 
 
-def check_sliding_window(prep: Preprocessing | None, source: str = "the model", warn: bool = True) -> None:
-    """Refuse sliding-window prediction for a network trained on resized slices: its tiles
-    would show it the image at another scale than the one it learnt, and the labels are wrong
-    without any error.  A network that does not record how it was trained is let through, with
-    a warning when ``warn``."""
-    trained_on = None if prep is None else prep.trained_on
-    if trained_on == "resized-slices":
-        raise InputError(
-            f"{source}: sliding-window prediction needs a network trained on native-resolution crops, and this one "
-            f"was trained on whole slices resized to {prep.input_size} x {prep.input_size}; use the resize inference "
-            "(--inference resize, the default)"
-        )
-    if trained_on is None and warn:
-        logger.warning(
-            "%s: does not record how it was trained; sliding-window prediction is valid only for a network trained "
-            "on crops at the images' own resolution", source,
-        )
 
-
-def check_preprocessing(model: SimMPNet, prep: Preprocessing, source: str = "model") -> Preprocessing:
+def check_preprocessing(model: Model, prep: Preprocessing, source: str = "model") -> Preprocessing:
     """``prep`` if it fits ``model`` (channels, number of class names), else a CheckpointError."""
     if not isinstance(prep, Preprocessing):
         raise InputError(f"{source}: preprocessing must be a simmpnet.Preprocessing, got {type(prep).__name__}")
@@ -214,7 +193,7 @@ def check_preprocessing(model: SimMPNet, prep: Preprocessing, source: str = "mod
 
 
 # ----------------------------------------------------------------------- writing
-def save_pretrained(model: SimMPNet, directory: str | os.PathLike) -> Path:
+def save_pretrained(model: Model, directory: str | os.PathLike) -> Path:
     """Write ``config.json`` and ``model.safetensors`` of ``model`` into ``directory``
     (created if missing; other files in it are left alone).  Each file is written atomically;
     the weights first, so that a ``config.json`` is never newer than its weights.  Returns the
@@ -223,7 +202,7 @@ def save_pretrained(model: SimMPNet, directory: str | os.PathLike) -> Path:
     from safetensors.torch import save_file
 
     from . import __version__
-    from .data.io import atomic_write
+    from .files import atomic_write
 
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
@@ -259,8 +238,8 @@ def load_pretrained(
     token: str | bool | None = None,
     local_files_only: bool = False,
     force_download: bool = False,
-    cls: type[SimMPNet] | None = None,
-) -> SimMPNet:
+    cls: type[Model],
+) -> Model:
     """The model at ``source``, on ``device`` (``"auto"``: CUDA when available) and in
     ``eval()`` mode, with its preprocessing.
 
@@ -275,9 +254,6 @@ def load_pretrained(
             archive, an ONNX model, a training run folder, another model's files ...), or a Hub
             id that cannot be downloaded (no network, unknown repository).
     """
-    from .models.simmpnet import SimMPNet
-
-    cls = cls or SimMPNet
     path = Path(source)
     if path.is_dir():
         model = _load_folder(cls, path, None)
@@ -324,7 +300,7 @@ def _download(
     return Path(folder)
 
 
-def _load_file(cls: type[SimMPNet], path: Path) -> SimMPNet:
+def _load_file(cls: type[Model], path: Path) -> Model:
     from .checkpoint import load_checkpoint
 
     if path.name == CONFIG_NAME:
@@ -339,24 +315,20 @@ def _load_file(cls: type[SimMPNet], path: Path) -> SimMPNet:
     return model_from_checkpoint(load_checkpoint(path, map_location="cpu"), str(path), cls)
 
 
-def model_from_checkpoint(payload: dict[str, Any], source: str, cls: type[SimMPNet] | None = None) -> SimMPNet:
+def model_from_checkpoint(payload: dict[str, Any], source: str, cls: type[Model]) -> Model:
     """A Sim-MPNet with its :class:`Preprocessing` from a checkpoint dictionary: a training
     checkpoint (its training config gives the preprocessing, as for ``simmpnet predict``) or a
     file of :meth:`SimMPNet.save`."""
-    from .models.simmpnet import CHECKPOINT_FORMAT, SimMPNet
+    from .checkpoint import MODEL_FORMAT, PEER_FORMAT, split_training_checkpoint
 
-    cls = cls or SimMPNet
     kind = payload.get("format")
-    if kind == _TRAIN_FORMAT:
-        part, train_config = payload.get("model"), payload.get("config") or {}
-    else:
-        part, train_config = payload, None
-    if isinstance(part, dict) and part.get("format") == _PEER_FORMAT:
+    part, train_config = split_training_checkpoint(payload)
+    if isinstance(part, dict) and part.get("format") == PEER_FORMAT:
         raise CheckpointError(
             f"{source}: holds a MONAI U-Net (model: unet), not a Sim-MPNet; load it with "
             "simmpnet.training.load_trained_model"
         )
-    if not isinstance(part, dict) or part.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(part, dict) or part.get("format") != MODEL_FORMAT:
         raise CheckpointError(
             f"{source}: not a Sim-MPNet checkpoint (format {kind!r}); expected the last.pt / best.pt of "
             "`simmpnet train` or a file of SimMPNet.save"
@@ -369,7 +341,7 @@ def model_from_checkpoint(payload: dict[str, Any], source: str, cls: type[SimMPN
     return model
 
 
-def preprocessing_of_payload(payload: Mapping[str, Any], model: SimMPNet, source: str) -> Preprocessing:
+def preprocessing_of_payload(payload: Mapping[str, Any], model: Model, source: str) -> Preprocessing:
     """The preprocessing a :meth:`SimMPNet.save` payload records, or the defaults of
     ``model`` at the payload's ``input_size`` (files written before preprocessing was
     recorded, and the model part of a training checkpoint)."""
@@ -405,12 +377,11 @@ def _read_config(path: Path, shown: str) -> dict[str, Any]:
     return config
 
 
-def _load_folder(cls: type[SimMPNet], folder: Path, weights: Path | None, shown: str | None = None) -> SimMPNet:
+def _load_folder(cls: type[Model], folder: Path, weights: Path | None, shown: str | None = None) -> Model:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from .checkpoint import _nonfinite_tensors
-    from .models.simmpnet import SimMPNetConfig
 
     shown = shown or str(folder)
     config_path = folder / CONFIG_NAME
@@ -430,7 +401,7 @@ def _load_folder(cls: type[SimMPNet], folder: Path, weights: Path | None, shown:
     if not weights.is_file():
         raise CheckpointError(f"{shown}: {CONFIG_NAME} without its weights file {weights.name}")
     try:
-        architecture = SimMPNetConfig.from_dict(config["config"])
+        architecture = cls.config_class.from_dict(config["config"])
         model = cls(int(config["n_classes"]), int(config["in_channels"]), architecture)
         prep = Preprocessing.from_dict(config["preprocessing"])
     except (KeyError, TypeError, ValueError, InputError) as err:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .io import LoadedImage, _check_pixels, _fail, _from_sitk_image, _require, file_extension, path_exists
+from .image import LoadedImage, check_pixels, fail, file_extension, from_sitk_image, path_exists, require
 
 __all__ = [
     "DICOM_EXTENSIONS",
@@ -132,14 +132,14 @@ def _read_header(sitk: Any, path: Path) -> _Header:
         with _itk_warnings_off(sitk):
             reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise _fail(path, "not a readable DICOM image (corrupt, or no pixel data)", exc) from exc
+        raise fail(path, "not a readable DICOM image (corrupt, or no pixel data)", exc) from exc
     size = tuple(int(s) for s in reader.GetSize())
     spacing = tuple(float(s) for s in reader.GetSpacing())
     uid = reader.GetMetaData(_SERIES_UID_TAG).strip("\x00 ") if reader.HasMetaDataKey(_SERIES_UID_TAG) else ""
     if not uid:
-        raise _fail(path, "DICOM image without a SeriesInstanceUID")
+        raise fail(path, "DICOM image without a SeriesInstanceUID")
     if len(size) != 3:  # GDCM gives every DICOM image as 3-D (one slice: depth 1)
-        raise _fail(path, f"unexpected {len(size)}-D DICOM image (size {size})")
+        raise fail(path, f"unexpected {len(size)}-D DICOM image (size {size})")
     return _Header(
         path=path,
         size=size,  # type: ignore[arg-type]
@@ -232,7 +232,7 @@ def series_in_folder(folder: Path, entries: Sequence[Path], alone: bool) -> list
     candidates = [p for p in entries if _is_candidate(p)]
     if not candidates:
         return []
-    sitk = _require("SimpleITK", folder)
+    sitk = require("SimpleITK", folder)
     try:
         with _itk_warnings_off(sitk):
             groups = [
@@ -240,7 +240,7 @@ def series_in_folder(folder: Path, entries: Sequence[Path], alone: bool) -> list
                 for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
             ]
     except RuntimeError as exc:
-        raise _fail(folder, "cannot scan the folder for DICOM series", exc) from exc
+        raise fail(folder, "cannot scan the folder for DICOM series", exc) from exc
     groups = [g for g in groups if g]
     if not groups:
         shown = ", ".join(p.name for p in sorted(candidates)[:3]) + (", ..." if len(candidates) > 3 else "")
@@ -282,7 +282,7 @@ def series_of_files(paths: Sequence[Path]) -> list[DicomSeries]:
             raise InputError(f"{path}: several inputs must all be DICOM files; this is not a file")
         if not _is_candidate(path):
             raise InputError(f"{path}: several inputs must all be DICOM files of a series; this is not a DICOM file")
-    sitk = _require("SimpleITK", paths[0])
+    sitk = require("SimpleITK", paths[0])
     by_uid: dict[str, list[_Header]] = defaultdict(list)
     for path in dict.fromkeys(paths):  # a file named twice is one slice
         header = _read_header(sitk, path)
@@ -311,8 +311,8 @@ def read_dicom_series(series: DicomSeries, orientation: str, max_pixels: int) ->
     Raises:
         InputError: more voxels than ``max_pixels``, or pixel data that cannot be decoded.
     """
-    sitk = _require("SimpleITK", series.folder)
-    _check_pixels(series.folder, series.shape, max_pixels)
+    sitk = require("SimpleITK", series.folder)
+    check_pixels(series.folder, series.shape, max_pixels)
     reader = sitk.ImageSeriesReader()
     reader.SetImageIO("GDCMImageIO")
     reader.SetFileNames([str(p) for p in series.files])
@@ -323,6 +323,6 @@ def read_dicom_series(series: DicomSeries, orientation: str, max_pixels: int) ->
         img = reader.Execute()
         arr = sitk.GetArrayFromImage(img)
     except RuntimeError as exc:
-        raise _fail(series.folder, f"DICOM series {series.series_uid}: pixel data cannot be decoded", exc) from exc
-    loaded = _from_sitk_image(series.folder, img, arr, orientation, kind="dicom", file_format="dcm")
+        raise fail(series.folder, f"DICOM series {series.series_uid}: pixel data cannot be decoded", exc) from exc
+    loaded = from_sitk_image(series.folder, img, arr, orientation, kind="dicom", file_format="dcm")
     return replace(loaded, series=series)

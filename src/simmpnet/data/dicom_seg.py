@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, SimMPNetError, one_line
-from .io import LoadedImage, _apply_inverse, _as_label_array, _fail, atomic_write, file_extension
+from ..files import atomic_write
+from .image import LoadedImage, apply_inverse, as_label_array, fail, file_extension
 
 __all__ = ["SEG_SERIES_NUMBER", "default_seg_path", "require_highdicom", "write_dicom_seg"]
 
@@ -84,26 +85,26 @@ def write_dicom_seg(
     if series is None or reference.perm is None or reference.flips is None:
         raise InputError(f"{reference.path}: DICOM-SEG output needs a DICOM series as input")
     if file_extension(out_path) != ".dcm":
-        raise _fail(out_path, "a DICOM-SEG file is written with the extension .dcm")
+        raise fail(out_path, "a DICOM-SEG file is written with the extension .dcm")
     hd = require_highdicom()
     import pydicom
     from pydicom.sr.codedict import codes
 
     names = [str(n) for n in class_names]
     if len(names) < 2:
-        raise _fail(out_path, f"need the background and at least one class name, got {names}")
-    arr = _as_label_array(labels, reference, out_path)
+        raise fail(out_path, f"need the background and at least one class name, got {names}")
+    arr = as_label_array(labels, reference, out_path)
     if arr.size and int(arr.max()) >= len(names):
-        raise _fail(out_path, f"label {int(arr.max())} has no class name ({len(names)} names: {', '.join(names)})")
+        raise fail(out_path, f"label {int(arr.max())} has no class name ({len(names)} names: {', '.join(names)})")
     # file voxel order (i, j, k), then one (rows x columns) frame per source image k
-    frames = np.ascontiguousarray(np.transpose(_apply_inverse(arr, reference.perm, reference.flips), (2, 1, 0)))
+    frames = np.ascontiguousarray(np.transpose(apply_inverse(arr, reference.perm, reference.flips), (2, 1, 0)))
 
     sources = []
     for path in series.files:
         try:
             sources.append(pydicom.dcmread(path, stop_before_pixels=True))
         except Exception as exc:  # pydicom raises InvalidDicomError, OSError, ValueError ...
-            raise _fail(path, "cannot be read by pydicom", exc) from exc
+            raise fail(path, "cannot be read by pydicom", exc) from exc
 
     from .. import __version__
 

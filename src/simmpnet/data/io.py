@@ -55,22 +55,36 @@ untouched. Pillow, nibabel, h5py and SimpleITK are imported only when a file nee
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import os
 import re
-import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from simmpnet.colours import label_palette
 from simmpnet.errors import InputError, one_line
+from simmpnet.files import atomic_write, check_output_folder, default_mode, sha256_file
+
+from .image import (
+    LoadedImage,
+    apply_forward,
+    apply_inverse,
+    as_label_array,
+    check_pixels,
+    fail,
+    file_extension,
+    finite_float32,
+    from_sitk_image,
+    orientation_transform,
+    path_exists,
+    require,
+)
 
 if TYPE_CHECKING:
     from .dicom import DicomSeries
@@ -141,92 +155,6 @@ _ORIENTATIONS: tuple[str, ...] = ("native", "ras")
 #: nibabel spatial units -> factor to millimetres.
 _UNIT_TO_MM: dict[str, float] = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3}
 
-#: LPS (ITK world) <-> RAS (NIfTI world).
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
-
-
-# --------------------------------------------------------------------------------------------
-# the loaded image
-# --------------------------------------------------------------------------------------------
-@dataclass(eq=False)
-class LoadedImage:
-    """One input read by :func:`read_image`.
-
-    Attributes:
-        array: float32 image. 2-D images: ``H x W`` (grayscale) or ``H x W x 3`` (colour);
-            volumes: ``D x H x W`` with axial slices along the first axis (see the module
-            docstring for the axis convention); 2-D npz/h5 arrays: ``H x W``.
-        kind: ``"image2d"``, ``"nifti"``, ``"npz"``, ``"h5"``, ``"sitk"`` or ``"dicom"``.
-        path: the file read (DICOM: the folder of the series).
-        spacing: spacing in mm per axis of ``array`` without the channel axis (``(D, H, W)``
-            or ``(H, W)``), or ``None`` when the file does not say (2-D pictures, npz/h5
-            without a ``spacing`` entry).
-        channel_axis: ``-1`` when ``array`` has a trailing colour axis, else ``None``.
-        file_format: the concrete format: Pillow's format name (``"PNG"``, ``"JPEG"`` ...)
-            or the file extension without the dot (``"nii.gz"``, ``"npz"``, ``"mha"`` ...).
-        key: the npz key / h5 dataset the image was read from.
-        orientation: ``"native"`` or ``"ras"`` (volumes); ``"native"`` otherwise.
-        perm: volumes: file axes taken for the axes of ``array`` (before flipping).
-        flips: volumes: which axes of ``array`` are flipped after the permutation.
-        file_shape: volumes: the data shape written back (NIfTI: the stored shape without
-            trailing singleton axes after the third; ``(X, Y)`` for a 2-D NIfTI).
-        affine: NIfTI: the image's 4 x 4 affine (nibabel's best affine).
-        header: NIfTI: a copy of the nibabel header.
-        origin, direction, file_spacing: SimpleITK and DICOM: the image's origin, direction
-            (row-major, ITK/LPS convention) and spacing, in ITK index order.
-        series: DICOM: the series read (its files in slice order, SeriesInstanceUID, name).
-    """
-
-    array: np.ndarray
-    kind: str
-    path: Path
-    spacing: tuple[float, ...] | None = None
-    channel_axis: int | None = None
-    file_format: str = ""
-    key: str | None = None
-    orientation: str = "native"
-    perm: tuple[int, ...] | None = None
-    flips: tuple[bool, ...] | None = None
-    file_shape: tuple[int, ...] | None = None
-    affine: np.ndarray | None = None
-    header: Any = None
-    origin: tuple[float, ...] | None = None
-    direction: tuple[float, ...] | None = None
-    file_spacing: tuple[float, ...] | None = None
-    series: DicomSeries | None = None
-
-    @property
-    def label_shape(self) -> tuple[int, ...]:
-        """Shape a label map for this image must have: ``array.shape`` without the channel axis."""
-        if self.channel_axis is None:
-            return tuple(self.array.shape)
-        return tuple(self.array.shape[:-1])
-
-    @property
-    def is_volume(self) -> bool:
-        """True for 3-D (``D x H x W``) images."""
-        return len(self.label_shape) == 3
-
-
-# --------------------------------------------------------------------------------------------
-# small helpers
-# --------------------------------------------------------------------------------------------
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """The hex SHA-256 of the file at ``path`` (read in 1 MiB chunks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_extension(path: str | os.PathLike[str]) -> str:
-    """Lower-case extension of ``path``, with ``.nii.gz`` as one extension (``""`` if none)."""
-    name = Path(path).name.lower()
-    if name.endswith(".nii.gz"):
-        return ".nii.gz"
-    return Path(name).suffix
-
 
 def escapes_folder(entry: str) -> bool:
     """True when ``entry`` -- a path written in a list file, split file or dataset description,
@@ -237,31 +165,18 @@ def escapes_folder(entry: str) -> bool:
     return ".." in re.split(r"[\\/]+", entry)
 
 
-def _fail(path: Path, problem: str, exc: BaseException | None = None) -> InputError:
-    detail = f" ({type(exc).__name__}: {one_line(exc)})" if exc is not None else ""
-    return InputError(one_line(f"{path}: {problem}{detail}"))
-
-
-def path_exists(path: Path) -> bool:
-    """``path.exists()``, except that a path which cannot be examined at all (a folder on the
-    way without permission) raises an :class:`InputError` naming it instead of an OSError."""
-    try:
-        return path.exists()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
-
 
 def _check_file(path: Path) -> str:
     """Existence, type, size and extension checks; returns the extension."""
     if not path_exists(path):
-        raise _fail(path, "file not found")
+        raise fail(path, "file not found")
     if path.is_dir():
-        raise _fail(path, "is a folder, not an image file")
+        raise fail(path, "is a folder, not an image file")
     if not path.is_file():
-        raise _fail(path, "is not a regular file")
+        raise fail(path, "is not a regular file")
     ext = file_extension(path)
     if ext not in _KIND_OF_EXTENSION:
-        raise _fail(
+        raise fail(
             path,
             f"unsupported file extension {ext or '(none)'!r}; supported: "
             + ", ".join(SUPPORTED_EXTENSIONS),
@@ -269,132 +184,22 @@ def _check_file(path: Path) -> str:
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise _fail(path, "cannot be read", exc) from exc
+        raise fail(path, "cannot be read", exc) from exc
     if size == 0:
-        raise _fail(path, "file is empty (0 bytes)")
+        raise fail(path, "file is empty (0 bytes)")
     return ext
 
-
-def _check_pixels(path: Path, shape: tuple[int, ...], max_pixels: int) -> None:
-    """Refuse empty and oversized arrays from their declared shape, before decoding."""
-    if any(int(s) < 0 for s in shape):
-        raise _fail(path, f"declares a negative size {tuple(shape)}")
-    n = 1
-    for s in shape:
-        n *= int(s)
-    if n == 0:
-        raise _fail(path, f"image is empty (shape {tuple(int(s) for s in shape)})")
-    if n > max_pixels:
-        unit = "voxels" if len(shape) == 3 else "pixels"
-        raise _fail(
-            path,
-            f"declares {n} {unit} (shape {tuple(int(s) for s in shape)}), more than the limit "
-            f"of {max_pixels}; refused before decoding",
-        )
-
-
-def _finite_float32(path: str | os.PathLike[str], arr: np.ndarray) -> np.ndarray:
-    """Numeric-dtype check, conversion to float32 and NaN/Inf check."""
-    if arr.dtype.kind not in "biuf":
-        raise _fail(path, f"image data must be numeric, got dtype {arr.dtype}")
-    if arr.size == 0:
-        raise _fail(path, f"image is empty (shape {arr.shape})")
-    with np.errstate(over="ignore", invalid="ignore"):
-        out = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(out).all():
-        bad = int(np.count_nonzero(~np.isfinite(out)))
-        raise _fail(path, f"image holds {bad} NaN or infinite value(s) (or values beyond float32)")
-    return out
 
 
 def _check_spacing(path: Path, raw: Any, ndim: int) -> tuple[float, ...]:
     try:
         sp = np.asarray(raw, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as exc:
-        raise _fail(path, "spacing entry is not numeric", exc) from exc
+        raise fail(path, "spacing entry is not numeric", exc) from exc
     if sp.shape != (ndim,) or not np.isfinite(sp).all() or (sp <= 0).any():
-        raise _fail(path, f"spacing must be {ndim} positive numbers, got {sp.tolist()}")
+        raise fail(path, f"spacing must be {ndim} positive numbers, got {sp.tolist()}")
     return tuple(float(s) for s in sp)
 
-
-def _require(module: str, path: Path) -> Any:
-    """Import an optional dependency or explain which one is missing."""
-    try:
-        if module == "PIL":
-            from PIL import Image
-
-            return Image
-        if module == "nibabel":
-            import nibabel
-
-            return nibabel
-        if module == "h5py":
-            import h5py
-
-            return h5py
-        if module == "SimpleITK":
-            import SimpleITK
-
-            return SimpleITK
-    except ImportError as exc:
-        pip_name = {"PIL": "pillow"}.get(module, module)
-        raise _fail(path, f"reading/writing this format needs {module} (pip install {pip_name})") from exc
-    raise AssertionError(module)  # pragma: no cover
-
-
-# --------------------------------------------------------------------------------------------
-# orientation
-# --------------------------------------------------------------------------------------------
-def _closest_axes(rot_ras: np.ndarray) -> tuple[list[int], list[int]]:
-    """For each voxel axis ``v`` (column of ``rot_ras``), the RAS world axis it is closest to
-    and the sign, as a one-to-one assignment (like ``nibabel.io_orientation``)."""
-    norms = np.linalg.norm(rot_ras, axis=0)
-    if not np.all(np.isfinite(rot_ras)) or np.any(norms <= 0):
-        raise ValueError("degenerate voxel-to-world matrix")
-    m = np.abs(rot_ras / norms)
-    best = max(itertools.permutations(range(3)), key=lambda p: sum(m[p[v], v] for v in range(3)))
-    world = list(best)
-    signs = [1 if rot_ras[best[v], v] >= 0 else -1 for v in range(3)]
-    return world, signs
-
-
-def _orientation_transform(
-    path: Path, orientation: str, rot_ras: np.ndarray
-) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
-    """``(perm, flips)`` with ``array = flip(transpose(data_ijk, perm), flips)``.
-
-    Args:
-        orientation: ``"native"`` or ``"ras"`` (see the module docstring).
-        rot_ras: 3 x 3 voxel-to-RAS-world matrix (columns = file voxel axes i, j, k).
-    """
-    if orientation == "native":
-        return (2, 1, 0), (False, False, False)
-    try:
-        world, signs = _closest_axes(rot_ras)
-    except ValueError as exc:
-        raise _fail(path, "cannot reorient to RAS: degenerate affine/direction", exc) from exc
-    # RAS canonical axis r comes from voxel axis v with world[v] == r (flipped if sign < 0);
-    # then D x H x W = (S, A reversed, R) = canonical axes (2, 1, 0) with axis 1 flipped.
-    voxel_of_world = {w: v for v, w in enumerate(world)}
-    perm = tuple(voxel_of_world[r] for r in (2, 1, 0))
-    flips = tuple((signs[perm[a]] < 0) != (a == 1) for a in range(3))
-    return perm, flips  # type: ignore[return-value]
-
-
-def _apply_forward(data_ijk: np.ndarray, perm: tuple[int, ...], flips: tuple[bool, ...]) -> np.ndarray:
-    out = np.transpose(data_ijk, perm)
-    for axis, flip in enumerate(flips):
-        if flip:
-            out = np.flip(out, axis=axis)
-    return np.ascontiguousarray(out)
-
-
-def _apply_inverse(array: np.ndarray, perm: tuple[int, ...], flips: tuple[bool, ...]) -> np.ndarray:
-    out = array
-    for axis, flip in enumerate(flips):
-        if flip:
-            out = np.flip(out, axis=axis)
-    return np.ascontiguousarray(np.transpose(out, np.argsort(perm)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -410,7 +215,7 @@ def intensities(samples: np.ndarray, source: str | os.PathLike[str], picture: bo
     """``samples`` as float32 intensities, refused (naming ``source``) when empty, not numeric or
     not finite; a picture's 8-bit and 16-bit samples are divided by their full scale
     (:data:`PICTURE_FULL_SCALE`)."""
-    out = _finite_float32(source, samples)
+    out = finite_float32(source, samples)
     scale = PICTURE_FULL_SCALE.get(samples.dtype) if picture else None
     if scale is not None:
         out /= np.float32(scale)
@@ -441,7 +246,7 @@ def picture_samples(im: Any, source: str | os.PathLike[str]) -> np.ndarray:
 
 
 def _read_image2d(path: Path, max_pixels: int) -> LoadedImage:
-    Image = _require("PIL", path)
+    Image = require("PIL", path)
     from PIL import UnidentifiedImageError
 
     try:
@@ -451,25 +256,25 @@ def _read_image2d(path: Path, max_pixels: int) -> LoadedImage:
             im = Image.open(path)
     except Image.DecompressionBombError as exc:
         # Pillow's own guard (2 x PIL.Image.MAX_IMAGE_PIXELS) fired on the header size.
-        raise _fail(path, "declares too many pixels, refused before decoding (over the limit)", exc) from exc
+        raise fail(path, "declares too many pixels, refused before decoding (over the limit)", exc) from exc
     except UnidentifiedImageError as exc:
-        raise _fail(path, "not a readable image (wrong magic bytes or unsupported content)", exc) from exc
+        raise fail(path, "not a readable image (wrong magic bytes or unsupported content)", exc) from exc
     except (OSError, ValueError, SyntaxError) as exc:
-        raise _fail(path, "corrupt or unreadable image", exc) from exc
+        raise fail(path, "corrupt or unreadable image", exc) from exc
     with im:
         width, height = im.size
-        _check_pixels(path, (height, width), max_pixels)
+        check_pixels(path, (height, width), max_pixels)
         n_frames = int(getattr(im, "n_frames", 1) or 1)
         if n_frames > 1:
-            raise _fail(path, f"has {n_frames} frames/pages; only single-frame 2-D images are supported")
+            raise fail(path, f"has {n_frames} frames/pages; only single-frame 2-D images are supported")
         fmt = str(im.format or file_extension(path).lstrip(".").upper())
         try:
             im.load()
             arr = picture_samples(im, path)
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
-            raise _fail(path, "corrupt or truncated image data", exc) from exc
+            raise fail(path, "corrupt or truncated image data", exc) from exc
     if arr.ndim not in (2, 3):  # pragma: no cover - Pillow always gives H x W (x C)
-        raise _fail(path, f"unexpected decoded shape {arr.shape}")
+        raise fail(path, f"unexpected decoded shape {arr.shape}")
     out = intensities(arr, path, picture=True)
     return LoadedImage(
         array=out,
@@ -520,7 +325,7 @@ def _nibabel_reports(path: Path) -> Iterator[None]:
 
 
 def _read_nifti(path: Path, orientation: str, max_pixels: int) -> LoadedImage:
-    nib = _require("nibabel", path)
+    nib = require("nibabel", path)
     try:
         with _nibabel_reports(path):
             img = nib.load(str(path))
@@ -529,33 +334,33 @@ def _read_nifti(path: Path, orientation: str, max_pixels: int) -> LoadedImage:
         affine = np.array(img.affine, dtype=np.float64)
         data_dtype = np.dtype(img.get_data_dtype())
     except Exception as exc:  # nibabel raises many types (ImageFileError, HeaderDataError, ...)
-        raise _fail(path, "not a readable NIfTI file (bad header, wrong magic or truncated)", exc) from exc
+        raise fail(path, "not a readable NIfTI file (bad header, wrong magic or truncated)", exc) from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise _fail(path, f"not a single-file NIfTI image (nibabel read it as {type(img).__name__})")
+        raise fail(path, f"not a single-file NIfTI image (nibabel read it as {type(img).__name__})")
     file_shape = list(shape)
     while len(file_shape) > 3 and file_shape[-1] == 1:
         file_shape.pop()
     if len(file_shape) > 3:
         extra = int(np.prod(file_shape[3:]))
-        raise _fail(
+        raise fail(
             path,
             f"{len(shape)}-D NIfTI holding {extra} volumes (shape {shape}); predict one 3-D "
             "volume at a time",
         )
     if len(file_shape) < 2:
-        raise _fail(path, f"{len(shape)}-D NIfTI (shape {shape}); expected a 3-D volume or a 2-D slice")
-    _check_pixels(path, tuple(file_shape), max_pixels)
+        raise fail(path, f"{len(shape)}-D NIfTI (shape {shape}); expected a 3-D volume or a 2-D slice")
+    check_pixels(path, tuple(file_shape), max_pixels)
     if data_dtype.kind not in "biuf":
-        raise _fail(path, f"NIfTI data type {data_dtype} is not a scalar numeric type (RGB/complex?)")
+        raise fail(path, f"NIfTI data type {data_dtype} is not a scalar numeric type (RGB/complex?)")
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32, caching="unchanged"))
     except Exception as exc:  # truncated / corrupt gzip stream or data block
-        raise _fail(path, "corrupt or truncated NIfTI data", exc) from exc
+        raise fail(path, "corrupt or truncated NIfTI data", exc) from exc
     data = data.reshape(file_shape + [1] * (3 - len(file_shape)))
-    data = _finite_float32(path, data)
+    data = finite_float32(path, data)
     zooms = _nifti_zooms_mm(header, len(file_shape)) + [1.0] * (3 - len(file_shape))
-    perm, flips = _orientation_transform(path, orientation, affine[:3, :3])
-    array = _apply_forward(data, perm, flips)
+    perm, flips = orientation_transform(path, orientation, affine[:3, :3])
+    array = apply_forward(data, perm, flips)
     return LoadedImage(
         array=array,
         kind="nifti",
@@ -594,49 +399,49 @@ def _read_npz(path: Path, max_pixels: int) -> LoadedImage:
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise _fail(path, "not a readable .npz archive (wrong magic or corrupt)", exc) from exc
+        raise fail(path, "not a readable .npz archive (wrong magic or corrupt)", exc) from exc
     if isinstance(archive, np.ndarray):
-        raise _fail(path, "holds a bare .npy array, not an .npz archive with key 'image'")
+        raise fail(path, "holds a bare .npy array, not an .npz archive with key 'image'")
     try:
         with archive:
             key = next((k for k in _IMAGE_KEYS if k in archive.files), None)
             if key is None:
-                raise _fail(path, f"no 'image' (or 'img') array; keys: {', '.join(archive.files) or 'none'}")
+                raise fail(path, f"no 'image' (or 'img') array; keys: {', '.join(archive.files) or 'none'}")
             declared = _npz_declared_shape(archive, key)
             if declared is not None:
-                _check_pixels(path, declared, max_pixels)
+                check_pixels(path, declared, max_pixels)
             arr = np.asarray(archive[key])
             raw_spacing = np.asarray(archive["spacing"]) if "spacing" in archive.files else None
     except InputError:
         raise
     except ValueError as exc:
         if "allow_pickle" in str(exc) or "pickled" in str(exc):
-            raise _fail(path, "holds pickled Python objects, not a numeric array (refused)", exc) from exc
-        raise _fail(path, "corrupt or truncated .npz archive", exc) from exc
+            raise fail(path, "holds pickled Python objects, not a numeric array (refused)", exc) from exc
+        raise fail(path, "corrupt or truncated .npz archive", exc) from exc
     except (OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        raise _fail(path, "corrupt or truncated .npz archive", exc) from exc
+        raise fail(path, "corrupt or truncated .npz archive", exc) from exc
     return _from_plain_array(path, "npz", key, arr, raw_spacing, max_pixels)
 
 
 def _read_h5(path: Path, max_pixels: int) -> LoadedImage:
-    h5py = _require("h5py", path)
+    h5py = require("h5py", path)
     try:
         with h5py.File(path, "r") as f:
             key = next((k for k in _IMAGE_KEYS if k in f), None)
             if key is None:
-                raise _fail(path, f"no 'image' (or 'img') dataset; has: {', '.join(f.keys()) or 'none'}")
+                raise fail(path, f"no 'image' (or 'img') dataset; has: {', '.join(f.keys()) or 'none'}")
             dset = f[key]
             if not isinstance(dset, h5py.Dataset):
-                raise _fail(path, f"{key!r} is a group, not a dataset")
+                raise fail(path, f"{key!r} is a group, not a dataset")
             if dset.ndim not in (2, 3):
-                raise _fail(path, f"{key!r} must be 2-D (H x W) or 3-D (D x H x W), got shape {dset.shape}")
-            _check_pixels(path, tuple(dset.shape), max_pixels)
+                raise fail(path, f"{key!r} must be 2-D (H x W) or 3-D (D x H x W), got shape {dset.shape}")
+            check_pixels(path, tuple(dset.shape), max_pixels)
             arr = np.asarray(dset[()])
             raw_spacing = f.attrs.get("spacing")
     except InputError:
         raise
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise _fail(path, "not a readable HDF5 file (wrong magic, corrupt or truncated)", exc) from exc
+        raise fail(path, "not a readable HDF5 file (wrong magic, corrupt or truncated)", exc) from exc
     return _from_plain_array(path, "h5", key, arr, raw_spacing, max_pixels)
 
 
@@ -644,9 +449,9 @@ def _from_plain_array(
     path: Path, kind: str, key: str, arr: np.ndarray, raw_spacing: Any, max_pixels: int
 ) -> LoadedImage:
     if arr.ndim not in (2, 3):
-        raise _fail(path, f"{key!r} must be 2-D (H x W) or 3-D (D x H x W), got shape {arr.shape}")
-    _check_pixels(path, arr.shape, max_pixels)
-    out = _finite_float32(path, arr)
+        raise fail(path, f"{key!r} must be 2-D (H x W) or 3-D (D x H x W), got shape {arr.shape}")
+    check_pixels(path, arr.shape, max_pixels)
+    out = finite_float32(path, arr)
     spacing = None if raw_spacing is None else _check_spacing(path, raw_spacing, arr.ndim)
     return LoadedImage(
         array=out, kind=kind, path=path, spacing=spacing, file_format=kind, key=key
@@ -679,7 +484,7 @@ def _check_metaimage_size(path: Path) -> None:
                 if key.strip() == "ElementDataFile":
                     break
     except OSError as exc:
-        raise _fail(path, "cannot be read", exc) from exc
+        raise fail(path, "cannot be read", exc) from exc
     source = header.get("ElementDataFile", "")
     size = _MET_SIZES.get(header.get("ElementType", ""))
     plain = (
@@ -698,13 +503,13 @@ def _check_metaimage_size(path: Path) -> None:
     try:
         available = data.stat().st_size - (offset if source == "LOCAL" else 0)
     except OSError as exc:
-        raise _fail(path, f"data file {source} cannot be read", exc) from exc
+        raise fail(path, f"data file {source} cannot be read", exc) from exc
     if available < count * size:
-        raise _fail(data, f"corrupt or truncated: {available} bytes of image data, the header declares {count * size}")
+        raise fail(data, f"corrupt or truncated: {available} bytes of image data, the header declares {count * size}")
 
 
 def _read_sitk(path: Path, orientation: str, max_pixels: int) -> LoadedImage:
-    sitk = _require("SimpleITK", path)
+    sitk = require("SimpleITK", path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -712,55 +517,21 @@ def _read_sitk(path: Path, orientation: str, max_pixels: int) -> LoadedImage:
         size = tuple(int(s) for s in reader.GetSize())
         n_comp = int(reader.GetNumberOfComponents())
     except RuntimeError as exc:
-        raise _fail(path, "not a readable image header (wrong magic or corrupt)", exc) from exc
+        raise fail(path, "not a readable image header (wrong magic or corrupt)", exc) from exc
     if len(size) not in (2, 3):
-        raise _fail(path, f"{len(size)}-D image (size {size}); expected 2-D or 3-D")
+        raise fail(path, f"{len(size)}-D image (size {size}); expected 2-D or 3-D")
     if n_comp != 1:
-        raise _fail(path, f"has {n_comp} components per pixel; only scalar images are supported")
-    _check_pixels(path, size, max_pixels)
+        raise fail(path, f"has {n_comp} components per pixel; only scalar images are supported")
+    check_pixels(path, size, max_pixels)
     if file_extension(path) in (".mha", ".mhd"):
         _check_metaimage_size(path)
     try:
         img = reader.Execute()
         arr = sitk.GetArrayFromImage(img)  # reversed index order: (z,) y, x
     except RuntimeError as exc:
-        raise _fail(path, "corrupt or truncated image data", exc) from exc
-    return _from_sitk_image(path, img, arr, orientation, kind="sitk", file_format=file_extension(path).lstrip("."))
+        raise fail(path, "corrupt or truncated image data", exc) from exc
+    return from_sitk_image(path, img, arr, orientation, kind="sitk", file_format=file_extension(path).lstrip("."))
 
-
-def _from_sitk_image(
-    path: Path, img: Any, arr: np.ndarray, orientation: str, *, kind: str, file_format: str
-) -> LoadedImage:
-    """A :class:`LoadedImage` of an image SimpleITK read (``arr`` its ``GetArrayFromImage``):
-    origin, spacing and direction kept for writing back, a volume put into ``D x H x W`` by
-    the orientation transform."""
-    size = tuple(int(s) for s in img.GetSize())
-    origin = tuple(float(v) for v in img.GetOrigin())
-    spacing_ijk = tuple(float(v) for v in img.GetSpacing())
-    direction = tuple(float(v) for v in img.GetDirection())
-    data = _finite_float32(path, arr)
-    common = dict(
-        kind=kind,
-        path=path,
-        file_format=file_format,
-        origin=origin,
-        direction=direction,
-        file_spacing=spacing_ijk,
-    )
-    if data.ndim == 2:
-        return LoadedImage(array=data, spacing=spacing_ijk[::-1], **common)  # type: ignore[arg-type]
-    rot_lps = np.asarray(direction, dtype=np.float64).reshape(3, 3) * np.asarray(spacing_ijk)
-    perm, flips = _orientation_transform(path, orientation, _LPS_TO_RAS @ rot_lps)
-    data_ijk = np.transpose(data, (2, 1, 0))
-    return LoadedImage(
-        array=_apply_forward(data_ijk, perm, flips),
-        spacing=tuple(spacing_ijk[p] for p in perm),
-        orientation=orientation,
-        perm=perm,
-        flips=flips,
-        file_shape=size,
-        **common,  # type: ignore[arg-type]
-    )
 
 
 def read_image(
@@ -816,7 +587,7 @@ def read_image(
         loaded = _read_sitk(path, orientation, max_pixels)
     height, width = loaded.label_shape[-2:]
     if min(height, width) < MIN_SIDE:
-        raise _fail(path, f"image is {height} x {width} pixels (H x W); at least {MIN_SIDE} x {MIN_SIDE} is needed")
+        raise fail(path, f"image is {height} x {width} pixels (H x W); at least {MIN_SIDE} x {MIN_SIDE} is needed")
     logger.debug(
         "read %s: %s %s, spacing %s, orientation %s",
         path, loaded.kind, loaded.array.shape, loaded.spacing, loaded.orientation,
@@ -884,7 +655,7 @@ def list_inputs(
     try:
         entries = [p for p in path.iterdir() if not p.name.startswith(".") and p.is_file()]
     except OSError as exc:
-        raise _fail(path, "cannot list folder", exc) from exc
+        raise fail(path, "cannot list folder", exc) from exc
     files: list[Path | DicomSeries] = sorted(
         (p for p in entries if file_extension(p) in _KIND_OF_EXTENSION), key=lambda p: p.name
     )
@@ -925,109 +696,14 @@ def default_label_path(reference: LoadedImage, out_dir: str | os.PathLike[str]) 
     return Path(out_dir) / f"{stem}{out_ext}"
 
 
-# --------------------------------------------------------------------------------------------
-# writing
-# --------------------------------------------------------------------------------------------
-def default_mode(base: int = 0o666) -> int:
-    """The mode ``open()`` / ``mkdir()`` would give under the current umask (``base`` 0o666 for
-    files, 0o777 for folders); ``mkstemp``/``mkdtemp`` create 0600/0700 instead."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return base & ~mask
-
-
-def check_output_folder(path: Path) -> None:
-    """Refuse, before any work is done, an output folder that exists as a file."""
-    if path.exists() and not path.is_dir():
-        raise InputError(f"{path}: output exists and is not a folder")
-
-
-def atomic_write(
-    path: str | os.PathLike[str],
-    writer: Callable[[Path], object],
-    *,
-    suffix: str = ".tmp",
-    writer_errors: tuple[type[BaseException], ...] = (Exception,),
-) -> Path:
-    """Write ``path`` atomically.
-
-    Args:
-        path: final file name; missing parent folders are created.
-        writer: called with the path of a fresh temporary file (created with
-            :func:`tempfile.mkstemp` in the same folder); it must write the complete file
-            there. The temporary file is then synced and moved over ``path`` with
-            :func:`os.replace`, so readers never see a half-written file.
-        suffix: suffix of the temporary name; writers that pick the format from the name
-            (nibabel, SimpleITK) need the real extension (e.g. ``".nii.gz"``).
-        writer_errors: exception types of ``writer`` that are write failures (default: any,
-            since image libraries report a full disk in their own types); others propagate
-            unchanged.  ``OSError`` always counts.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-
-    Raises:
-        InputError: the folder or file cannot be written (the message names ``path``). On any
-            failure the temporary file is removed and an existing ``path`` is left unchanged.
-            An :class:`InputError` raised by ``writer``, and an exception outside
-            ``writer_errors``, propagates unchanged.
-    """
-    path = Path(path)
-    tmp: Path | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        writer(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp, default_mode())
-        os.replace(tmp, path)
-        tmp = None
-    except InputError:
-        raise
-    except (OSError, *writer_errors) as exc:  # OSError, or a library's own exception type
-        raise _fail(path, "cannot write file", exc) from exc
-    finally:
-        if tmp is not None:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:  # pragma: no cover - folder vanished or became read-only
-                logger.warning("%s: could not remove temporary file %s", path, tmp)
-    return path
-
-
-def _as_label_array(labels: Any, reference: LoadedImage, out_path: Path) -> np.ndarray:
-    try:
-        arr = np.asarray(labels)
-    except Exception as exc:  # pragma: no cover - exotic objects
-        raise _fail(out_path, "labels cannot be converted to an array", exc) from exc
-    if arr.dtype.kind not in "biuf":
-        raise _fail(out_path, f"labels must be an integer array, got dtype {arr.dtype}")
-    if tuple(arr.shape) != reference.label_shape:
-        raise _fail(
-            out_path,
-            f"label map shape {tuple(arr.shape)} does not match {reference.path.name} "
-            f"(expected {reference.label_shape})",
-        )
-    if arr.dtype == np.uint8:
-        return np.ascontiguousarray(arr)
-    if arr.dtype.kind == "f" and (not np.isfinite(arr).all() or np.any(arr != np.round(arr))):
-        raise _fail(out_path, "labels must be whole numbers (class ids)")
-    if arr.size and (arr.min() < 0 or arr.max() > 255):
-        raise _fail(out_path, f"labels must lie in [0, 255], got [{arr.min()}, {arr.max()}]")
-    return np.ascontiguousarray(arr.astype(np.uint8))
 
 
 def _write_png(labels: np.ndarray, out_path: Path) -> None:
-    Image = _require("PIL", out_path)
+    Image = require("PIL", out_path)
 
     # A palette PNG: the pixel values stay the class ids (what every reader of label maps
     # takes), and viewers show each class in the colour of the overlays instead of near-black
     # greys 0, 1, 2, ...
-    from ..evaluation.report import label_palette
-
     def write(tmp: Path) -> None:
         height, width = labels.shape
         picture = Image.frombytes("P", (width, height), np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
@@ -1041,7 +717,7 @@ def _write_png(labels: np.ndarray, out_path: Path) -> None:
 def _write_nifti(
     labels_ijk: np.ndarray, reference: LoadedImage, out_path: Path, ext: str, description: str | None = None
 ) -> None:
-    nib = _require("nibabel", out_path)
+    nib = require("nibabel", out_path)
     header = reference.header.copy()
     klass = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     img = klass(labels_ijk, reference.affine, header=header)
@@ -1061,7 +737,7 @@ def _write_nifti(
 def _write_sitk(
     labels_ijk_or_2d: np.ndarray, reference: LoadedImage, out_path: Path, ext: str, description: str | None = None
 ) -> None:
-    sitk = _require("SimpleITK", out_path)
+    sitk = require("SimpleITK", out_path)
     if labels_ijk_or_2d.ndim == 3:
         arr = np.ascontiguousarray(np.transpose(labels_ijk_or_2d, (2, 1, 0)))
     else:
@@ -1088,7 +764,7 @@ def _write_plain(labels: np.ndarray, reference: LoadedImage, out_path: Path, ext
             with open(tmp, "wb") as handle:
                 np.savez_compressed(handle, label=labels)
     else:
-        h5py = _require("h5py", out_path)
+        h5py = require("h5py", out_path)
 
         def write(tmp: Path) -> None:
             with h5py.File(tmp, "w") as f:
@@ -1133,21 +809,21 @@ def write_label_map(
     ext = file_extension(out_path)
     allowed = _OUTPUT_EXTENSIONS.get(reference.kind)
     if allowed is None:
-        raise _fail(out_path, f"unknown reference kind {reference.kind!r}")
+        raise fail(out_path, f"unknown reference kind {reference.kind!r}")
     if ext not in allowed:
-        raise _fail(
+        raise fail(
             out_path,
             f"cannot write a label map for a {reference.kind} input as {ext or '(no extension)'!r}; "
             f"use {', '.join(allowed)}",
         )
     if out_path.resolve() == reference.path.resolve():
-        raise _fail(out_path, "refusing to overwrite the input image with its label map")
-    arr = _as_label_array(labels, reference, out_path)
+        raise fail(out_path, "refusing to overwrite the input image with its label map")
+    arr = as_label_array(labels, reference, out_path)
 
     if reference.kind in ("nifti", "sitk", "dicom") and reference.perm is not None:
         if reference.flips is None or reference.file_shape is None:
-            raise _fail(out_path, f"reference {reference.path.name} lacks its axis transform")
-        file_arr = _apply_inverse(arr, reference.perm, reference.flips)
+            raise fail(out_path, f"reference {reference.path.name} lacks its axis transform")
+        file_arr = apply_inverse(arr, reference.perm, reference.flips)
         if reference.kind == "nifti":
             file_arr = file_arr.reshape(reference.file_shape)
     else:
@@ -1157,11 +833,11 @@ def write_label_map(
         _write_png(file_arr, out_path)
     elif reference.kind == "nifti":
         if reference.affine is None or reference.header is None:
-            raise _fail(out_path, f"reference {reference.path.name} lacks its NIfTI affine/header")
+            raise fail(out_path, f"reference {reference.path.name} lacks its NIfTI affine/header")
         _write_nifti(file_arr, reference, out_path, ext, description)
     elif reference.kind in ("sitk", "dicom"):
         if reference.origin is None or reference.direction is None or reference.file_spacing is None:
-            raise _fail(out_path, f"reference {reference.path.name} lacks its origin/spacing/direction")
+            raise fail(out_path, f"reference {reference.path.name} lacks its origin/spacing/direction")
         _write_sitk(file_arr, reference, out_path, ext, description)
     else:
         _write_plain(file_arr, reference, out_path, ext)

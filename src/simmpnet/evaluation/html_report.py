@@ -28,13 +28,13 @@ import math
 import os
 import platform
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..data.io import atomic_write
+from ..files import atomic_write
 from ..errors import InputError
 from .report import _METRICS, CLASS_COLORS, RESAMPLE_WORDS, SOURCE_KEYS, _fmt, _unit_word, label_palette, mean_drift
 
@@ -273,32 +273,6 @@ class ViewerCases:
             "warmup_blocks": self.warmup_blocks,
         }
 
-
-def _probe_cases(
-    checkpoint: Path, data: Path, layout: str | None, split: str | None, device: str, max_cases: int, max_slices: int,
-    layout_options: Mapping[str, Any] | None = None, resample: str | None = None,
-) -> dict[str, Any]:
-    """Predict the first ``max_cases`` cases of ``split`` with the memory probed (the report
-    of a folder that ``evaluate`` did not just write)."""
-    from ..data.layouts import default_test_split, open_layout_of_model
-    from ..training import load_trained_model, resolve_device
-    from .inference import predict_slices
-    from .resample import resolve_resample
-
-    dev = resolve_device(device)
-    model, input_size, config = load_trained_model(checkpoint, dev)
-    n_classes = int(getattr(model, "n_classes", None) or config.get("n_classes"))
-    in_channels = int(getattr(model, "in_channels", config.get("in_channels", 1)))
-    name, found = open_layout_of_model(config, n_classes, in_channels, data, layout, layout_options)
-    split = split or default_test_split(found)
-    volumes = found.cases(split)
-    resample = resolve_resample(resample, config)
-    with ViewerCases(model, config, name, split, len(volumes), max_cases, max_slices) as viewer:
-        for index in range(min(max_cases, len(volumes))):
-            item = volumes[index]
-            image, truth = np.asarray(item["image"]), np.asarray(item["label"])
-            viewer.on_case(item["name"], image, truth, predict_slices(model, image, input_size, dev, resample=resample))
-    return viewer.result()
 
 
 def _warmup_blocks(model: Any) -> list[str]:
@@ -594,6 +568,7 @@ def write_report(
     layout_options: Mapping[str, Any] | None = None,
     resample: str | None = None,
     viewer: ViewerCases | None = None,
+    probe: Callable[..., dict[str, Any]] | None = None,
 ) -> Path:
     """Write the report of the run in ``run_dir`` as one self-contained HTML file.
 
@@ -615,7 +590,12 @@ def write_report(
             ``evaluate --set``).
         resample: how predictions return to the slice size (default: as the model was trained).
         viewer: the cases and memory statistics gathered while ``checkpoint`` predicted ``split``
-            of ``data`` (``evaluate`` passes them); without it the report predicts them itself.
+            of ``data`` (``evaluate`` passes them).
+        probe: without ``viewer``, what predicts the cases of the viewer (called with
+            ``checkpoint, data, layout, split, device, max_cases, max_slices, layout_options,
+            resample``; :func:`simmpnet.evaluate.probe_cases`, which
+            :func:`simmpnet.evaluate.write_report` passes).  Without either, the page has no
+            slice viewer and no memory panel: this module never loads a model.
 
     Returns:
         the path of the HTML file.
@@ -673,8 +653,10 @@ def write_report(
         missing_viewer = f"the dataset folder ({where}) is not there (give --data): no slice viewer, no memory panel."
     elif viewer is not None:
         probed = viewer.result()
+    elif probe is None:
+        missing_viewer = "no model was run for this page (simmpnet report runs it): no slice viewer, no memory panel."
     else:
-        probed = _probe_cases(
+        probed = probe(
             model_path, data_path, layout or recorded.get("layout"), split or recorded.get("split"), device,
             max_cases, max_slices, layout_options, resample or recorded.get("resample"),
         )

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..data.transforms import resize_image, resize_slice
 from ..errors import InputError
-from .resample import check_inference, check_resample
+from .resample import check_inference, check_resample, check_sliding_window
 
 __all__ = ["predict_slices"]
 
@@ -68,7 +68,7 @@ def predict_slices(
             ``[0, 1)``; not used by ``"resize"``.
         preprocessing: the :class:`simmpnet.Preprocessing` the model was trained with
             (default: ``model.preprocessing``, when it has one); the sliding window is refused
-            for a model trained on resized slices (:func:`simmpnet.pretrained.check_sliding_window`).
+            for a model trained on resized slices (:func:`simmpnet.evaluation.resample.check_sliding_window`).
 
     Returns:
         ``(D, H, W)`` uint8 label map; with ``probabilities``, ``(labels, probabilities)``
@@ -81,8 +81,6 @@ def predict_slices(
     if not np.isfinite(slices).all():
         raise InputError("the image holds NaN or Inf values")
     if inference == "sliding-window":
-        from ..pretrained import check_sliding_window
-
         # (the callers that load models warn once about a model that does not record it)
         check_sliding_window(
             preprocessing if preprocessing is not None else getattr(model, "preprocessing", None), warn=False

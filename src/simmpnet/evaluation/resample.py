@@ -14,14 +14,19 @@ importing the network; :mod:`simmpnet.evaluation.inference` does the resizing.
 """
 from __future__ import annotations
 
+import logging
 import numbers
 from collections.abc import Mapping
 from typing import Any
 
 from ..errors import InputError
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "INFERENCE_MODES",
+    "TRAINED_ON",
+    "check_sliding_window",
     "RESAMPLE_MODES",
     "RESAMPLE_WORDS",
     "check_inference",
@@ -72,3 +77,27 @@ def resolve_resample(resample: str | None, config: Mapping[str, Any]) -> str:
     chosen = resample or config.get("resample", "labels")
     check_resample(chosen)
     return chosen
+
+
+#: What a network can have been trained on (:attr:`Preprocessing.trained_on`).
+TRAINED_ON = ("resized-slices", "native-crops")
+
+
+def check_sliding_window(prep: Any, source: str = "the model", warn: bool = True) -> None:
+    """Refuse sliding-window prediction for a network trained on resized slices (``prep``: its
+    :class:`~simmpnet.pretrained.Preprocessing`, or None): its tiles
+    would show it the image at another scale than the one it learnt, and the labels are wrong
+    without any error.  A network that does not record how it was trained is let through, with
+    a warning when ``warn``."""
+    trained_on = None if prep is None else prep.trained_on
+    if trained_on == "resized-slices":
+        raise InputError(
+            f"{source}: sliding-window prediction needs a network trained on native-resolution crops, and this one "
+            f"was trained on whole slices resized to {prep.input_size} x {prep.input_size}; use the resize inference "
+            "(--inference resize, the default)"
+        )
+    if trained_on is None and warn:
+        logger.warning(
+            "%s: does not record how it was trained; sliding-window prediction is valid only for a network trained "
+            "on crops at the images' own resolution", source,
+        )

@@ -8,13 +8,13 @@ from typing import Any
 
 from torch import nn
 
+from ..checkpoint import PEER_FORMAT
 from ..errors import CheckpointError, InputError
 from .simmpnet import SimMPNet
 
 __all__ = ["MODEL_NAMES", "build_model", "model_payload", "model_from_payload", "input_size_of"]
 
 MODEL_NAMES = ("simmpnet", "unet")
-PEER_FORMAT = "simmpnet-peer"
 
 
 def _unet_kwargs(n_classes: int, in_channels: int, overrides: dict[str, Any]) -> dict[str, Any]:

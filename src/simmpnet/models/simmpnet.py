@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint import MODEL_FORMAT as CHECKPOINT_FORMAT
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import CheckpointError, InputError
 from ..pretrained import (
@@ -32,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["MemoryConfig", "SimMPNetConfig", "SimMPNet", "VARIANTS"]
 
-CHECKPOINT_FORMAT = "simmpnet-model"
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,9 @@ class SimMPNet(nn.Module):
         >>> model.eval()(torch.randn(1, 1, 128, 128)).shape
         torch.Size([1, 9, 128, 128])
     """
+
+    #: The architecture's config class (``config.json`` of :meth:`save_pretrained` holds one).
+    config_class = SimMPNetConfig
 
     def __init__(
         self,
@@ -452,7 +455,7 @@ class SimMPNet(nn.Module):
         resolution (neighbours sharing ``overlap`` of a tile) instead of the paper's resize.
         The model is left as it was (mode, device, weights, memory banks).
         """
-        from ..predict import predict_array
+        from .inference import predict_array
 
         return predict_array(
             self,

@@ -1,6 +1,7 @@
 """Training: the paper's losses and the training loop with checkpoints and exact resume."""
 from .losses import CEDiceLoss, DeepSupervisionLoss, SoftDiceLoss
-from .trainer import TrainConfig, Trainer, TrainingError, load_trained_model, resolve_device
+from ..loading import load_trained_model, resolve_device
+from .trainer import TrainConfig, Trainer, TrainingError
 
 __all__ = [
     "CEDiceLoss",

@@ -33,16 +33,16 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..checkpoint import load_checkpoint, save_checkpoint
-from ..data.io import atomic_write
+from ..checkpoint import TRAIN_FORMAT, load_checkpoint, save_checkpoint
+from ..device import resolve_device
+from ..files import atomic_write
 from ..data.layouts import open_layout
 from ..data.transforms import RandomAugment
 from ..errors import CheckpointError, InputError, SimMPNetError
 from ..evaluation.evaluate import evaluate_volumes
 from ..evaluation.resample import check_resample
 from ..models import VARIANTS, SimMPNet, WLDSchedule
-from ..models.factory import MODEL_NAMES, build_model, input_size_of, model_from_payload, model_payload
-from ..pretrained import Preprocessing
+from ..models.factory import MODEL_NAMES, build_model, model_from_payload, model_payload
 from . import distributed
 from .losses import DICE_DENOMINATORS, DeepSupervisionLoss
 from .plan import plan_run
@@ -50,9 +50,8 @@ from .tensorboard import TensorBoardLog, check_tensorboard
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "Trainer", "TrainingError", "load_trained_model", "resolve_device"]
+__all__ = ["TrainConfig", "Trainer", "TrainingError"]
 
-TRAIN_FORMAT = "simmpnet-train"
 #: Values of the ``compile`` key: none; inductor's modes; a backend that traces without compiling.
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "aot_eager")
 
@@ -282,13 +281,6 @@ def _resolve_amp(amp: str, device: torch.device) -> str:
     return "bf16" if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "none"
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; asking for CUDA without one is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} requested but CUDA is not available on this machine")
-    return torch.device(name)
 
 
 class _AugmentedSlices(Dataset):
@@ -929,28 +921,3 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def load_trained_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, int, dict]:
-    """Model, input size and training config from a ``last.pt`` / ``best.pt``, a model file
-    written by :meth:`SimMPNet.save` or a folder of :meth:`SimMPNet.save_pretrained` (whose
-    preprocessing stands in for the training config)."""
-    if Path(path).is_dir():
-        model = SimMPNet.from_pretrained(path, device=device)
-        prep = model.preprocessing
-        keys = ("in_channels", "intensity_window", "class_names", "resample")
-        return model, prep.input_size, {key: getattr(prep, key) for key in keys}
-    payload = load_checkpoint(path, map_location="cpu")
-    source = str(path)
-    if payload.get("format") == TRAIN_FORMAT:
-        model_part, config = payload["model"], payload.get("config", {})
-    else:
-        model_part, config = payload, {}
-    model = model_from_payload(model_part, source).to(device).eval()
-    if "input_size" not in model_part and isinstance(model, SimMPNet):
-        input_size = model.config.img_size_a
-    else:
-        input_size = input_size_of(model_part, source)
-    if payload.get("format") == TRAIN_FORMAT:
-        # What the run did to its slices travels with its weights, for every network type.
-        in_channels = int(getattr(model, "in_channels", config.get("in_channels", 1)))
-        model.preprocessing = Preprocessing.for_training_config(config, input_size, in_channels, source)
-    return model, input_size, config

@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 
 from ...errors import InputError
 from ..io import path_exists
-from . import Layout, register_layout
+from .registry import Layout, register_layout
 from .synapse import IMAGE_KEYS, LABEL_KEYS, load_npz_slice, read_list_file, validate_pair
 
 __all__ = ["AcdcLayout", "AcdcSliceDataset", "AcdcVolumeDataset", "load_npz_volume", "volume_name"]

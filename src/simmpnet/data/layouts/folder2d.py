@@ -70,7 +70,7 @@ from ..io import (
     read_image,
 )
 from ..transforms import to_tensors
-from . import Layout, register_layout
+from .registry import Layout, register_layout
 
 __all__ = [
     "DEFAULT_FRACTIONS",

@@ -32,7 +32,7 @@ import numpy as np
 
 from simmpnet.errors import InputError
 
-from . import register_layout
+from .registry import register_layout
 from .folder2d import Pair, PictureLayout, Scan, _fmt_values, _lossy_hint, _stem, list_pictures, present_values
 
 __all__ = ["CLASS_NAMES", "ISIC2018Layout", "MASK_SUFFIX", "PHASES"]

@@ -59,7 +59,7 @@ from torch.utils.data import Dataset
 from ...errors import InputError
 from ..io import atomic_write, escapes_folder, file_extension, read_image
 from ..transforms import normalise_percentile
-from . import Layout, register_layout
+from .registry import Layout, register_layout
 
 __all__ = [
     "NnUNetCaseDataset",

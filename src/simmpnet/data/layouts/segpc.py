@@ -39,7 +39,7 @@ import numpy as np
 
 from simmpnet.errors import InputError
 
-from . import register_layout
+from .registry import register_layout
 from .folder2d import Pair, PictureLayout, Scan, _fmt_values, _stem, list_pictures, present_values
 
 __all__ = ["CLASS_NAMES", "CYTOPLASM_VALUE", "NUCLEUS_VALUE", "SegPC2021Layout"]

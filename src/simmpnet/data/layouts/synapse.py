@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from simmpnet.errors import InputError
 
 from ..io import MIN_SIDE, escapes_folder, path_exists
-from . import Layout, register_layout
+from .registry import Layout, register_layout
 
 logger = logging.getLogger(__name__)
 
