@@ -34,6 +34,24 @@ def _parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
     return values
 
 
+def _train_config_file(args: argparse.Namespace) -> Path | None:
+    """``--config``; when resuming without it, the run's own ``resolved_config.yaml``, so that
+    ``train --output RUN --resume`` alone continues the run as it was configured."""
+    if args.config:
+        return Path(args.config)
+    if not args.resume:
+        return None
+    if not args.output:
+        raise SimMPNetError("train --resume needs --output RUN (the run folder to continue) or --config")
+    resolved = Path(args.output) / "resolved_config.yaml"
+    if not resolved.is_file():
+        raise SimMPNetError(
+            f"{args.output}: no resolved_config.yaml to resume from (not a run folder of simmpnet train); "
+            "give the run's --config"
+        )
+    return resolved
+
+
 def _train_config(args: argparse.Namespace, base: Path | None):
     from .training import TrainConfig
 
@@ -62,7 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import Trainer
     from .training.trainer import check_run_folder
 
-    config = _train_config(args, Path(args.config) if args.config else None)
+    config = _train_config(args, _train_config_file(args))
     if (getattr(args, "nproc", None) or 1) > 1 and "LOCAL_RANK" not in os.environ:
         from .training.distributed import launch
 
@@ -84,6 +102,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         trainer.close()
     logger.info("training ended (%s) after %d epochs, %d steps, %.0f s", result["stop"], result["epochs"], result["steps"], result["elapsed_s"])
+    if result["stop"] == "interrupted":
+        print(
+            f"interrupted at step {result['steps']}: {Path(config.output_dir) / 'last.pt'} saved; resume with\n"
+            f"  simmpnet train --output {shlex.quote(str(config.output_dir))} --resume"
+        )
+        return 130
     if result["best_checkpoint"]:
         print(f"trained model: {result['best_checkpoint']} (best validation DSC {100 * result['best_val_dsc']:.2f} %)")
     else:
@@ -340,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         _deprecated_alias(p, "--budget", "--time-budget", "time_budget", type=float)
         p.add_argument("--data", help="folder for the prepared demo data (default: next to the output)")
-        p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
+        p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt (a Ctrl-C saves it)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a training config key")
         if name == "demo":
             p.add_argument("--model", default="simmpnet", choices=["simmpnet", "unet"])
@@ -358,7 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-steps", type=int)
     p.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop training after this many seconds")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
+    p.add_argument(
+        "--resume", action="store_true",
+        help="continue from OUTPUT/last.pt (written at every stop, a Ctrl-C included), with OUTPUT/resolved_config.yaml "
+        "unless --config is given",
+    )
     p.add_argument(
         "--overwrite", action="store_true",
         help="replace the run already in OUTPUT (its checkpoints, log and curves) instead of refusing",

@@ -68,5 +68,7 @@ def run_demo(
     if resume and (output / "last.pt").is_file():
         trainer.resume()
     result = trainer.fit()
+    if result["stop"] == "interrupted":  # a Ctrl-C: last.pt is saved, and `--resume` continues the demo
+        raise KeyboardInterrupt
     # The last checkpoint is scored: selecting one on the test cases would flatter the figure.
     return evaluate_checkpoint(output / "last.pt", data, "test_vol", output, device, overlays=10, extra={"training": result})

@@ -16,13 +16,17 @@ see :mod:`simmpnet.training.distributed`.  ``batch_size`` is the global batch.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
 import shutil
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,12 +39,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import TRAIN_FORMAT, load_checkpoint, save_checkpoint
 from ..device import resolve_device
-from ..files import atomic_write
 from ..data.layouts import open_layout
 from ..data.transforms import RandomAugment
 from ..errors import CheckpointError, InputError, SimMPNetError
 from ..evaluation.evaluate import evaluate_volumes
 from ..evaluation.resample import check_resample
+from ..files import atomic_write
 from ..models import VARIANTS, SimMPNet, WLDSchedule
 from ..models.factory import MODEL_NAMES, build_model, model_from_payload, model_payload
 from . import distributed
@@ -334,6 +338,7 @@ class Trainer:
         self.config = config
         self.overwrite = overwrite
         self._claimed = False  # the output folder holds this run's files (or none yet)
+        self._interrupted = False  # a Ctrl-C asked the run to stop at the next step boundary
         world = distributed.environment_world_size()
         if config.batch_size % world:
             raise InputError(
@@ -481,9 +486,16 @@ class Trainer:
         if payload.get("format") != TRAIN_FORMAT:
             raise CheckpointError(f"{path}: not a simmpnet training checkpoint")
         mine = _plain(self.config.model_identity())
-        if payload.get("identity") != mine:
+        theirs = payload.get("identity")
+        if theirs != mine:
+            theirs = theirs if isinstance(theirs, dict) else {}
+            differ = ", ".join(
+                f"{key} {theirs.get(key)!r} in the checkpoint, {mine.get(key)!r} now"
+                for key in sorted(set(mine) | set(theirs)) if theirs.get(key) != mine.get(key)
+            )
             raise CheckpointError(
-                f"{path}: written for another model configuration ({payload.get('identity')} vs {mine})"
+                f"{path}: written for another model configuration ({differ}); resume with the run's own config "
+                f"(simmpnet train --output {path.parent} --resume, which reads {path.parent / 'resolved_config.yaml'})"
             )
         restored = model_from_payload(payload["model"], str(path))
         self._claimed = True
@@ -567,6 +579,8 @@ class Trainer:
 
     def _out_of_budget(self) -> str | None:
         cfg = self.config
+        if self._interrupted:
+            return "interrupted"
         if cfg.max_steps is not None and self.state["global_step"] >= cfg.max_steps:
             return "max_steps"
         if cfg.time_budget_s is not None:
@@ -652,13 +666,13 @@ class Trainer:
         )
 
     def fit(self) -> dict[str, Any]:
-        """Train until the epochs, the step limit or the time budget run out.  Returns a
-        summary: stop reason, epochs, steps, elapsed seconds, last and best validation DSC.
+        """Train until the epochs, the step limit or the time budget run out, or a Ctrl-C.
+        Returns a summary: stop reason (``"epochs"``, ``"max_steps"``, ``"time_budget"``,
+        ``"interrupted"``), epochs, steps, elapsed seconds, last and best validation DSC.
+        ``last.pt`` is written at every stop, so :meth:`resume` continues any of them.
 
         Distributed: every rank calls it; rank 0 alone validates and writes checkpoints, the
         log and the curves."""
-        from tqdm import tqdm
-
         cfg = self.config
         main = self.dist.is_main
         if not self._claimed:
@@ -680,6 +694,34 @@ class Trainer:
                 # A resumed run writes nothing at its checkpoint's step: the events up to it stay.
                 self.tensorboard = TensorBoardLog(self.output_dir / "tensorboard", purge_step=self.state["global_step"] + 1)
         self._started = time.monotonic()
+        with self._stop_on_interrupt():
+            return self._fit(main)
+
+    @contextlib.contextmanager
+    def _stop_on_interrupt(self) -> Iterator[None]:
+        """A first Ctrl-C (SIGINT) ends the run at the next step boundary, with ``last.pt``
+        written as at any other stop (``stop`` is ``"interrupted"``); a second one interrupts at
+        once.  Only for a single-process run in the main thread: the ranks of a distributed run
+        could see the signal at different steps, and wait for each other for ever."""
+        if self.dist.enabled or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def interrupted(signum: int, frame: Any) -> None:
+            self._interrupted = True
+            signal.signal(signal.SIGINT, previous)
+            logger.warning("interrupted: stopping after this step and saving last.pt (Ctrl-C again to stop at once)")
+
+        previous = signal.signal(signal.SIGINT, interrupted)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _fit(self, main: bool) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        cfg = self.config
         stop = self._out_of_budget()
         last_val: float | None = None
         steps_per_epoch = self.steps_per_epoch
