@@ -196,7 +196,7 @@ def test_resample_option_of_evaluate_and_predict(brain_data, trained, tmp_path, 
     assert payload["config"]["resample"] == "labels"
     payload["config"]["resample"] = "logits"
     trained_logits = save_checkpoint(payload, tmp_path / "logits.pt")
-    common = ["--quiet", "evaluate", "--data", str(brain_data), "--overlays", "0"]
+    common = ["--quiet", "evaluate", "--data", str(brain_data), "--max-overlays", "0"]
     runs = {
         "flag": ["--checkpoint", str(trained), "--resample", "logits"],
         "config": ["--checkpoint", str(trained_logits)],
@@ -238,7 +238,7 @@ def test_compare_trains_both_models_on_the_demo_footing(brain_data, tmp_path, ca
 
     out = tmp_path / "compare"
     quick = ["--set", "train_list=small", "--set", "val_list=null", "--set", "progress=false"]
-    assert main(["compare", "--data", str(brain_data), "--output", str(out), "--steps", "2", "--device", "cpu", *quick]) == 0
+    assert main(["compare", "--data", str(brain_data), "--output", str(out), "--max-steps", "2", "--device", "cpu", *quick]) == 0
     printed = capsys.readouterr().out
     assert "simmpnet DSC" in printed and "unet DSC" in printed and "medial_temporal" in printed
     configs = {}
@@ -341,3 +341,65 @@ def test_a_library_warning_is_one_line_without_its_path(monkeypatch, capsys, tmp
     assert warnings.showwarning is shown  # restored
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert lines == ["our own INFO line", "simmpnet: warning: something a library says (UserWarning)"]
+
+
+def _options(parser) -> dict[str, list]:
+    """The visible options of every subcommand: {command: [argparse actions]}."""
+    import argparse
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {
+        name: [a for a in p._actions if a.option_strings and a.help != argparse.SUPPRESS]
+        for name, p in sub.choices.items()
+    }
+
+
+def test_one_flag_name_per_concept_and_every_option_has_help():
+    from simmpnet.cli import build_parser
+
+    commands = _options(build_parser())
+    for name, actions in commands.items():
+        for action in actions:
+            assert action.help, f"{name} {action.option_strings}: no help"
+    flags = {name: {s for a in actions for s in a.option_strings} for name, actions in commands.items()}
+    # --set is a training config key, and only that
+    assert {name for name, f in flags.items() if "--set" in f} == {"train", "demo", "compare"}
+    assert {name for name, f in flags.items() if "--layout-option" in f} == {"evaluate", "report", "verify"}
+    # one name for the step limit; --overlays a switch (predict), --max-overlays a count (evaluate)
+    assert not any("--steps" in f for f in flags.values())
+    assert all("--max-steps" in flags[name] for name in ("train", "demo", "compare"))
+    assert "--max-overlays" in flags["evaluate"] and "--overlays" not in flags["evaluate"]
+    # --output is a folder wherever it appears; a file is --output-file
+    for name, actions in commands.items():
+        for action in actions:
+            if "--output" in action.option_strings:
+                assert "file" not in action.help.split("(")[0] or "folder" in action.help, (name, action.help)
+    assert "--output-file" in flags["report"] and "--output-file" in flags["export"]
+    assert "--config" in flags["verify"]
+
+
+def test_old_spellings_still_work_for_one_release_with_a_warning(capsys):
+    from simmpnet.cli import build_parser
+
+    parser = build_parser()
+    cases = [
+        (["compare", "--steps", "7"], "max_steps", 7),
+        (["evaluate", "--output", "o", "--overlays", "2"], "overlays", 2),
+        (["evaluate", "--output", "o", "--set", "fold=1", "--layout-option", "seed=2"], "layout_options", ["fold=1", "seed=2"]),
+        (["prepare", "isic2018", "--raw", "r", "--output", "o", "--set", "size=8"], "converter_options", ["size=8"]),
+        (["report", "run", "--output", "x.html"], "output_file", "x.html"),
+    ]
+    for argv, dest, value in cases:
+        assert getattr(parser.parse_args(argv), dest) == value, argv
+        err = capsys.readouterr().err
+        assert "is deprecated and goes in the next release" in err, argv
+
+
+def test_verify_reads_the_dataset_of_a_training_config(brain_data, tmp_path, capsys):
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(small_train_config(brain_data, tmp_path / "run")))
+    assert main(["verify", "--config", str(config)]) == 0
+    assert f"{brain_data}: no problems found (synapse layout" in capsys.readouterr().out
+    config.write_text(yaml.safe_dump(small_train_config(tmp_path / "nowhere", tmp_path / "run")))
+    assert main(["verify", "--config", str(config)]) == 2
+    assert str(tmp_path / "nowhere") in capsys.readouterr().err

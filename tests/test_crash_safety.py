@@ -230,7 +230,7 @@ def test_failed_prepare_leaves_the_output_folder_as_it_was(tmp_path, monkeypatch
     (out / "dataset.json").write_text("{}")  # an earlier conversion's
     monkeypatch.setattr("os.replace", _no_space)
     capsys.readouterr()
-    assert main(["--quiet", "prepare", "isic2018", "--raw", str(raw), "--output", str(out), "--set", "size=8"]) == 2
+    assert main(["--quiet", "prepare", "isic2018", "--raw", str(raw), "--output", str(out), "--converter-option", "size=8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0], err
     monkeypatch.undo()

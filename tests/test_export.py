@@ -147,19 +147,19 @@ def test_cli_export_round_trip(model, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     checkpoint = model.save(tmp_path / "model.pt")
     out = tmp_path / "out" / "model.onnx"
-    assert main(["--quiet", "export", "--checkpoint", str(checkpoint), "--output", str(out)]) == 0
+    assert main(["--quiet", "export", "--checkpoint", str(checkpoint), "--output-file", str(out)]) == 0
     printed = capsys.readouterr().out
     assert out.is_file() and "same label for 100" in printed, printed
 
 
 def test_cli_export_bad_checkpoint_is_one_clean_line(tmp_path, capsys):
     missing = tmp_path / "nope.pt"
-    assert main(["export", "--checkpoint", str(missing), "--output", str(tmp_path / "m.onnx")]) == 2
+    assert main(["export", "--checkpoint", str(missing), "--output-file", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "nope.pt" in err and "Traceback" not in err
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
-    assert main(["export", "--checkpoint", str(garbage), "--output", str(tmp_path / "m.onnx")]) == 2
+    assert main(["export", "--checkpoint", str(garbage), "--output-file", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "garbage.pt" in err
     assert not (tmp_path / "m.onnx").exists()

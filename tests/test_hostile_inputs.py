@@ -233,14 +233,14 @@ class Env:
     def verify(self, data: Path, layout: str, *sets: str) -> Hostile:
         argv = ["--quiet", "verify", "--data", str(data), "--layout", layout, "--n-classes", str(N_CLASSES)]
         for item in sets:
-            argv += ["--set", item]
+            argv += ["--layout-option", item]
         return Hostile(argv, (), None, code=1)
 
     def prepare(self, dataset: str, raw: Path, *sets: str) -> Hostile:
         out = self.tmp / "prepared"
         argv = ["--quiet", "prepare", dataset, "--raw", str(raw), "--output", str(out)]
         for item in sets:
-            argv += ["--set", item]
+            argv += ["--converter-option", item]
         return Hostile(argv, (), out)
 
     def forbid_decoding_large_pictures(self) -> Callable[[], str | None]:

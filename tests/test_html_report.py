@@ -32,7 +32,7 @@ def tiny_run(brain_data, tmp_path_factory) -> Path:
     assert main(["--quiet", "train", "--config", str(config), "--tensorboard"]) == 0
     assert main([
         "--quiet", "evaluate", "--checkpoint", str(out / "last.pt"), "--data", str(brain_data), "--output", str(out),
-        "--device", "cpu", "--overlays", "1",
+        "--device", "cpu", "--max-overlays", "1",
     ]) == 0
     return out
 
@@ -145,7 +145,7 @@ def test_report_is_one_self_contained_page_within_its_caps(tiny_run, brain_data,
 
     # The caps of the command line, a page of its own elsewhere, and the errors before any work.
     other = tmp_path / "small.html"
-    assert main(["--quiet", "report", str(tiny_run), "--cases", "1", "--slices", "2", "--output", str(other), "--device", "cpu"]) == 0
+    assert main(["--quiet", "report", str(tiny_run), "--cases", "1", "--slices", "2", "--output-file", str(other), "--device", "cpu"]) == 0
     small = _page_data(other)
     assert len(small["cases"]) == 1 and len(small["cases"][0]["slices"]) == 2
     assert "This page embeds 1 of the 3 cases" in other.read_text()

@@ -295,7 +295,7 @@ def test_isic_and_segpc_verify_report_every_planted_problem(tmp_path):
 # ------------------------------------------------------------------------------ converters
 def test_prepare_isic_writes_a_readable_folder2d(isic_root, tmp_path):
     out = tmp_path / "isic32"
-    assert main(["--quiet", "prepare", "isic2018", "--raw", str(isic_root), "--output", str(out), "--set", "size=32"]) == 0
+    assert main(["--quiet", "prepare", "isic2018", "--raw", str(isic_root), "--output", str(out), "--converter-option", "size=32"]) == 0
     assert not list(out.rglob(".*"))  # no temporary file left behind
     description = json.loads((out / "dataset.json").read_text())
     assert description["n_classes"] == 2 and description["channels"] == 3 and description["size"] == [32, 32]
@@ -346,7 +346,7 @@ def isic_checkpoint(isic_root, tmp_path_factory):
 def test_cli_evaluate_on_isic(isic_root, isic_checkpoint, tmp_path):
     report = tmp_path / "eval"
     args = ["--quiet", "evaluate", "--checkpoint", str(isic_checkpoint), "--data", str(isic_root), "--split", "test"]
-    assert main([*args, "--output", str(report), "--overlays", "1"]) == 0
+    assert main([*args, "--output", str(report), "--max-overlays", "1"]) == 0
     metrics = json.loads((report / "metrics.json").read_text())
     assert set(metrics["per_case"]) == set(ISIC2018Layout(isic_root).split_ids("test"))
     assert list((report / "overlays").glob("*.png"))
@@ -374,13 +374,13 @@ def test_cli_verify_train_evaluate_predict(which, segpc_root, tmp_path, capsys):
     data = segpc_root
     if which == "folder2d":  # the converter's output is a plain folder of pictures and masks
         data = tmp_path / "prepared"
-        args = ["--quiet", "prepare", "segpc2021", "--raw", str(segpc_root), "--output", str(data), "--set", "size=32"]
+        args = ["--quiet", "prepare", "segpc2021", "--raw", str(segpc_root), "--output", str(data), "--converter-option", "size=32"]
         assert main(args) == 0
     assert main(["verify", "--layout", which, "--data", str(data), "--n-classes", "3"]) == 0
     checkpoint = _train(tmp_path, data, tmp_path / "run", which, 3)
     report = tmp_path / "eval"
     args = ["--quiet", "evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--split", "val"]
-    assert main([*args, "--output", str(report), "--overlays", "1"]) == 0
+    assert main([*args, "--output", str(report), "--max-overlays", "1"]) == 0
     metrics = json.loads((report / "metrics.json").read_text())
     assert set(metrics["per_case"]) == set(open_layout(which, data, 3).split_ids("val"))
     assert len(metrics["classes"]) == 2
@@ -405,5 +405,5 @@ def test_cli_evaluate_layout_options_override_the_trained_ones(isic_root, isic_c
     assert other_ids != default_ids
     report = tmp_path / "eval"
     args = ["--quiet", "evaluate", "--checkpoint", str(isic_checkpoint), "--data", str(isic_root), "--split", "test"]
-    assert main([*args, "--output", str(report), "--overlays", "0", "--set", "seed=7"]) == 0
+    assert main([*args, "--output", str(report), "--max-overlays", "0", "--layout-option", "seed=7"]) == 0
     assert set(json.loads((report / "metrics.json").read_text())["per_case"]) == other_ids

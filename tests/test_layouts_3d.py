@@ -232,7 +232,7 @@ def test_cli_train_evaluate_predict_on_nnunet(tmp_path, capsys):
     assert checkpoint.is_file()
     metrics_dir = tmp_path / "eval_nnunet"
     args = ["--quiet", "evaluate", "--checkpoint", str(checkpoint), "--data", str(root), "--split", "val",
-            "--layout", "nnunet", "--output", str(metrics_dir), "--overlays", "0"]
+            "--layout", "nnunet", "--output", str(metrics_dir), "--max-overlays", "0"]
     assert main(args) == 0
     metrics = json.loads((metrics_dir / "metrics.json").read_text())
     assert len(metrics["per_case"]) == 1 and len(metrics["classes"]) == 2
@@ -329,7 +329,7 @@ def test_cli_train_evaluate_predict_on_prepared_synapse(synapse_raw_dir, synapse
     assert main(["--quiet", "train", "--config", str(config), "--max-steps", "2", "--set", "layout=synapse"]) == 0
     metrics_dir = tmp_path / "eval_synapse"
     assert main(["--quiet", "evaluate", "--checkpoint", str(out / "last.pt"), "--data", str(synapse_prepared),
-                 "--output", str(metrics_dir), "--overlays", "0"]) == 0
+                 "--output", str(metrics_dir), "--max-overlays", "0"]) == 0
     metrics = json.loads((metrics_dir / "metrics.json").read_text())
     assert len(metrics["per_case"]) == 12 and len(metrics["classes"]) == 8
     source = synapse_raw_dir / "RawData/Training/img/img0001.nii.gz"

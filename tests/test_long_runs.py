@@ -87,7 +87,7 @@ def test_evaluate_command_with_workers(tmp_path, capsys):
     for workers in (1, 2):
         out = tmp_path / f"eval{workers}"
         argv = ["--quiet", "evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(data),
-                "--output", str(out), "--overlays", "2", "--workers", str(workers)]
+                "--output", str(out), "--max-overlays", "2", "--workers", str(workers)]
         assert main(argv) == 0
         metrics[workers] = json.loads((out / "metrics.json").read_text())
         assert len(list((out / "overlays").glob("*.png"))) == 2

@@ -33,7 +33,7 @@ def test_scoring_the_predictions_of_predict_gives_the_scores_of_evaluate(brain_d
     the same DSC per case and class, and the paper protocol's grid distances."""
     direct = tmp_path / "direct"
     assert main(["--quiet", "evaluate", "--checkpoint", str(trained), "--data", str(brain_data), "--output", str(direct),
-                 "--overlays", "0"]) == 0
+                 "--max-overlays", "0"]) == 0
     predicted = tmp_path / "predicted"
     assert main(["--quiet", "predict", "--checkpoint", str(trained), "--input", str(brain_data / "test_vol_h5"),
                  "--output", str(predicted)]) == 0

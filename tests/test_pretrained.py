@@ -284,7 +284,7 @@ def test_files_of_the_wrong_kind_are_named(model, trained, tmp_path, capsys):
             load_checkpoint(path)
         for command in (
             ["predict", "--input", str(inputs), "--output", str(tmp_path / "out")],
-            ["export", "--output", str(tmp_path / "x.onnx"), "--no-check"],
+            ["export", "--output-file", str(tmp_path / "x.onnx"), "--no-check"],
         ):
             assert main([command[0], "--checkpoint", str(path), *command[1:]]) == 2
             err = capsys.readouterr().err.strip().splitlines()

@@ -141,7 +141,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.device,
         args.overlays,
         layout=args.layout,
-        layout_options=_parse_sets(args.set or []),
+        layout_options=_parse_sets(args.layout_options or []),
         workers=args.workers,
         resample=args.resample,
         progress=not args.quiet,
@@ -157,12 +157,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .evaluation.html_report import MAX_CASES, MAX_SLICES
 
     path = write_report(
-        Path(args.run_dir), Path(args.output) if args.output else None,
+        Path(args.run_dir), Path(args.output_file) if args.output_file else None,
         checkpoint=Path(args.checkpoint) if args.checkpoint else None, data=Path(args.data) if args.data else None,
         layout=args.layout, split=args.split, device=args.device,
         max_cases=MAX_CASES if args.cases is None else args.cases,
         max_slices=MAX_SLICES if args.slices is None else args.slices,
-        layout_options=_parse_sets(args.set or []), resample=args.resample,
+        layout_options=_parse_sets(args.layout_options or []), resample=args.resample,
     )
     print(f"report: {path}")
     return 0
@@ -177,7 +177,8 @@ def _score_folders(args: argparse.Namespace) -> dict:
     if not (args.predictions and args.labels):
         raise SimMPNetError("--predictions and --labels go together: the label maps to score and their ground truth")
     used = [flag for flag, value in (("--checkpoint", args.checkpoint), ("--data", args.data), ("--split", args.split),
-                                     ("--layout", args.layout), ("--set", args.set), ("--resample", args.resample)) if value]
+                                     ("--layout", args.layout), ("--layout-option", args.layout_options),
+                                     ("--resample", args.resample)) if value]
     if used:
         raise SimMPNetError(f"{', '.join(used)}: not used when scoring --predictions (no model runs)")
     out_dir = Path(args.output)
@@ -228,10 +229,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_checkpoint
 
-    path, size, check = export_checkpoint(
-        Path(args.checkpoint), Path(args.output), args.format, args.input_size, check=not args.no_check
-    )
-    if args.format == "safetensors":
+    fmt, target = args.format, Path(args.output_file or args.output)
+    if args.output_file and fmt == "safetensors":
+        raise SimMPNetError("--format safetensors writes a folder: give it with --output, not --output-file")
+    if args.output and (fmt in ("onnx", "torchscript") or (fmt is None and target.suffix in (".onnx", ".pt"))):
+        print(
+            "simmpnet: warning: --output names a folder; a file is given with --output-file (--output FILE is "
+            "deprecated and goes in the next release)", file=sys.stderr,
+        )
+    elif args.output:
+        fmt = "safetensors"
+    path, size, check = export_checkpoint(Path(args.checkpoint), target, fmt, args.input_size, check=not args.no_check)
+    if fmt == "safetensors":
         print(f"wrote config.json + model.safetensors to {path} (load with SimMPNet.from_pretrained)")
     else:
         print(f"exported the eval network to {path} (input (batch, C, {size}, {size}), dynamic batch)")
@@ -249,7 +258,7 @@ def _run_demo(args: argparse.Namespace, model: str, output: Path) -> tuple[dict,
 
     return run_demo(
         model, output, data=Path(args.data) if args.data else None, device=args.device,
-        overrides=_parse_sets(args.set or []), steps=args.steps, budget=args.time_budget, resume=args.resume,
+        overrides=_parse_sets(args.set or []), steps=args.max_steps, budget=args.time_budget, resume=args.resume,
     )
 
 
@@ -283,7 +292,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from .data.prepare import prepare_dataset
 
-    options = _parse_sets(args.set or [])
+    options = _parse_sets(args.converter_options or [])
     out = prepare_dataset(args.dataset, Path(args.raw), Path(args.output), **options)
     print(f"{args.dataset} prepared in {out}")
     return 0
@@ -292,7 +301,19 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from .data.layouts import open_layout
 
-    found = open_layout(args.layout, Path(args.data), args.n_classes, args.in_channels, **_parse_sets(args.set or []))
+    layout, data, n_classes, in_channels, options = args.layout, args.data, args.n_classes, args.in_channels, {}
+    if args.config:  # the dataset a training config names, as `train --config` would open it
+        config = _train_config(argparse.Namespace(), Path(args.config))
+        layout, data = layout or config.layout, data or config.data_root
+        n_classes = n_classes or config.n_classes
+        in_channels = in_channels or config.in_channels
+        options = dict(config.layout_options)
+    if not data:
+        raise SimMPNetError("verify needs --data (the dataset folder) or a --config that names its data_root")
+    layout = layout or "synapse"
+    options.update(_parse_sets(args.layout_options or []))
+    args.layout, args.data = layout, data
+    found = open_layout(layout, Path(data), n_classes, in_channels, **options)
     problems = found.verify()
     for problem in problems:
         print(problem)
@@ -306,14 +327,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- parser
-def _deprecated_alias(parser: argparse.ArgumentParser, old: str, new: str, dest: str, **kwargs: Any) -> None:
-    """Accept ``old`` for ``new`` for one more release, with a warning; hidden from the help."""
+def _deprecated_alias(
+    parser: argparse.ArgumentParser, old: str, new: str, dest: str, append: bool = False, **kwargs: Any
+) -> None:
+    """Accept ``old`` for ``new`` for one more release, with a warning; hidden from the help
+    (``append``: ``new`` collects repeated values, and so does ``old``)."""
 
     class Alias(argparse.Action):
         def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                      option_string: str | None = None) -> None:
             print(f"simmpnet: warning: {old} is deprecated and goes in the next release; use {new}", file=sys.stderr)
-            setattr(namespace, self.dest, True if self.nargs == 0 else values)
+            if append:
+                setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), values])
+            else:
+                setattr(namespace, self.dest, True if self.nargs == 0 else values)
 
     parser.add_argument(old, action=Alias, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
 
@@ -340,6 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
     def device(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
 
+    def layout_option(p: argparse.ArgumentParser, example: str) -> None:
+        p.add_argument(
+            "--layout-option", action="append", dest="layout_options", metavar="KEY=VALUE",
+            help=f"dataset layout option (YAML value), over those the model was trained with; e.g. {example}",
+        )
+        _deprecated_alias(p, "--set", "--layout-option", "layout_options", append=True)
+
     from .evaluation.resample import INFERENCE_MODES, RESAMPLE_MODES
 
     def resample(p: argparse.ArgumentParser, default: str = "the training config's resample key, labels unless set") -> None:
@@ -350,14 +384,19 @@ def build_parser() -> argparse.ArgumentParser:
             f"boundaries when the network's input size is below the image's); default: {default}",
         )
 
+    checkpoint_help = (
+        "the trained model: a last.pt / best.pt of simmpnet train, a file of SimMPNet.save, or a folder of "
+        "SimMPNet.save_pretrained"
+    )
     demo_help = "train on the embedded brain-lobes MRI (Debian mricron-data) and evaluate"
     for name, func, text in (("demo", cmd_demo, demo_help), ("compare", cmd_compare, "demo for Sim-MPNet and a U-Net, side by side")):
         p = add_command(name, help=text, description=text)
         p.add_argument("--output", default=f"runs/{name}", help="output folder")
         p.add_argument(
-            "--steps", type=int,
+            "--max-steps", type=int,
             help="training steps per model (default: the demo config's 450)",
         )
+        _deprecated_alias(p, "--steps", "--max-steps", "max_steps", type=int)
         p.add_argument(
             "--time-budget", type=float, metavar="SECONDS",
             help="also stop training after this many seconds per model (the result then depends on the machine's speed)",
@@ -367,7 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt (a Ctrl-C saves it)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a training config key")
         if name == "demo":
-            p.add_argument("--model", default="simmpnet", choices=["simmpnet", "unet"])
+            p.add_argument(
+                "--model", default="simmpnet", choices=["simmpnet", "unet"],
+                help="the network: Sim-MPNet (default) or MONAI's U-Net",
+            )
         device(p)
         p.set_defaults(func=func)
 
@@ -377,10 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset folder")
     p.add_argument("--layout", help="dataset layout (default synapse: train_npz/, test_vol_h5/, lists/)")
     p.add_argument("--output", help="output folder for checkpoints, log and curves")
-    p.add_argument("--model", choices=["simmpnet", "unet"])
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--max-steps", type=int)
+    p.add_argument("--model", choices=["simmpnet", "unet"], help="the network: Sim-MPNet or MONAI's U-Net (config key model)")
+    p.add_argument("--epochs", type=int, help="epochs to train (config key epochs)")
+    p.add_argument("--batch-size", type=int, help="slices per step, over all processes (config key batch_size)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimisation steps (config key max_steps)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop training after this many seconds")
     p.add_argument(
         "--resume", action="store_true",
@@ -414,18 +456,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", choices=sorted(PREPARERS))
     p.add_argument("--raw", required=True, help="the folder of the download as distributed")
     p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="converter option, e.g. size=256")
+    p.add_argument(
+        "--converter-option", action="append", dest="converter_options", metavar="KEY=VALUE",
+        help="option of the dataset's converter (YAML value), e.g. size=256",
+    )
+    _deprecated_alias(p, "--set", "--converter-option", "converter_options", append=True)
     p.set_defaults(func=cmd_prepare)
 
     p = add_command("verify", help="check a dataset and list every problem", description="check a dataset")
-    p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--layout", default="synapse", help="dataset layout (default synapse)")
+    p.add_argument(
+        "--config",
+        help="a training config: check the dataset it names, as `train --config` opens it (data_root, layout, "
+        "n_classes, in_channels, layout_options); the other options override it",
+    )
+    p.add_argument("--data", help="dataset folder")
+    p.add_argument("--layout", help="dataset layout (default synapse)")
     p.add_argument("--n-classes", type=int, help="classes including background (checks the label range)")
     p.add_argument(
         "--in-channels", type=int,
         help="the model's input channels (checks the images: converted with a warning where the layout can, else an error)",
     )
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="layout option, e.g. mask_suffix=_mask")
+    layout_option(p, "mask_suffix=_mask")
     p.set_defaults(func=cmd_verify)
 
     text = (
@@ -448,9 +499,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--class-names", nargs="+", metavar="NAME", help="with --predictions: all class names, background first")
     p.add_argument("--output", required=True, help="folder for metrics.json, metrics.md and overlays")
-    p.add_argument("--overlays", type=int, default=5, metavar="N", help="cases to draw (0: none)")
+    p.add_argument(
+        "--max-overlays", type=int, default=5, metavar="N", dest="overlays",
+        help="slices to draw as image | truth | prediction pictures into OUTPUT/overlays/ (default 5; 0: none)",
+    )
+    _deprecated_alias(p, "--overlays", "--max-overlays", "overlays", type=int)
     p.add_argument("--workers", type=int, default=1, help="processes computing the metrics (default 1)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="layout option, e.g. split_file=splits.json")
+    layout_option(p, "split_file=splits.json")
     resample(p)
     device(p)
     p.set_defaults(func=cmd_evaluate)
@@ -461,20 +516,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add_command("report", help="an HTML report of a run or evaluation folder", description=text)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a training run or evaluation folder (log.jsonl, metrics.json, checkpoints)")
-    p.add_argument("--output", help="the HTML file (default RUN_DIR/report.html)")
+    p.add_argument("--output-file", dest="output_file", metavar="FILE", help="the HTML file (default RUN_DIR/report.html)")
+    _deprecated_alias(p, "--output", "--output-file", "output_file")
     p.add_argument("--checkpoint", help="the model of the slice viewer (default: the one metrics.json names, else RUN_DIR/last.pt)")
     p.add_argument("--data", help="dataset folder (default: the one metrics.json or the training config names)")
     p.add_argument("--layout", help="dataset layout (default: as recorded)")
     p.add_argument("--split", help="split whose cases are shown (default: as recorded)")
     p.add_argument("--cases", type=int, help="cases with a slice viewer (default 3)")
     p.add_argument("--slices", type=int, help="slices per case, worst errors first (default 24)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="layout option, as for evaluate")
+    layout_option(p, "fold=1")
     resample(p, default="the mode metrics.json records, else the training config's resample key, labels unless set")
     device(p)
     p.set_defaults(func=cmd_report)
 
     p = add_command("predict", help="predict label maps for images or volumes", description="predict label maps")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help=checkpoint_help)
     p.add_argument(
         "--input", required=True, nargs="+", metavar="PATH",
         help="a file or a folder (PNG, JPEG, TIFF, BMP, NIfTI, NRRD, MHA, npz, h5; DICOM series in a folder, "
@@ -522,11 +578,10 @@ def build_parser() -> argparse.ArgumentParser:
         "weights without the optimiser to a safetensors folder (SimMPNet.from_pretrained)"
     )
     p = add_command("export", help="export a checkpoint to ONNX, TorchScript or a safetensors folder", description=text)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument(
-        "--output", required=True,
-        help="file to write (.onnx, or .pt for TorchScript), or the folder for --format safetensors",
-    )
+    p.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--output-file", metavar="FILE", help="the file to write: .onnx, or .pt for TorchScript")
+    where.add_argument("--output", help="the folder to write with --format safetensors (config.json + model.safetensors)")
     p.add_argument(
         "--format", choices=["onnx", "torchscript", "safetensors"],
         help="default: from the output's suffix; safetensors: config.json + model.safetensors in a folder",
