@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import ast
 import io
+import os
 import re
 import runpy
+import shutil
+import subprocess
+import sys
 import tokenize
 from pathlib import Path
 from types import SimpleNamespace
@@ -137,3 +141,40 @@ def test_no_spec_sections_or_run_figures(path):
             if pattern.search(text):
                 problems.append(f"{line}: {name} of a run; keep the why, move the figure to docs/: {text.strip()}")
     assert not problems, f"{path.relative_to(ROOT)}:\n" + "\n".join(problems)
+
+
+def _makefile_docs_command() -> list[str]:
+    """The docs build of `make test-all` (what CI runs), with $(PY) this interpreter."""
+    recipe = (ROOT / "Makefile").read_text(encoding="utf-8").split("\ntest-all:", 1)[1].split("\n\n", 1)[0]
+    line = next(line.strip() for line in recipe.splitlines() if "mkdocs build" in line)
+    words = [word for word in line.split() if "=" not in word or word.startswith("-")]
+    return [sys.executable if word == "$(PY)" else word for word in words]
+
+
+@pytest.mark.slow
+def test_a_broken_link_fails_the_docs_build(tmp_path):
+    """The CI docs build is strict and keeps its warnings visible: a link to a missing page
+    fails it, while the same site without that link builds."""
+    pytest.importorskip("mkdocs", reason="the docs extra (make test-all installs it)")
+    command = _makefile_docs_command()
+    assert "--strict" in command and "--quiet" not in command and "-q" not in command
+    site = tmp_path / "site"
+    shutil.copytree(DOCS, site / "docs", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("mkdocs.yml", *(p.name for p in ROOT.glob("*.md"))):  # the root's files are snippets
+        shutil.copy(ROOT / name, site / name)
+    (site / "src").symlink_to(ROOT / "src")
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+
+    def build() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*command, "-d", str(tmp_path / "out")], cwd=site, env=env, capture_output=True, text=True,
+            encoding="utf-8", errors="replace",
+        )
+
+    clean = build()
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    page = site / "docs" / "getting-started.md"
+    page.write_text(page.read_text(encoding="utf-8") + "\nSee [the missing page](no-such-page.md).\n", encoding="utf-8")
+    broken = build()
+    assert broken.returncode != 0
+    assert "no-such-page.md" in broken.stderr + broken.stdout

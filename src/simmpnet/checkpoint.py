@@ -4,7 +4,7 @@ Checkpoints are written to a temporary file in the target folder and renamed ove
 so a crash or a full disk never leaves a half-written checkpoint in place of a good one.  They
 are read with ``torch.load(weights_only=True)``: only tensors and plain containers, never
 arbitrary pickled objects.  A checkpoint from a newer simmpnet (a ``version`` above
-:data:`CHECKPOINT_VERSION`), a training checkpoint without its model part and one whose
+`CHECKPOINT_VERSION`), a training checkpoint without its model part and one whose
 tensors hold NaN or Inf values are refused with a message naming the file; so is a file of
 another kind often passed for a checkpoint (a TorchScript archive, an ONNX model, a safetensors
 file), named as what it is.
@@ -41,7 +41,7 @@ _REQUIRED_PARTS: dict[str, tuple[str, ...]] = {"simmpnet-train": ("model", "conf
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``obj`` with ``torch.save`` to ``path`` atomically (:func:`atomic_write`);
+    """Write ``obj`` with ``torch.save`` to ``path`` atomically (`atomic_write`);
     returns the path.
 
     Temporary files that killed earlier writes of ``path`` left behind are removed once the
@@ -80,7 +80,7 @@ def _remove_stale_temporaries(path: Path) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`, refusing anything but tensors
+    """Read a checkpoint written by `save_checkpoint`, refusing anything but tensors
     and plain containers."""
     path = Path(path)
     if path.is_dir():
@@ -111,7 +111,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     return obj
 
 
-#: What to do with a file of another kind (:func:`foreign_file_kind`) than a checkpoint.
+#: What to do with a file of another kind (`foreign_file_kind`) than a checkpoint.
 _TAKES = (
     "simmpnet reads the last.pt / best.pt of `simmpnet train`, a file of SimMPNet.save, or (with "
     "SimMPNet.from_pretrained) a folder of SimMPNet.save_pretrained"
@@ -136,7 +136,7 @@ def foreign_file_kind(path: str | os.PathLike) -> str | None:
     for one: ``"a TorchScript archive"`` (a zip with ``constants.pkl`` or ``code/``, as
     ``torch.jit.save`` writes), ``"an ONNX model"`` (a protobuf ``ModelProto`` starting with its
     ``ir_version``), ``"a safetensors weights file"`` (an 8-byte header length, then a JSON
-    header); ``None`` for anything else (a checkpoint, or a file :func:`load_checkpoint`
+    header); ``None`` for anything else (a checkpoint, or a file `load_checkpoint`
     reports as unreadable).  Reads only the file's first bytes and, for a zip, its index."""
     try:
         with open(path, "rb") as handle:

@@ -24,7 +24,7 @@ def label_color(class_id: int) -> tuple[float, float, float]:
 
 def label_palette() -> list[int]:
     """The 256-entry RGB palette of label-map PNGs (flat ``[r0, g0, b0, r1, ...]``): class 0
-    black, class ``c`` >= 1 in :func:`label_color`."""
+    black, class ``c`` >= 1 in `label_color`."""
     palette = [0, 0, 0]
     for class_id in range(1, 256):
         palette += [round(255 * v) for v in label_color(class_id)]

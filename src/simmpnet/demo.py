@@ -27,7 +27,7 @@ def demo_config(
     steps: int | None = None,
     budget: float | None = None,
 ) -> TrainConfig:
-    """The :class:`TrainConfig` of the demo for ``model``: ``configs/brain_demo.yaml``, its
+    """The `TrainConfig` of the demo for ``model``: ``configs/brain_demo.yaml``, its
     section for that model, then the command line (``steps`` replaces the config's step count,
     ``budget`` adds a wall-clock limit, then ``device`` and ``overrides`` (the ``--set`` pairs); an
     override replaces the whole value of its key, e.g. all of ``model_overrides``)."""
@@ -59,7 +59,7 @@ def run_demo(
 ) -> tuple[dict, list[Path]]:
     """Prepare the brain data (into ``data``, default next to ``output``), train ``model`` for
     the demo's steps into ``output``, evaluate its last checkpoint on the test volumes; returns
-    the summary and the overlay pictures (:func:`simmpnet.evaluate.evaluate_checkpoint`)."""
+    the summary and the overlay pictures (`simmpnet.evaluate.evaluate_checkpoint`)."""
     data = prepare_brain_demo(data if data is not None else output.parent / "brain_demo_data")
     # The demo's folder is its own: a new demo replaces the last one unless --resume continues it.
     trainer = Trainer(

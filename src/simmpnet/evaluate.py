@@ -1,6 +1,6 @@
 """Evaluation of a trained model on a dataset, as ``simmpnet evaluate`` and ``simmpnet report``
-run it: the model loaded once (:mod:`simmpnet.loading`), its test split predicted, the metrics,
-overlays and the HTML report written.  :mod:`simmpnet.evaluation` computes metrics and pages
+run it: the model loaded once (`simmpnet.loading`), its test split predicted, the metrics,
+overlays and the HTML report written.  `simmpnet.evaluation` computes metrics and pages
 from predictions; this module is where a model meets them.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ __all__ = ["evaluate_checkpoint", "probe_cases", "save_overlays", "warn_if_train
 def save_overlays(
     chosen: Sequence[tuple[str, int, np.ndarray, np.ndarray, np.ndarray]], out_dir: Path, names: Sequence[str]
 ) -> list[Path]:
-    """Draw the slices :func:`~simmpnet.evaluation.report.pick_overlays` kept (image | truth | prediction)."""
+    """Draw the slices `pick_overlays` kept (image | truth | prediction)."""
     written: list[Path] = []
     for name, index, image, truth, prediction in chosen:
         path = out_dir / f"{name}_slice{index:03d}.png"
@@ -159,9 +159,9 @@ def write_report(
     resample: str | None = None,
     viewer: ViewerCases | None = None,
 ) -> Path:
-    """:func:`simmpnet.evaluation.html_report.write_report` (same arguments), with the slice
+    """`simmpnet.evaluation.html_report.write_report` (same arguments), with the slice
     viewer and the memory panel predicted by the run's model when ``viewer`` is not given
-    (:func:`probe_cases`): what ``simmpnet report`` writes."""
+    (`probe_cases`): what ``simmpnet report`` writes."""
     return html_report.write_report(
         run_dir, output, checkpoint=checkpoint, data=data, layout=layout, split=split, device=device,
         max_cases=max_cases, max_slices=max_slices, layout_options=layout_options, resample=resample,

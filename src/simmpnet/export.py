@@ -1,14 +1,14 @@
 """Export of the evaluation network to ONNX or TorchScript, and of a checkpoint's model to the
-weights-only folder of :meth:`SimMPNet.save_pretrained` (``--format safetensors``).
+weights-only folder of `SimMPNet.save_pretrained` (``--format safetensors``).
 
 What is exported is the network of ``eval()`` mode: for Sim-MPNet the sum of the four heads,
 ``(B, C, S, S) -> (B, n_classes, S, S)`` logits at the input size ``S`` it was trained at
-(the size :func:`simmpnet.evaluation.inference.predict_slices` feeds it), with a dynamic batch
+(the size `simmpnet.evaluation.inference.predict_slices` feeds it), with a dynamic batch
 dimension.  The spatial size is fixed in the exported graph.
 
 Both formats are produced by tracing (``torch.jit.trace``; the ONNX file through the
 TorchScript-based ONNX exporter, which needs only the ``onnx`` package, not ``onnxscript``).
-While tracing, :meth:`simmpnet.models.memory.PrototypeMemory.read` switches to its dense
+While tracing, `simmpnet.models.memory.PrototypeMemory.read` switches to its dense
 formulation (same mathematics, static shapes), and the warm-up state of every DMW-LA block is
 frozen into the graph as it is at export time (inference never changes it).
 
@@ -221,7 +221,7 @@ def export_model(
         opset: ONNX opset.
 
     Returns:
-        ``path`` as a :class:`~pathlib.Path`.
+        ``path`` as a `Path`.
     """
     if format not in FORMATS:
         raise InputError(f"unknown export format {format!r}; choose one of {list(FORMATS)}")
@@ -250,7 +250,7 @@ def export_model(
     return target
 
 
-#: ONNX Runtime graph rewrites that :func:`onnxruntime_session` turns off by default: they
+#: ONNX Runtime graph rewrites that `onnxruntime_session` turns off by default: they
 #: can change the labels of an exported Sim-MPNet (see there).
 ORT_DISABLED_OPTIMIZERS = ("NchwcTransformer",)
 
@@ -329,15 +329,15 @@ def export_checkpoint(
     check: bool = True,
 ) -> tuple[Path, int, ExportCheck | None]:
     """Load a checkpoint (``last.pt`` / ``best.pt`` of training, or a file of
-    :meth:`SimMPNet.save`) on the CPU and export its eval network; see :func:`export_model`.
+    `SimMPNet.save`) on the CPU and export its eval network; see `export_model`.
 
     Args:
         format: ``"onnx"``, ``"torchscript"`` (default: from ``output``'s suffix) or
-            ``"safetensors"``: ``output`` is then a folder of :meth:`SimMPNet.save_pretrained`
+            ``"safetensors"``: ``output`` is then a folder of `SimMPNet.save_pretrained`
             (weights without the optimiser, and the preprocessing), for
-            :meth:`SimMPNet.from_pretrained`.
+            `SimMPNet.from_pretrained`.
         input_size: defaults to the input size recorded in the checkpoint.
-        check: also run the exported file on a random batch of 3 (:func:`check_export`).
+        check: also run the exported file on a random batch of 3 (`check_export`).
 
     Returns:
         ``(path written, input size, check or None)``.
@@ -357,9 +357,9 @@ def export_checkpoint(
 def _export_pretrained(
     checkpoint: str | os.PathLike, output: str | os.PathLike, input_size: int | None, check: bool
 ) -> tuple[Path, int, ExportCheck | None]:
-    """``export_checkpoint(format="safetensors")``: the folder of :meth:`SimMPNet.save_pretrained`
+    """``export_checkpoint(format="safetensors")``: the folder of `SimMPNet.save_pretrained`
     (config.json with the preprocessing, model.safetensors without the optimiser); the check
-    reloads it with :meth:`SimMPNet.from_pretrained` and compares weights and logits."""
+    reloads it with `SimMPNet.from_pretrained` and compares weights and logits."""
     from .models import SimMPNet
 
     model = SimMPNet.from_pretrained(checkpoint, device="cpu")

@@ -53,9 +53,9 @@ def atomic_write(
     Args:
         path: final file name; missing parent folders are created.
         writer: called with the path of a fresh temporary file (created with
-            :func:`tempfile.mkstemp` in the same folder); it must write the complete file
+            `tempfile.mkstemp` in the same folder); it must write the complete file
             there. The temporary file is then synced and moved over ``path`` with
-            :func:`os.replace`, so readers never see a half-written file.
+            `os.replace`, so readers never see a half-written file.
         suffix: suffix of the temporary name; writers that pick the format from the name
             (nibabel, SimpleITK) need the real extension (e.g. ``".nii.gz"``).
         writer_errors: exception types of ``writer`` that are write failures (default: any,
@@ -63,12 +63,12 @@ def atomic_write(
             unchanged.  ``OSError`` always counts.
 
     Returns:
-        ``path`` as a :class:`~pathlib.Path`.
+        ``path`` as a `Path`.
 
     Raises:
         InputError: the folder or file cannot be written (the message names ``path``). On any
             failure the temporary file is removed and an existing ``path`` is left unchanged.
-            An :class:`InputError` raised by ``writer``, and an exception outside
+            An `InputError` raised by ``writer``, and an exception outside
             ``writer_errors``, propagates unchanged.
     """
     path = Path(path)

@@ -3,7 +3,7 @@
 On a GPU, PyTorch queues kernels and returns at once; the host runs ahead and keeps the launch
 queue full.  An operation whose result the host must see (a tensor read as a Python number, an
 output whose size depends on the data) waits until every queued kernel has run, and the GPU then
-idles while the host queues the next ones.  :func:`count_host_syncs` counts those operations on
+idles while the host queues the next ones.  `count_host_syncs` counts those operations on
 any device, the CPU included, so that a sync added to the training step or the forward is caught
 by a CPU test before it costs time on a GPU.
 
@@ -16,7 +16,7 @@ What is counted, by ATen operator (what the dispatcher sees at the top level):
 * copies from an accelerator to the host (``.cpu()``, ``.to("cpu")``); on a CPU-only run there are
   none to see, and ``.tolist()`` / ``.numpy()`` of a CPU tensor do not reach the dispatcher.
 
-On CUDA, :func:`torch.cuda.set_sync_debug_mode` reports the syncs the driver sees; the benchmark
+On CUDA, `torch.cuda.set_sync_debug_mode` reports the syncs the driver sees; the benchmark
 command uses both.
 """
 from __future__ import annotations

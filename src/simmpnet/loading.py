@@ -1,8 +1,8 @@
 """The one loader of trained models, for every command and application: a ``last.pt`` /
 ``best.pt`` of ``simmpnet train`` (Sim-MPNet or a peer network), a file of
-:meth:`SimMPNet.save <simmpnet.models.SimMPNet.save>`, or a folder of
-:meth:`SimMPNet.save_pretrained <simmpnet.models.SimMPNet.save_pretrained>`.  The checkpoint
-formats are decoded by :mod:`simmpnet.checkpoint`; devices are resolved by :mod:`simmpnet.device`.
+`SimMPNet.save`, or a folder of
+`SimMPNet.save_pretrained`.  The checkpoint
+formats are decoded by `simmpnet.checkpoint`; devices are resolved by `simmpnet.device`.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ __all__ = ["load_trained_model", "resolve_device"]
 
 def load_trained_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, int, dict]:
     """Model, input size and training config from a ``last.pt`` / ``best.pt``, a model file
-    written by :meth:`SimMPNet.save` or a folder of :meth:`SimMPNet.save_pretrained` (whose
+    written by `SimMPNet.save` or a folder of `SimMPNet.save_pretrained` (whose
     preprocessing stands in for the training config)."""
     if Path(path).is_dir():
         model = SimMPNet.from_pretrained(path, device=device)

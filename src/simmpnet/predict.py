@@ -54,7 +54,7 @@ class InputOutcome:
 
 @dataclass
 class PredictionBatch:
-    """The result of :func:`predict_paths`: the model that made the outputs (checkpoint,
+    """The result of `predict_paths`: the model that made the outputs (checkpoint,
     SHA-256, variant, classes, package version, command) and the outcome of every input."""
 
     model: dict[str, Any]
@@ -125,15 +125,15 @@ def predict_paths(
 
     ``input_path`` may also be a DICOM file, a folder holding DICOM series, or a sequence of
     DICOM files: each series is predicted as one volume and its label map written as
-    ``<name>.nii.gz`` in the series' geometry (see :func:`simmpnet.data.io.list_inputs` and
-    :mod:`simmpnet.data.dicom`).  With ``dicom_seg``, every input must be a DICOM series, and
+    ``<name>.nii.gz`` in the series' geometry (see `simmpnet.data.io.list_inputs` and
+    `simmpnet.data.dicom`).  With ``dicom_seg``, every input must be a DICOM series, and
     a DICOM-SEG object referencing it is written next to its label map as
-    ``<name>_seg.dcm`` (:mod:`simmpnet.data.dicom_seg`; needs ``pip install "simmpnet[dicom]"``).
+    ``<name>_seg.dcm`` (`simmpnet.data.dicom_seg`; needs ``pip install "simmpnet[dicom]"``).
 
     ``intensity_window`` (low, high) replaces the window the model was trained with (e.g. a HU
     window for CT); None keeps the training one, or percentile normalisation when it had none.
     ``resample`` is how predictions return to the input's size: ``"labels"`` (the paper's
-    nearest resize) or ``"logits"`` (see :mod:`simmpnet.evaluation.inference`); None takes
+    nearest resize) or ``"logits"`` (see `simmpnet.evaluation.inference`); None takes
     the training config's, "labels" unless it was set.  ``inference`` is ``"resize"`` (the
     paper's: every slice resized to the input size) or ``"sliding-window"`` (tiles of the input
     size at the image's own resolution, neighbours sharing ``overlap`` of a tile; ``resample``
@@ -143,7 +143,7 @@ def predict_paths(
     --predictions`` reads it as it is; ``overlay`` pictures go to ``overlays/``, and
     ``save_probabilities`` writes ``probabilities/<name>.npz`` (key ``probabilities``: float32,
     class-first, in the label map's axis order; ``class_names``).  Every file is written
-    atomically.  :data:`SUMMARY_NAME` records the model (the SHA-256 of its weights, variant,
+    atomically.  `SUMMARY_NAME` records the model (the SHA-256 of its weights, variant,
     classes, package version, ``command``) and the outcome of every input; NIfTI label maps and
     DICOM-SEGs carry the SHA-256 too.
 

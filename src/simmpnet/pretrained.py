@@ -2,16 +2,16 @@
 architecture and the preprocessing the model needs) next to ``model.safetensors`` (every
 weight and buffer, the DMW-LA memory banks and counters included, without the optimiser).
 
-:meth:`SimMPNet.save_pretrained <simmpnet.models.SimMPNet.save_pretrained>` writes the folder,
-:meth:`SimMPNet.from_pretrained <simmpnet.models.SimMPNet.from_pretrained>` reads it, and also
+`SimMPNet.save_pretrained` writes the folder,
+`SimMPNet.from_pretrained` reads it, and also
 a Hub repository id (``"user/repo"``, downloaded with ``huggingface_hub.snapshot_download``
 where a network is), the ``last.pt`` / ``best.pt`` that ``simmpnet train`` writes and a file
-of :meth:`SimMPNet.save <simmpnet.models.SimMPNet.save>`.
+of `SimMPNet.save`.
 
-The preprocessing travels with the model as :class:`Preprocessing` (``model.preprocessing``):
+The preprocessing travels with the model as `Preprocessing` (``model.preprocessing``):
 the slice side the network was trained at, the intensity window (or percentile
 normalisation), the input channels, the class names and how predictions return to the
-input's size.  :meth:`SimMPNet.predict <simmpnet.models.SimMPNet.predict>` applies it.
+input's size.  `SimMPNet.predict` applies it.
 
 ``config.json``::
 
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-#: The model class a folder is read into (:class:`simmpnet.models.SimMPNet` passes itself):
+#: The model class a folder is read into (`simmpnet.models.SimMPNet` passes itself):
 #: this module never imports the network it serves.
 Model = TypeVar("Model", bound="torch.nn.Module")
 
@@ -74,7 +74,7 @@ class Preprocessing:
         intensity_window: ``(low, high)``: clip and scale to ``[0, 1]`` (e.g. a CT HU window);
             ``None``: percentile normalisation (images in ``[0, 1]`` unchanged, anything else
             clipped to its 0.5-99.5 percentiles and scaled); see
-            :func:`simmpnet.predict.normalise_intensity`.
+            `simmpnet.predict.normalise_intensity`.
         class_names: names of the classes, background first, or ``None``.
         resample: how predictions return to the input's size: ``"labels"`` (the paper's
             nearest resize of the label map) or ``"logits"``.
@@ -84,7 +84,7 @@ class Preprocessing:
             recorded: a network trained by other code, or a file written before simmpnet
             recorded it).  Sliding-window prediction, which shows the network the image at its
             own resolution, is refused for ``"resized-slices"``
-            (:func:`check_sliding_window`).
+            (`check_sliding_window`).
     """
 
     input_size: int
@@ -119,7 +119,7 @@ class Preprocessing:
 
     @property
     def normalisation(self) -> str:
-        """``"window"`` (clip to :attr:`intensity_window` and scale) or ``"percentile"``."""
+        """``"window"`` (clip to `intensity_window` and scale) or ``"percentile"``."""
         return "percentile" if self.intensity_window is None else "window"
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,7 +135,7 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
-        """The inverse of :meth:`to_dict` (``normalisation`` is checked against the window)."""
+        """The inverse of `to_dict` (``normalisation`` is checked against the window)."""
         values = dict(data)
         normalisation = values.pop("normalisation", None)
         known = {f.name for f in dataclasses.fields(cls)}
@@ -243,9 +243,9 @@ def load_pretrained(
     """The model at ``source``, on ``device`` (``"auto"``: CUDA when available) and in
     ``eval()`` mode, with its preprocessing.
 
-    ``source`` is one of: a folder of :func:`save_pretrained` (or its ``config.json`` or
+    ``source`` is one of: a folder of `save_pretrained` (or its ``config.json`` or
     ``.safetensors`` file); a ``last.pt`` / ``best.pt`` of ``simmpnet train``; a file of
-    :meth:`SimMPNet.save`; a Hugging Face Hub repository id (``"user/repo"``, only when no
+    `SimMPNet.save`; a Hugging Face Hub repository id (``"user/repo"``, only when no
     such local path exists), downloaded with ``huggingface_hub.snapshot_download`` (the
     keyword arguments but ``device`` go there).
 
@@ -316,9 +316,9 @@ def _load_file(cls: type[Model], path: Path) -> Model:
 
 
 def model_from_checkpoint(payload: dict[str, Any], source: str, cls: type[Model]) -> Model:
-    """A Sim-MPNet with its :class:`Preprocessing` from a checkpoint dictionary: a training
+    """A Sim-MPNet with its `Preprocessing` from a checkpoint dictionary: a training
     checkpoint (its training config gives the preprocessing, as for ``simmpnet predict``) or a
-    file of :meth:`SimMPNet.save`."""
+    file of `SimMPNet.save`."""
     from .checkpoint import MODEL_FORMAT, PEER_FORMAT, split_training_checkpoint
 
     kind = payload.get("format")
@@ -342,7 +342,7 @@ def model_from_checkpoint(payload: dict[str, Any], source: str, cls: type[Model]
 
 
 def preprocessing_of_payload(payload: Mapping[str, Any], model: Model, source: str) -> Preprocessing:
-    """The preprocessing a :meth:`SimMPNet.save` payload records, or the defaults of
+    """The preprocessing a `SimMPNet.save` payload records, or the defaults of
     ``model`` at the payload's ``input_size`` (files written before preprocessing was
     recorded, and the model part of a training checkpoint)."""
     try:

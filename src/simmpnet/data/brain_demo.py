@@ -3,8 +3,8 @@
 Nothing has to be downloaded by hand. The Debian package ``mricron-data`` (BSD-3-Clause)
 ships a real T1-weighted MRI of one subject (``templates/ch2.nii.gz``, 181 x 217 x 181 at
 1 mm) and the AAL atlas drawn on the same scan (``templates/aal.nii.gz``, labels 0-116).
-:func:`fetch_mricron_templates` finds or fetches those two files and checks their SHA-256;
-:func:`prepare_brain_demo` merges the 116 AAL regions into 8 lobe-level classes plus
+`fetch_mricron_templates` finds or fetches those two files and checks their SHA-256;
+`prepare_brain_demo` merges the 116 AAL regions into 8 lobe-level classes plus
 background and writes axial slices in the on-disk layout of the paper's Synapse data::
 
     <out>/train_npz/<case>_sliceNNN.npz     keys image (float32 H x W, [0, 1]), label (uint8 H x W)
@@ -14,7 +14,7 @@ background and writes axial slices in the on-disk layout of the paper's Synapse 
     <out>/lists/test_vol.txt                one case name per line
     <out>/dataset.json                      class names, spacing, sources, split rule, cases
 
-so that :mod:`simmpnet.data.layouts.synapse` reads it exactly like Synapse or ACDC.
+so that `simmpnet.data.layouts.synapse` reads it exactly like Synapse or ACDC.
 
 Orientation of the written arrays (after ``nibabel.as_closest_canonical``, i.e. RAS):
 D runs inferior -> superior (axial slices), H runs anterior -> posterior (the face points
@@ -266,10 +266,10 @@ def fetch_mricron_templates(
     Tries, in order: the installed package (``/usr/share/mricron/templates``); the cache
     folder; a ``mricron-data_*.deb`` already lying in the cache folder; ``apt-get download
     mricron-data`` into the cache folder (retried once after ``apt-get update``), unpacked
-    with ``dpkg -x``. Every file is checked against :data:`SOURCE_SHA256`.
+    with ``dpkg -x``. Every file is checked against `SOURCE_SHA256`.
 
     Args:
-        cache_dir: folder that receives the two files; default :func:`default_cache_dir`
+        cache_dir: folder that receives the two files; default `default_cache_dir`
             (``$SIMMPNET_CACHE/mricron`` or ``~/.cache/simmpnet/mricron``).
         use_system: look in ``/usr/share/mricron/templates`` first.
         allow_download: run ``apt-get download`` when the files are not found.
@@ -487,7 +487,7 @@ def _read_list(path: Path) -> list[str]:
 
 
 def _is_prepared(out: Path) -> bool:
-    """True when ``out/dataset.json`` matches :func:`_fingerprint` and every listed file exists."""
+    """True when ``out/dataset.json`` matches `_fingerprint` and every listed file exists."""
     manifest_path = out / "dataset.json"
     if not manifest_path.is_file():
         return False
@@ -558,7 +558,7 @@ def prepare_brain_demo(
 
     Args:
         out_dir: output folder (created if needed); must be empty or an earlier brain demo.
-        cache_dir: where the source files are cached; see :func:`fetch_mricron_templates`.
+        cache_dir: where the source files are cached; see `fetch_mricron_templates`.
 
     Returns:
         ``Path(out_dir)``.

@@ -6,17 +6,17 @@ A series is found in a folder with SimpleITK's GDCM scanner
 files given one by one (grouped by SeriesInstanceUID). DICOM files are recognised by the
 ``DICM`` marker of DICOM Part 10 files, whatever their name, and by the ``.dcm`` suffix.
 
-Every series is checked from its file headers when it is found (:func:`series_in_folder`,
-:func:`series_of_files`), so that a bad series stops a run before a model is loaded: one
+Every series is checked from its file headers when it is found (`series_in_folder`,
+`series_of_files`), so that a bad series stops a run before a model is loaded: one
 scalar image size, pixel spacing and orientation throughout, no two slices at the same
 position, evenly spaced slices (a gap means missing slices, and the volume's geometry would
 be wrong). The files are sorted along the slice normal, as GDCM sorts them, and
-:func:`read_dicom_series` reads them in that order with ``ImageSeriesReader``: slice ``k`` of
+`read_dicom_series` reads them in that order with ``ImageSeriesReader``: slice ``k`` of
 the volume is ``files[k]``. The volume then goes through the same axis handling as every
-SimpleITK volume (:mod:`simmpnet.data.io`), so the label map written for it carries the
+SimpleITK volume (`simmpnet.data.io`), so the label map written for it carries the
 series' origin, spacing and direction.
 
-Output names (:attr:`DicomSeries.name`): a folder holding one series and no other input is
+Output names (`DicomSeries.name`): a folder holding one series and no other input is
 named after the folder (``CT/`` -> ``CT.nii.gz``); a single DICOM file (e.g. a multi-frame
 one) after the file (``scan.dcm`` -> ``scan.nii.gz``); several files of one series given
 together after their folder; otherwise -- several series in a folder, or next to other
@@ -115,7 +115,7 @@ def _is_candidate(path: Path) -> bool:
 @contextmanager
 def _itk_warnings_off(sitk: Any) -> Iterator[None]:
     """ITK prints its warnings (e.g. "No Series were found") to the process's stderr itself;
-    the problems they stand for become :class:`InputError` messages here instead."""
+    the problems they stand for become `InputError` messages here instead."""
     saved = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
@@ -153,7 +153,7 @@ def _read_header(sitk: Any, path: Path) -> _Header:
 
 def _checked(headers: Sequence[_Header], folder: Path, name: str) -> DicomSeries:
     """The series of ``headers`` (one SeriesInstanceUID), sorted along the slice normal, or an
-    :class:`InputError` naming the folder and the file that does not fit."""
+    `InputError` naming the folder and the file that does not fit."""
     first = headers[0]
     where = f"{folder}: DICOM series {first.series_uid}"
     for h in headers:
@@ -301,10 +301,10 @@ def series_of_files(paths: Sequence[Path]) -> list[DicomSeries]:
 
 
 def read_dicom_series(series: DicomSeries, orientation: str, max_pixels: int) -> LoadedImage:
-    """Read a checked series as one volume (see :func:`simmpnet.data.io.read_image`).
+    """Read a checked series as one volume (see `simmpnet.data.io.read_image`).
 
     Returns:
-        A :class:`LoadedImage` of kind ``"dicom"`` whose ``path`` is ``series.folder`` and
+        A `LoadedImage` of kind ``"dicom"`` whose ``path`` is ``series.folder`` and
         ``series`` the series; intensities as GDCM gives them (RescaleSlope/Intercept applied,
         so CT is in HU).
 

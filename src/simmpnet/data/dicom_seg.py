@@ -44,7 +44,7 @@ def require_highdicom() -> Any:
 
 def default_seg_path(reference: LoadedImage, out_dir: str | os.PathLike[str]) -> Path:
     """``out_dir / <series name>_seg.dcm``: next to the label map
-    (:func:`simmpnet.data.io.default_label_path`), under the same stem."""
+    (`simmpnet.data.io.default_label_path`), under the same stem."""
     if reference.series is None:
         raise InputError(f"{reference.path}: DICOM-SEG output needs a DICOM series as input")
     return Path(out_dir) / f"{reference.series.name}_seg.dcm"
@@ -61,8 +61,8 @@ def write_dicom_seg(
 
     Args:
         labels: class ids of shape ``reference.label_shape``, in the axis order of
-            ``reference.array`` (as for :func:`simmpnet.data.io.write_label_map`).
-        reference: the :class:`LoadedImage` of a DICOM series (``reference.series`` set).
+            ``reference.array`` (as for `simmpnet.data.io.write_label_map`).
+        reference: the `LoadedImage` of a DICOM series (``reference.series`` set).
         out_path: the ``.dcm`` file to write (atomically).
         class_names: the model's class names, background first; class ``c`` becomes segment
             ``c`` labelled ``class_names[c]``.
@@ -71,7 +71,7 @@ def write_dicom_seg(
             so that the SEG names the exact weights that made it.
 
     Returns:
-        ``out_path`` as a :class:`~pathlib.Path`.
+        ``out_path`` as a `Path`.
 
     Raises:
         SimMPNetError: highdicom is not installed.

@@ -1,7 +1,7 @@
-"""What every reader and writer of images shares: :class:`LoadedImage` (an array in the
+"""What every reader and writer of images shares: `LoadedImage` (an array in the
 network's axis order plus the geometry to write labels back), the orientation transform of
 volumes, the conversion of a SimpleITK image, and the checks and one-line errors that name the
-file.  :mod:`simmpnet.data.io` (files) and :mod:`simmpnet.data.dicom` (series) both build on it.
+file.  `simmpnet.data.io` (files) and `simmpnet.data.dicom` (series) both build on it.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 # --------------------------------------------------------------------------------------------
 @dataclass(eq=False)
 class LoadedImage:
-    """One input read by :func:`read_image`.
+    """One input read by `read_image`.
 
     Attributes:
         array: float32 image. 2-D images: ``H x W`` (grayscale) or ``H x W x 3`` (colour);
@@ -106,7 +106,7 @@ def fail(path: Path, problem: str, exc: BaseException | None = None) -> InputErr
 
 def path_exists(path: Path) -> bool:
     """``path.exists()``, except that a path which cannot be examined at all (a folder on the
-    way without permission) raises an :class:`InputError` naming it instead of an OSError."""
+    way without permission) raises an `InputError` naming it instead of an OSError."""
     try:
         return path.exists()
     except OSError as exc:
@@ -228,7 +228,7 @@ def apply_inverse(array: np.ndarray, perm: tuple[int, ...], flips: tuple[bool, .
 def from_sitk_image(
     path: Path, img: Any, arr: np.ndarray, orientation: str, *, kind: str, file_format: str
 ) -> LoadedImage:
-    """A :class:`LoadedImage` of an image SimpleITK read (``arr`` its ``GetArrayFromImage``):
+    """A `LoadedImage` of an image SimpleITK read (``arr`` its ``GetArrayFromImage``):
     origin, spacing and direction kept for writing back, a volume put into ``D x H x W`` by
     the orientation transform."""
     size = tuple(int(s) for s in img.GetSize())

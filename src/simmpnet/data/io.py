@@ -1,8 +1,8 @@
 """Validated reading of prediction inputs and writing of label maps in the input's geometry.
 
-:func:`read_image` turns one file into a :class:`LoadedImage`: a float32 array in the axis
+`read_image` turns one file into a `LoadedImage`: a float32 array in the axis
 order the network works in, plus everything needed to write a label map back so that it
-overlays the input exactly (:func:`write_label_map`). :func:`list_inputs` expands a file or
+overlays the input exactly (`write_label_map`). `list_inputs` expands a file or
 a folder into the files to predict.
 
 Supported formats (``kind``):
@@ -23,8 +23,8 @@ Supported formats (``kind``):
 * ``"sitk"`` -- ``.nrrd``, ``.mha``, ``.mhd`` (+ its data file) through SimpleITK, 2-D or
   3-D scalar images.
 * ``"dicom"`` -- a DICOM image series (a folder, or DICOM files given together), read as one
-  volume through SimpleITK/GDCM (:mod:`simmpnet.data.dicom`); :func:`list_inputs` returns it
-  as a :class:`~simmpnet.data.dicom.DicomSeries`, which :func:`read_image` takes like a path.
+  volume through SimpleITK/GDCM (`simmpnet.data.dicom`); `list_inputs` returns it
+  as a `DicomSeries`, which `read_image` takes like a path.
   Its label map is written as ``.nii.gz`` (or ``.nii``, ``.nrrd``, ``.mha``) in the series'
   geometry.
 
@@ -40,17 +40,17 @@ is ``D x H x W`` with axial slices along the first axis:
   ``nibabel.as_closest_canonical``; flips and axis permutations only, no resampling), then
   ``D`` runs inferior -> superior, ``H`` anterior -> posterior (face up) and ``W`` from the
   subject's left to right -- the orientation of the embedded brain demo
-  (:func:`simmpnet.data.brain_demo.to_dhw`), whatever the storage order of the file.
+  (`simmpnet.data.brain_demo.to_dhw`), whatever the storage order of the file.
 
 Either way the transform is a permutation ``perm`` plus flips ``flips`` (stored on the
-:class:`LoadedImage`): ``array = flip(transpose(data, perm), flips)``. :func:`write_label_map`
+`LoadedImage`): ``array = flip(transpose(data, perm), flips)``. `write_label_map`
 applies the exact inverse and writes with the input's affine and header (NIfTI) or origin,
 spacing and direction (SimpleITK), so label voxel ``[i, j, k]`` lies on input voxel
 ``[i, j, k]`` in any viewer. A 2-D NIfTI (``X x Y``) is read as one slice ``1 x Y x X``.
 
-Every problem with an input raises :class:`simmpnet.errors.InputError` with a one-line
+Every problem with an input raises `simmpnet.errors.InputError` with a one-line
 message naming the file. Every write is atomic (temporary file in the same folder, then
-:func:`os.replace`); on failure the temporary file is removed and an existing target is left
+`os.replace`); on failure the temporary file is removed and an existing target is left
 untouched. Pillow, nibabel, h5py and SimpleITK are imported only when a file needs them.
 """
 from __future__ import annotations
@@ -124,7 +124,7 @@ NPZ_EXTENSIONS: tuple[str, ...] = (".npz",)
 H5_EXTENSIONS: tuple[str, ...] = (".h5", ".hdf5")
 SITK_EXTENSIONS: tuple[str, ...] = (".nrrd", ".mha", ".mhd")
 
-#: Every extension :func:`read_image` accepts (lower case, ``.nii.gz`` as one extension).
+#: Every extension `read_image` accepts (lower case, ``.nii.gz`` as one extension).
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (
     IMAGE2D_EXTENSIONS + NIFTI_EXTENSIONS + NPZ_EXTENSIONS + H5_EXTENSIONS + SITK_EXTENSIONS
 )
@@ -137,7 +137,7 @@ _KIND_OF_EXTENSION: dict[str, str] = {
     **{ext: "sitk" for ext in SITK_EXTENSIONS},
 }
 
-#: Label-map extensions :func:`write_label_map` writes for each kind of reference.
+#: Label-map extensions `write_label_map` writes for each kind of reference.
 _OUTPUT_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "image2d": (".png",),
     "nifti": NIFTI_EXTENSIONS,
@@ -214,7 +214,7 @@ PICTURE_FULL_SCALE: dict[np.dtype, float] = {np.dtype(np.uint8): 255.0, np.dtype
 def intensities(samples: np.ndarray, source: str | os.PathLike[str], picture: bool = False) -> np.ndarray:
     """``samples`` as float32 intensities, refused (naming ``source``) when empty, not numeric or
     not finite; a picture's 8-bit and 16-bit samples are divided by their full scale
-    (:data:`PICTURE_FULL_SCALE`)."""
+    (`PICTURE_FULL_SCALE`)."""
     out = finite_float32(source, samples)
     scale = PICTURE_FULL_SCALE.get(samples.dtype) if picture else None
     if scale is not None:
@@ -543,8 +543,8 @@ def read_image(
     """Read and validate one image or volume for prediction.
 
     Args:
-        path: the file; its extension selects the reader (see :data:`SUPPORTED_EXTENSIONS`).
-            Or a :class:`~simmpnet.data.dicom.DicomSeries` from :func:`list_inputs`, read as
+        path: the file; its extension selects the reader (see `SUPPORTED_EXTENSIONS`).
+            Or a `DicomSeries` from `list_inputs`, read as
             one volume.
         orientation: axis convention for NIfTI, 3-D SimpleITK volumes and DICOM series:
             ``"native"`` (file axes reversed, ``D x H x W = k, j, i``; for DICOM: slices in
@@ -552,16 +552,16 @@ def read_image(
             superior slices, anterior at row 0, subject's left at column 0). Ignored for 2-D
             pictures and npz/h5 arrays, which carry no orientation.
         max_pixels: refuse files whose header declares more pixels/voxels than this
-            (default :data:`MAX_PIXELS` = 2**28), before the data is decoded.
+            (default `MAX_PIXELS` = 2**28), before the data is decoded.
 
     Returns:
-        A :class:`LoadedImage` whose ``array`` is float32 ``H x W``, ``H x W x 3`` or
+        A `LoadedImage` whose ``array`` is float32 ``H x W``, ``H x W x 3`` or
         ``D x H x W``, finite everywhere.
 
     Raises:
         InputError: missing, empty, unsupported, corrupt or truncated file; wrong
             dimensionality (1-D, 4-D with several volumes, vector pixels); NaN/Inf values;
-            empty or oversized arrays, or slices less than :data:`MIN_SIDE` pixels high or
+            empty or oversized arrays, or slices less than `MIN_SIDE` pixels high or
             wide. The one-line message names the file.
     """
     from .dicom import DicomSeries, read_dicom_series  # here: that module builds on this one
@@ -607,7 +607,7 @@ def list_inputs(
     Folders are not searched recursively; hidden files (name starting with ``.``, e.g.
     temporary files of an interrupted atomic write) are skipped; files are sorted by name,
     followed by the DICOM series found among the folder's other files (Part 10 files, with or
-    without a ``.dcm`` suffix; see :mod:`simmpnet.data.dicom`). nnU-Net style names
+    without a ``.dcm`` suffix; see `simmpnet.data.dicom`). nnU-Net style names
     (``case_0000.nii.gz``) are listed like any other. A DICOM file given on its own is a
     series of one file (a single slice, or a multi-frame volume). Every DICOM series is
     checked from its file headers here, before any work.
@@ -619,8 +619,8 @@ def list_inputs(
 
     Returns:
         The inputs (non-empty): paths of files, and
-        :class:`~simmpnet.data.dicom.DicomSeries` for DICOM series, both accepted by
-        :func:`read_image`.
+        `DicomSeries` for DICOM series, both accepted by
+        `read_image`.
 
     Raises:
         InputError: ``path`` does not exist, is a file with an unsupported extension that is
@@ -678,7 +678,7 @@ def default_label_path(reference: LoadedImage, out_dir: str | os.PathLike[str]) 
     The input's stem without an nnU-Net channel suffix (``case_0000.nii.gz`` ->
     ``case.nii.gz``), with the input's extension, except ``.png`` for every 2-D picture
     (JPEG is lossy) and ``.mha`` for ``.mhd`` inputs (one file instead of two). A DICOM series
-    gets ``<series name>.nii.gz`` (see :attr:`simmpnet.data.dicom.DicomSeries.name`).
+    gets ``<series name>.nii.gz`` (see `simmpnet.data.dicom.DicomSeries.name`).
 
     Args:
         reference: the loaded input.
@@ -785,7 +785,7 @@ def write_label_map(
             colour ones; ``D x H x W`` for volumes, in the axis order of ``reference.array``).
             uint8 is written as is; other integer, bool or whole-number float arrays with
             values in ``[0, 255]`` are converted to uint8.
-        reference: the :class:`LoadedImage` the prediction was made on.
+        reference: the `LoadedImage` the prediction was made on.
         description: what made the labels, for formats with a description field (NIfTI's
             80-byte ``descrip``); default "simmpnet label map".
         out_path: target file. Its extension picks the format and must suit the reference:
@@ -798,7 +798,7 @@ def write_label_map(
             into the file's voxel order (inverse of the read permutation and flips).
 
     Returns:
-        ``out_path`` as a :class:`~pathlib.Path`.
+        ``out_path`` as a `Path`.
 
     Raises:
         InputError: shape mismatch, labels that are not class ids in ``[0, 255]``, an output

@@ -1,19 +1,19 @@
 """What a trained model is given: one conversion, for every caller, of what a user holds into
 the slices the network sees.
 
-``simmpnet predict`` (files), :func:`simmpnet.predict.predict_array` and
-:meth:`SimMPNet.predict <simmpnet.models.SimMPNet.predict>` (arrays, tensors, Pillow images,
-paths) all go through :func:`as_input` and :func:`network_slices`, so the same content gives
+``simmpnet predict`` (files), `simmpnet.predict.predict_array` and
+`SimMPNet.predict` (arrays, tensors, Pillow images,
+paths) all go through `as_input` and `network_slices`, so the same content gives
 the same network input whichever way it arrives (docs/prediction.md has the table):
 
-* a **path** is read by :func:`simmpnet.data.io.read_image`, as ``simmpnet predict`` reads it;
+* a **path** is read by `simmpnet.data.io.read_image`, as ``simmpnet predict`` reads it;
 * a **Pillow image** is decoded as a picture file of that mode is: 8-bit samples divided by
-  255, 16-bit by 65535 (:data:`simmpnet.data.io.PICTURE_FULL_SCALE`), colour modes to RGB;
+  255, 16-bit by 65535 (`simmpnet.data.io.PICTURE_FULL_SCALE`), colour modes to RGB;
 * an **array or tensor** holding an image (``H x W`` or ``H x W x C``) is taken for the samples
   of a picture: ``uint8`` divided by 255, ``uint16`` by 65535 (what reading the same pixels
   from a PNG or TIFF gives); other dtypes keep their values.  One holding a volume
   (``D x H x W``) keeps its values whatever its dtype, as the volume readers do;
-* then every input gets the same intensity normalisation (:func:`normalise_intensity`: the
+* then every input gets the same intensity normalisation (`normalise_intensity`: the
   model's window, or percentiles for values outside ``[0, 1]``) and channel handling.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ModelInput", "as_input", "network_slices", "normalise_intensity"]
 
-#: The kinds of :class:`simmpnet.data.io.LoadedImage` that hold one 2-D picture.
+#: The kinds of `simmpnet.data.io.LoadedImage` that hold one 2-D picture.
 _PICTURE = "image2d"
 
 
@@ -134,7 +134,7 @@ def as_input(image: Any, *, in_channels: int = 1, volume: bool | None = None) ->
 def network_slices(
     item: ModelInput, in_channels: int, window: Sequence[float] | None = None
 ) -> np.ndarray:
-    """The network's view of an input: its intensities normalised (:func:`normalise_intensity`
+    """The network's view of an input: its intensities normalised (`normalise_intensity`
     with ``window``), as ``(D, H, W)`` or ``(D, H, W, C)`` slices; a picture is one slice.  A
     colour picture becomes grey for a 1-channel network (logged), a grey one is repeated for a
     3-channel network."""

@@ -25,7 +25,7 @@ def _size2(output_size: int | tuple[int, int]) -> tuple[int, int]:
 
 
 def resize_slice(array: np.ndarray, output_size: int | tuple[int, int], order: int = 3) -> np.ndarray:
-    """Resize a 2-D slice with :func:`scipy.ndimage.zoom`.
+    """Resize a 2-D slice with `scipy.ndimage.zoom`.
 
     Args:
         array: H x W array.
@@ -109,7 +109,7 @@ class RandomAugment:
 
     Args:
         output_size: network input size (H', W') or an int for a square (paper: 256).
-        rng: a :class:`numpy.random.Generator` (used as is) or a seed; None seeds from the OS.
+        rng: a `numpy.random.Generator` (used as is) or a seed; None seeds from the OS.
         p_rot_flip: probability of the 90-degree rotation + flip branch.
         p_rotate: probability of the free rotation, given the first branch was not taken.
         max_angle: free rotation angle range, degrees: uniform in [-max_angle, max_angle].

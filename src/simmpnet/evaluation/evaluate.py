@@ -26,7 +26,7 @@ __all__ = ["evaluate_volumes", "score_cases"]
 
 
 def _metric_pool(workers: int) -> ProcessPoolExecutor:
-    """Worker processes for :func:`evaluate_case`.  On Linux they are forked: they inherit the
+    """Worker processes for `evaluate_case`.  On Linux they are forked: they inherit the
     imported modules instead of importing torch and timm again (seconds each), and they only
     run NumPy/SciPy code, never the model, so the parent's torch threads do not matter."""
     context = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
@@ -52,7 +52,7 @@ def evaluate_volumes(
 
     Args:
         model: the network (put in ``eval()`` mode; never changed).
-        volumes: cases of a layout (:mod:`simmpnet.data.layouts`): ``image`` (D, H, W) or
+        volumes: cases of a layout (`simmpnet.data.layouts`): ``image`` (D, H, W) or
             (D, H, W, C), ``label`` (D, H, W), ``name`` and ``spacing`` (D, H, W) in mm or None.
         input_size: slice side the network expects.
         n_classes: classes including background.
@@ -65,12 +65,12 @@ def evaluate_volumes(
             to a worker as soon as it is predicted and at most ``2 * workers`` cases are in
             flight.  The result does not depend on ``workers``.
         resample: how predictions return to the slice size
-            (:data:`~simmpnet.evaluation.resample.RESAMPLE_MODES`): ``"labels"`` (the paper's
+            (`RESAMPLE_MODES`): ``"labels"`` (the paper's
             nearest resize of the label map) or ``"logits"``.
         progress: show a progress bar of the cases on stderr.
 
     Returns:
-        the :func:`score_cases` summary, with ``"resample"``.
+        the `score_cases` summary, with ``"resample"``.
 
     Raises:
         InputError: ``workers`` below 1, or a case the metrics refuse.
@@ -114,7 +114,7 @@ def score_cases(
         progress: show a progress bar of the cases on stderr (``total`` cases when known).
 
     Returns:
-        the :func:`simmpnet.evaluation.metrics.summarize` dictionary (headline: empty/empty
+        the `simmpnet.evaluation.metrics.summarize` dictionary (headline: empty/empty
         excluded, HD95/ASD in mm; the paper protocol next to it), with ``"case_dims"``: 2 when
         every case is a single 2-D picture or slice (distances then count pixels), else 3.
 

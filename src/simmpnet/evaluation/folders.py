@@ -117,7 +117,7 @@ def evaluate_folders(
     """Score the label maps in ``predictions`` against those in ``labels``.
 
     Args:
-        predictions: folder of predicted label maps (any format :func:`~simmpnet.data.io.read_image`
+        predictions: folder of predicted label maps (any format `read_image`
             reads: PNG, NIfTI, NRRD, MHA, npz, h5).
         labels: folder of ground-truth label maps, paired by name (module docstring).
         n_classes: classes including background; None: the largest label found in either
@@ -127,7 +127,7 @@ def evaluate_folders(
         progress: show a progress bar of the cases on stderr.
 
     Returns:
-        The :func:`~simmpnet.evaluation.evaluate.score_cases` summary, with the two folders
+        The `score_cases` summary, with the two folders
         named.  Distances are in mm where the ground-truth files record a spacing.
 
     Raises:

@@ -10,11 +10,11 @@ PNG data URIs, the curves are inline SVG.  It shows
 * a slice viewer per case (image with the truth's and the prediction's outlines, a slider,
   the slices with the most wrong pixels first);
 * the memory of Sim-MPNet: for each DMW-LA block past its warm-up, the category each position
-  reads (:class:`~simmpnet.evaluation.memory_maps.MemoryProbe`) over the image, how often each
+  reads (`MemoryProbe`) over the image, how often each
   slot of each category is the one read most, and the prototype drift per epoch that the
   trainer logs.
 
-What it embeds is capped (:data:`MAX_CASES` cases, :data:`MAX_SLICES` slices per case by
+What it embeds is capped (`MAX_CASES` cases, `MAX_SLICES` slices per case by
 default) and the page says so.
 """
 from __future__ import annotations
@@ -183,8 +183,8 @@ class ViewerCases:
     """The slice viewer's cases and the memory panel's statistics, gathered from predictions
     made by whoever predicts the cases (``evaluate`` while it scores them, or the report).
 
-    Use as a context manager around the predictions, with :meth:`on_case` called after each
-    case (the ``on_case`` of :func:`~simmpnet.evaluation.evaluate.evaluate_volumes`): the
+    Use as a context manager around the predictions, with `on_case` called after each
+    case (the ``on_case`` of `evaluate_volumes`): the
     memory probe records the forwards of the first ``max_cases`` cases and is removed after
     them, so that the other cases run on the model as it is.
 
@@ -593,8 +593,8 @@ def write_report(
             of ``data`` (``evaluate`` passes them).
         probe: without ``viewer``, what predicts the cases of the viewer (called with
             ``checkpoint, data, layout, split, device, max_cases, max_slices, layout_options,
-            resample``; :func:`simmpnet.evaluate.probe_cases`, which
-            :func:`simmpnet.evaluate.write_report` passes).  Without either, the page has no
+            resample``; `simmpnet.evaluate.probe_cases`, which
+            `simmpnet.evaluate.write_report` passes).  Without either, the page has no
             slice viewer and no memory panel: this module never loads a model.
 
     Returns:

@@ -2,7 +2,7 @@
 
 With ``inference="resize"`` (the paper's protocol), each slice is resized to the network's
 input size (cubic) and predicted.  The prediction goes back to the slice's own size in one of
-the two ways of :mod:`simmpnet.evaluation.resample`:
+the two ways of `simmpnet.evaluation.resample`:
 
 - ``"labels"`` (the paper's evaluation, docs/evaluation.md): the label map at the network's
   size is resized back with nearest-neighbour interpolation;
@@ -11,10 +11,10 @@ the two ways of :mod:`simmpnet.evaluation.resample`:
   data's resolution then gives smooth boundaries instead of blocks of the network's pixels.
 
 Both map pixel centres the way the input resize does (corners aligned, as
-:func:`scipy.ndimage.zoom` does), so neither shifts the prediction against the image.
+`scipy.ndimage.zoom` does), so neither shifts the prediction against the image.
 
 With ``inference="sliding-window"``, overlapping tiles of the input size are predicted at the
-slice's own resolution and their logits blended (:mod:`simmpnet.evaluation.sliding_window`).
+slice's own resolution and their logits blended (`simmpnet.evaluation.sliding_window`).
 """
 from __future__ import annotations
 
@@ -63,12 +63,12 @@ def predict_slices(
             Their argmax is the label map in every case (up to exact ties).
         inference: ``"resize"`` (the paper's: every slice resized to ``input_size``) or
             ``"sliding-window"`` (Gaussian-weighted tiles of ``input_size`` at the slice's
-            own resolution, see :mod:`simmpnet.evaluation.sliding_window`).
+            own resolution, see `simmpnet.evaluation.sliding_window`).
         overlap: fraction of a tile its neighbours share with the sliding window, in
             ``[0, 1)``; not used by ``"resize"``.
-        preprocessing: the :class:`simmpnet.Preprocessing` the model was trained with
+        preprocessing: the `simmpnet.Preprocessing` the model was trained with
             (default: ``model.preprocessing``, when it has one); the sliding window is refused
-            for a model trained on resized slices (:func:`simmpnet.evaluation.resample.check_sliding_window`).
+            for a model trained on resized slices (`simmpnet.evaluation.resample.check_sliding_window`).
 
     Returns:
         ``(D, H, W)`` uint8 label map; with ``probabilities``, ``(labels, probabilities)``

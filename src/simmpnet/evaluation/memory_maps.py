@@ -2,11 +2,11 @@
 
 After warm-up, every position of a DMW-LA block reads the memory block of one category: the
 category whose prototype has the highest cosine similarity with the position's ``theta``
-query (:meth:`simmpnet.models.memory.PrototypeMemory.assign`).  Within that block, the read
+query (`simmpnet.models.memory.PrototypeMemory.assign`).  Within that block, the read
 weighs the ``P`` slots by the softmax of ``query . slot``; the slot with the highest weight
 is the one the position reads most.
 
-:class:`MemoryProbe` records both during ordinary evaluation forwards, from outside the
+`MemoryProbe` records both during ordinary evaluation forwards, from outside the
 model: a forward hook on each chosen block's ``theta`` projection takes the queries the read
 sees and asks the block's own memory for their categories.  The model is never changed: the
 hooks only read, and they are removed when the probe closes.
@@ -30,7 +30,7 @@ __all__ = ["MemoryProbe", "block_names"]
 
 
 def block_names(model: nn.Module) -> list[str]:
-    """Names of the DMW-LA blocks of a Sim-MPNet, in :meth:`~simmpnet.models.SimMPNet.dmwla_blocks`
+    """Names of the DMW-LA blocks of a Sim-MPNet, in `dmwla_blocks`
     order: ``"encoder 1"`` (encoder B, shallow to deep), ..., ``"decoder 1"`` (deep to shallow), ...
 
     Raises:
@@ -49,7 +49,7 @@ class MemoryProbe:
 
     Args:
         model: a Sim-MPNet (any mode; evaluation forwards are what a report probes).
-        blocks: indices into ``model.dmwla_blocks()`` (see :func:`block_names`); default all.
+        blocks: indices into ``model.dmwla_blocks()`` (see `block_names`); default all.
 
     Use as a context manager around forwards::
 

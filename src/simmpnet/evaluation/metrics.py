@@ -2,8 +2,8 @@
 
 Three layers:
 
-1. Binary-mask metrics (:func:`dice`, :func:`jaccard`, :func:`hd95`, :func:`asd`,
-   :func:`assd`, plus :func:`surface_distances`) that reproduce ``medpy.metric.binary``
+1. Binary-mask metrics (`dice`, `jaccard`, `hd95`, `asd`,
+   `assd`, plus `surface_distances`) that reproduce ``medpy.metric.binary``
    (medpy 0.5.2: ``dc``, ``jc``, ``hd95``, ``asd``, ``assd``) with numpy/scipy only. Surfaces
    are ``mask XOR binary_erosion(mask, generate_binary_structure(ndim, connectivity))`` and
    distances come from ``scipy.ndimage.distance_transform_edt(~other_surface, sampling=spacing)``,
@@ -11,8 +11,8 @@ Three layers:
    margin (clipped to the volume), which gives exactly the same numbers (every surface voxel
    and every voxel whose erosion could change lies inside that box, and a Euclidean distance
    transform only depends on where its zeros are).
-2. :func:`evaluate_case`: per foreground class of a labelled prediction vs a labelled truth,
-   under two conventions (see :data:`CONVENTIONS`):
+2. `evaluate_case`: per foreground class of a labelled prediction vs a labelled truth,
+   under two conventions (see `CONVENTIONS`):
 
    * ``"paper"`` -- the protocol of the Sim-MPNet paper (and TransUNet's ``test_single_volume``):
      both non-empty -> computed, distances in *voxel* units (spacing ignored);
@@ -24,7 +24,7 @@ Three layers:
      exactly one empty -> dsc 0, jaccard 0, hd95 ``None``, asd ``None`` (a missed or
      hallucinated organ is an overlap failure, but has no defined surface distance).
 
-3. :func:`summarize` (and :func:`pooled_dice`): means over cases per class, then over classes,
+3. `summarize` (and `pooled_dice`): means over cases per class, then over classes,
    skipping ``None``; the headline is the ``"excluded"`` convention, the paper protocol is
    reported next to it. The result is JSON-serialisable.
 """
@@ -406,7 +406,7 @@ def evaluate_case(
 
     Every foreground class ``c`` in ``1 .. n_classes - 1`` is evaluated as the binary pair
     ``(pred == c, truth == c)`` under both conventions (see the module docstring and
-    :data:`CONVENTIONS`): ``"paper"`` (distances in voxels, empty cases scored as in the
+    `CONVENTIONS`): ``"paper"`` (distances in voxels, empty cases scored as in the
     paper) and ``"excluded"`` (distances in units of ``spacing``, undefined values ``None``).
     The voxel counts needed for a pooled DSC are kept as well.
 
@@ -548,10 +548,10 @@ def pooled_dice(
     """Dice per class pooled over voxels of all cases.
 
     ``2 * sum_cases |P_c & T_c| / sum_cases (|P_c| + |T_c|)``, from the ``counts`` that
-    :func:`evaluate_case` stores. Large organs weigh more than in a per-case mean.
+    `evaluate_case` stores. Large organs weigh more than in a per-case mean.
 
     Args:
-        per_case_results: results of :func:`evaluate_case`, as a mapping case id -> result or
+        per_case_results: results of `evaluate_case`, as a mapping case id -> result or
             a sequence of results.
         class_ids: foreground class ids to pool; default ``1 .. n_classes - 1`` of the first case.
 
@@ -621,7 +621,7 @@ def summarize(
     class_names: Sequence[str],
     headline: str = "excluded",
 ) -> dict[str, Any]:
-    """Aggregate :func:`evaluate_case` results into a JSON-serialisable report.
+    """Aggregate `evaluate_case` results into a JSON-serialisable report.
 
     Means are taken over cases per class (skipping ``None``), then over classes (skipping
     classes whose per-class mean is ``None``). Both conventions are always reported under
@@ -629,7 +629,7 @@ def summarize(
     the ``headline`` convention, which ``"protocol"`` describes.
 
     Args:
-        per_case_results: mapping case id -> :func:`evaluate_case` result, or a sequence of
+        per_case_results: mapping case id -> `evaluate_case` result, or a sequence of
             results (ids ``case_0000``, ``case_0001``, ... are then assigned).
         class_names: names of the foreground classes, in class-id order ``1 .. n_classes - 1``
             (background is not listed).

@@ -1,24 +1,24 @@
 """Report writers: JSON, metric tables (Markdown and terminal), overlay pictures, training curves.
 
-* :func:`write_json` -- any result as strict JSON (numpy scalars/arrays converted, NaN/Inf
+* `write_json` -- any result as strict JSON (numpy scalars/arrays converted, NaN/Inf
   written as ``null``), atomically.
-* :func:`metrics_markdown` / :func:`write_metrics_markdown` -- the summary produced by
-  :func:`simmpnet.evaluation.metrics.summarize` as Markdown: a per-class table for the
+* `metrics_markdown` / `write_metrics_markdown` -- the summary produced by
+  `simmpnet.evaluation.metrics.summarize` as Markdown: a per-class table for the
   headline convention, then the same table for the other convention (the paper protocol when
   the headline is ``"excluded"``), each with its units in the header, and one line saying
-  which convention and unit each table uses. :func:`format_table` gives the headline table as
-  plain text for a terminal, :func:`format_comparison` several models side by side.
-* :func:`save_overlay` -- one PNG with the panels image | truth | prediction (or image |
-  prediction), labels in the fixed colours :data:`CLASS_COLORS`, with a legend.
-* :func:`read_training_log` / :func:`plot_curves` -- a JSON Lines training log read
+  which convention and unit each table uses. `format_table` gives the headline table as
+  plain text for a terminal, `format_comparison` several models side by side.
+* `save_overlay` -- one PNG with the panels image | truth | prediction (or image |
+  prediction), labels in the fixed colours `CLASS_COLORS`, with a legend.
+* `read_training_log` / `plot_curves` -- a JSON Lines training log read
   leniently (malformed lines skipped with a warning) and plotted as loss vs step and
   validation DSC vs epoch.
 
-Pictures are drawn on a :class:`matplotlib.figure.Figure` with the Agg canvas directly: no
+Pictures are drawn on a `matplotlib.figure.Figure` with the Agg canvas directly: no
 ``pyplot``, no display, no global figure registry, so nothing accumulates when thousands of
 overlays are written; every figure is cleared after saving. All files are written through
-:func:`simmpnet.data.io.atomic_write` (temporary file in the same folder, then
-:func:`os.replace`); every error is an :class:`~simmpnet.errors.InputError` with a one-line
+`simmpnet.data.io.atomic_write` (temporary file in the same folder, then
+`os.replace`); every error is an `InputError` with a one-line
 message naming the file.
 """
 from __future__ import annotations
@@ -113,7 +113,7 @@ def write_json(obj: Any, path: str | os.PathLike[str], *, indent: int = 2) -> Pa
     """Write ``obj`` as strict, human-readable JSON, atomically.
 
     numpy scalars and arrays become numbers and lists, paths become strings, tuples and sets
-    become lists, non-string dict keys are converted as :mod:`json` does; NaN and infinities
+    become lists, non-string dict keys are converted as `json` does; NaN and infinities
     (not valid JSON) become ``null`` with a logged warning.
 
     Args:
@@ -122,7 +122,7 @@ def write_json(obj: Any, path: str | os.PathLike[str], *, indent: int = 2) -> Pa
         indent: JSON indentation.
 
     Returns:
-        ``path`` as a :class:`~pathlib.Path`.
+        ``path`` as a `Path`.
 
     Raises:
         InputError: an object that cannot be represented in JSON, or a failed write.
@@ -140,7 +140,7 @@ def write_json(obj: Any, path: str | os.PathLike[str], *, indent: int = 2) -> Pa
 # metric tables
 # --------------------------------------------------------------------------------------------
 def _check_summary(summary: Any) -> None:
-    """Refuse anything that is not a :func:`~simmpnet.evaluation.metrics.summarize` result."""
+    """Refuse anything that is not a `summarize` result."""
     def bad(problem: str) -> InputError:
         return InputError(f"summary is not a result of simmpnet.evaluation.metrics.summarize: {problem}")
 
@@ -224,7 +224,7 @@ def _title(convention: str) -> str:
     return "paper protocol" if convention == "paper" else f"{convention!r} convention"
 
 
-#: What was scored, as :func:`simmpnet.cli` records it in a summary: key -> label in reports.
+#: What was scored, as `simmpnet.cli` records it in a summary: key -> label in reports.
 SOURCE_KEYS: tuple[tuple[str, str], ...] = (
     ("checkpoint", "Model"),
     ("data", "Data"),
@@ -240,7 +240,7 @@ def _source_lines(summary: Mapping[str, Any]) -> list[str]:
 
 
 def metrics_markdown(summary: Mapping[str, Any]) -> str:
-    """Markdown report of a :func:`~simmpnet.evaluation.metrics.summarize` result.
+    """Markdown report of a `summarize` result.
 
     Args:
         summary: the dict returned by ``summarize`` (also after a JSON round trip).
@@ -248,7 +248,7 @@ def metrics_markdown(summary: Mapping[str, Any]) -> str:
     Returns:
         Markdown text: case and class counts, a line naming the convention and distance
         unit of each table, one naming the resampling when the summary records it
-        (:func:`~simmpnet.evaluation.evaluate.evaluate_volumes` does), the headline table
+        (`evaluate_volumes` does), the headline table
         (one row per class, then the mean over classes; DSC and Jaccard in %, HD95 and ASD in
         the convention's unit, and the number of cases that define DSC and HD95), the
         convention's description, the same table for the other convention, and the pooled
@@ -319,14 +319,14 @@ def metrics_markdown(summary: Mapping[str, Any]) -> str:
 
 
 def write_metrics_markdown(summary: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write :func:`metrics_markdown` of ``summary`` to ``path`` atomically.
+    """Write `metrics_markdown` of ``summary`` to ``path`` atomically.
 
     Args:
-        summary: the dict returned by :func:`~simmpnet.evaluation.metrics.summarize`.
+        summary: the dict returned by `summarize`.
         path: target ``.md`` file (parent folders are created).
 
     Returns:
-        ``path`` as a :class:`~pathlib.Path`.
+        ``path`` as a `Path`.
 
     Raises:
         InputError: ``summary`` has the wrong structure (message names ``path``), or the
@@ -344,7 +344,7 @@ def format_table(summary: Mapping[str, Any], convention: str | None = None) -> s
     """One convention's per-class table as aligned plain text, for a terminal.
 
     Args:
-        summary: the dict returned by :func:`~simmpnet.evaluation.metrics.summarize`.
+        summary: the dict returned by `summarize`.
         convention: which convention to show; default the headline convention.
 
     Returns:
@@ -382,7 +382,7 @@ def format_comparison(summaries: Mapping[str, Mapping[str, Any]], convention: st
     """Side-by-side DSC and HD95 of several models, as aligned plain text.
 
     Args:
-        summaries: model name -> :func:`~simmpnet.evaluation.metrics.summarize` result, all
+        summaries: model name -> `summarize` result, all
             over the same classes. A ``"training"`` entry with ``steps`` and ``elapsed_s``
             (as the CLI adds) is shown under the table when present.
         convention: which convention to compare; default the headline convention of the
@@ -526,7 +526,7 @@ def _blend(base: np.ndarray, labels: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def overlay_panels(image2d: Any, truth2d: Any, pred2d: Any, alpha: float = 0.5) -> np.ndarray:
-    """The panels image | truth | prediction of :func:`save_overlay` side by side, without
+    """The panels image | truth | prediction of `save_overlay` side by side, without
     titles or legend, as one ``(H, 3 W, 3)`` uint8 array (for TensorBoard and the HTML report).
 
     Raises:
@@ -542,7 +542,7 @@ def overlay_panels(image2d: Any, truth2d: Any, pred2d: Any, alpha: float = 0.5) 
 
 
 def pick_overlays(limit: int) -> tuple[Callable[[str, np.ndarray, np.ndarray, np.ndarray], None], list]:
-    """An ``on_case`` callback for :func:`~simmpnet.evaluation.evaluate.evaluate_volumes` that
+    """An ``on_case`` callback for `evaluate_volumes` that
     keeps the slice with the most foreground of each case, up to ``limit`` cases, and the list
     it fills with ``(name, slice index, image, truth, prediction)``; empty the list to keep
     ``limit`` more."""
@@ -572,7 +572,7 @@ def save_overlay(
 ) -> Path:
     """Save one PNG with the panels image | truth | prediction (image | prediction without truth).
 
-    Labels are blended over the image in the fixed colours :data:`CLASS_COLORS` (class ``c``
+    Labels are blended over the image in the fixed colours `CLASS_COLORS` (class ``c``
     -> ``CLASS_COLORS[(c - 1) % 20]``, background not drawn); a legend below the panels names
     the classes. All panels have the same size, so the picture is ``n_panels * panel_inches``
     wide. The figure never enters pyplot and is cleared after saving (no memory growth over
@@ -594,7 +594,7 @@ def save_overlay(
         dpi: resolution of the PNG.
 
     Returns:
-        ``path`` as a :class:`~pathlib.Path`.
+        ``path`` as a `Path`.
 
     Raises:
         InputError: shapes that do not match, non-integer or negative labels, a bad
@@ -748,7 +748,7 @@ def read_training_log(jsonl_path: str | os.PathLike[str]) -> dict[str, list[floa
 def plot_curves(
     jsonl_path: str | os.PathLike[str], png_path: str | os.PathLike[str], *, dpi: int = 100
 ) -> Path:
-    """Plot a training log (see :func:`read_training_log`) as a two-panel PNG.
+    """Plot a training log (see `read_training_log`) as a two-panel PNG.
 
     Left: training loss vs step (per-step values as a line, per-epoch ``train_loss`` as dots
     at the epoch's last step). Right: validation DSC vs epoch, best epoch marked. A panel
@@ -761,7 +761,7 @@ def plot_curves(
         dpi: resolution of the PNG.
 
     Returns:
-        ``png_path`` as a :class:`~pathlib.Path`.
+        ``png_path`` as a `Path`.
 
     Raises:
         InputError: the log is missing or unreadable, or the write fails.

@@ -6,11 +6,11 @@
   their argmax there, as nnU-Net does with its class scores.
 
 The alternative to resizing, ``inference="sliding-window"``, predicts tiles of the network's
-input size at the slice's own resolution (:mod:`simmpnet.evaluation.sliding_window`), so
+input size at the slice's own resolution (`simmpnet.evaluation.sliding_window`), so
 nothing returns to the slice's size and ``resample`` does not apply.
 
 This module holds the names only (no torch), so that the command line can list them without
-importing the network; :mod:`simmpnet.evaluation.inference` does the resizing.
+importing the network; `simmpnet.evaluation.inference` does the resizing.
 """
 from __future__ import annotations
 
@@ -44,18 +44,18 @@ RESAMPLE_MODES = tuple(RESAMPLE_WORDS)
 
 #: How slices meet the network: ``"resize"`` (the paper's: each slice resized to the input
 #: size) or ``"sliding-window"`` (overlapping tiles of the input size at the slice's own
-#: resolution, see :mod:`simmpnet.evaluation.sliding_window`).
+#: resolution, see `simmpnet.evaluation.sliding_window`).
 INFERENCE_MODES = ("resize", "sliding-window")
 
 
 def check_resample(resample: str) -> None:
-    """Raise an :class:`InputError` unless ``resample`` is one of :data:`RESAMPLE_MODES`."""
+    """Raise an `InputError` unless ``resample`` is one of `RESAMPLE_MODES`."""
     if resample not in RESAMPLE_MODES:
         raise InputError(f"resample must be one of {list(RESAMPLE_MODES)}, got {resample!r}")
 
 
 def check_inference(inference: str, overlap: float, resample: str | None = None) -> None:
-    """Raise an :class:`InputError` unless ``inference`` is one of :data:`INFERENCE_MODES` and
+    """Raise an `InputError` unless ``inference`` is one of `INFERENCE_MODES` and
     ``overlap`` (the fraction of a tile its neighbours share) is in ``[0, 1)``; a ``resample``
     given explicitly (not None) is refused with ``"sliding-window"``, which predicts at the
     slice's own size and has nothing to resample."""
@@ -79,13 +79,13 @@ def resolve_resample(resample: str | None, config: Mapping[str, Any]) -> str:
     return chosen
 
 
-#: What a network can have been trained on (:attr:`Preprocessing.trained_on`).
+#: What a network can have been trained on (`Preprocessing.trained_on`).
 TRAINED_ON = ("resized-slices", "native-crops")
 
 
 def check_sliding_window(prep: Any, source: str = "the model", warn: bool = True) -> None:
     """Refuse sliding-window prediction for a network trained on resized slices (``prep``: its
-    :class:`~simmpnet.pretrained.Preprocessing`, or None): its tiles
+    `Preprocessing`, or None): its tiles
     would show it the image at another scale than the one it learnt, and the labels are wrong
     without any error.  A network that does not record how it was trained is let through, with
     a warning when ``warn``."""

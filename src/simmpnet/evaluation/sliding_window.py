@@ -1,9 +1,9 @@
 """Sliding-window prediction of 2D slices at their own resolution.
 
-The alternative to the paper's resize (:mod:`simmpnet.evaluation.inference`) for images larger
+The alternative to the paper's resize (`simmpnet.evaluation.inference`) for images larger
 than the network's input size, when the network was trained on crops at the data's native
 resolution (nnU-Net-style data): nothing is resized, the network sees the pixels at the scale
-it learnt.  MONAI's :func:`monai.inferers.sliding_window_inference` does the tiling:
+it learnt.  MONAI's `monai.inferers.sliding_window_inference` does the tiling:
 
 - tiles of ``input_size x input_size``, neighbours sharing ``overlap`` of a tile (0.5 by
   default, as nnU-Net and MONAI); the step is ``int(input_size * (1 - overlap))`` and the last
@@ -14,7 +14,7 @@ it learnt.  MONAI's :func:`monai.inferers.sliding_window_inference` does the til
   averaged, not the softmax probabilities, as nnU-Net does; the probabilities are the softmax
   of the averaged logits, so that their argmax is the label map;
 - a slice smaller than a tile in a dimension is padded on both sides with
-  :data:`PAD_VALUE` (0: the bottom of the normalised ``[0, 1]`` intensity range, the
+  `PAD_VALUE` (0: the bottom of the normalised ``[0, 1]`` intensity range, the
   background of the training images) and the prediction cropped back.
 
 The tiles of consecutive slices share forward batches, so that small slices still fill them.
@@ -68,7 +68,7 @@ def sliding_window_slices(
     """Label maps (and probabilities) of slices predicted tile by tile at their own resolution.
 
     The caller checks the arguments and puts the model in ``eval()`` mode
-    (:func:`simmpnet.evaluation.inference.predict_slices` does both).
+    (`simmpnet.evaluation.inference.predict_slices` does both).
 
     Args:
         model: a network in ``eval()`` mode on ``device``, taking ``(b, C, tile, tile)`` and

@@ -2,16 +2,16 @@
 
 During warm-up the block is plain non-local attention ``x + o(softmax(t q^T) v)``.  After it,
 every position also reads the memory block of its nearest prototype:
-``x + o(r_mem + r_ctx)``.  The bank (see :mod:`simmpnet.models.memory`) is updated from the
+``x + o(r_mem + r_ctx)``.  The bank (see `simmpnet.models.memory`) is updated from the
 momentum keys in training mode only; evaluation never changes the block.
 
 The memory changes in two phases.  A training forward only *records* the change it asks for
 (the warm-up write of the ``phi`` features, or the update from the momentum keys together with
-the next momentum key weight); :meth:`DMWLA.commit_memory` applies it.  Training code calls
+the next momentum key weight); `DMWLA.commit_memory` applies it.  Training code calls
 ``commit_memory()`` once the loss of the step is known to be finite (the trainer does, after
 the optimiser step), so that a NaN or Inf step never reaches the bank.  A forward whose change
 is not committed (a skipped step) is simply replaced by the next training forward, and
-:meth:`DMWLA.discard_memory` drops it at once; nothing is ever applied twice.
+`DMWLA.discard_memory` drops it at once; nothing is ever applied twice.
 """
 from __future__ import annotations
 
@@ -46,14 +46,14 @@ class DMWLA(nn.Module):
         warmup_iters: training forwards of warm-up ``T_w``.
         memory_momentum: ``m`` of the slot update.
         key_momentum: ``mu`` of the momentum key projection ``phi_k``.
-        update_count: initial ``K`` (W-LD changes it through :attr:`update_count`).
+        update_count: initial ``K`` (W-LD changes it through `update_count`).
         scale: factor of the global-read logits (the authors use none, i.e. 1).
 
     Shapes:
         input and output ``(B, ch, H, W)``.
 
     A training forward leaves the memory untouched and records the change it asks for;
-    training code must call :meth:`commit_memory` after each optimisation step (the trainer
+    training code must call `commit_memory` after each optimisation step (the trainer
     does), or the bank is never written.  Evaluation forwards record nothing.
     """
 
@@ -229,7 +229,7 @@ class DMWLA(nn.Module):
         During the warm-up the drop is decided on the host (and logged at once) and the return
         value says whether the change was applied.  After it the decision stays on the device,
         so that a GPU step never waits for it: the return value only says that a recorded change
-        was processed, and :meth:`take_dropped_changes` counts (and logs) the dropped ones.
+        was processed, and `take_dropped_changes` counts (and logs) the dropped ones.
         """
         pending, self._pending = self._pending, None
         if pending is None:

@@ -69,7 +69,7 @@ def model_payload(model: nn.Module, input_size: int) -> dict[str, Any]:
 
 
 def model_from_payload(payload: dict[str, Any], source: str = "checkpoint") -> nn.Module:
-    """Rebuild a model from :func:`model_payload` output."""
+    """Rebuild a model from `model_payload` output."""
     if payload.get("format") == PEER_FORMAT:
         try:
             model = _build_unet(dict(payload["kwargs"]))

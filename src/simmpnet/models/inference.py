@@ -32,9 +32,9 @@ def predict_array(
     inference: str = "resize",
     overlap: float = 0.5,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Predict one image or volume, exactly as :func:`predict_paths` predicts a file holding the
+    """Predict one image or volume, exactly as `predict_paths` predicts a file holding the
     same content (the same conversion of the input, normalisation, channel handling, resizing
-    or sliding window, and resampling: :mod:`simmpnet.data.network_input`).
+    or sliding window, and resampling: `simmpnet.data.network_input`).
 
     Args:
         model: a Sim-MPNet (``model.preprocessing`` is used unless ``preprocessing`` is given).
@@ -47,7 +47,7 @@ def predict_array(
             first axis).  A 3-D array is taken for a colour image when its last axis has 3
             entries or ``in_channels`` (> 1) entries, otherwise for a volume; ``volume``
             overrides that guess.
-        preprocessing: a :class:`simmpnet.Preprocessing` (default ``model.preprocessing``).
+        preprocessing: a `simmpnet.Preprocessing` (default ``model.preprocessing``).
         probabilities: also return the softmax probabilities.
         device: where to run (``"auto"``, ``"cpu"``, ``"cuda"`` ...); None: where the model is.
             The model is moved there for the call and back afterwards (for many calls, move
@@ -60,7 +60,7 @@ def predict_array(
         inference: ``"resize"`` (the paper's: every slice resized to the input size) or
             ``"sliding-window"`` (tiles of the input size at the image's own resolution, for
             a model trained on native-resolution crops), as ``predict --inference``; see
-            :func:`simmpnet.evaluation.inference.predict_slices`.
+            `simmpnet.evaluation.inference.predict_slices`.
         overlap: fraction of a tile its neighbours share with the sliding window, in
             ``[0, 1)`` (as ``predict --overlap``).
 

@@ -3,15 +3,15 @@
 The bank keeps, for each of ``num_k`` categories, a block of ``pool_size`` remembered feature
 vectors (the "similarity memory prior") and a prototype per category.  Everything it knows lives
 in buffers, so it is saved in ``state_dict`` and follows ``.to()``.  It changes only through
-:meth:`PrototypeMemory.warmup_write`, :meth:`PrototypeMemory.initialise_from_kmeans` and
-:meth:`PrototypeMemory.update`, which the attention block calls in training mode only, from
-:meth:`simmpnet.models.dmwla.DMWLA.commit_memory` (after the step's loss proved finite).
+`PrototypeMemory.warmup_write`, `PrototypeMemory.initialise_from_kmeans` and
+`PrototypeMemory.update`, which the attention block calls in training mode only, from
+`simmpnet.models.dmwla.DMWLA.commit_memory` (after the step's loss proved finite).
 
 Nothing here loops in Python over categories, samples or positions: categories are handled by
 sorting positions by category and working on fixed-size chunks of one category each.  After the
 warm-up nothing here makes the host wait for the device either: every shape is known from the
 input's shape and from host-side mirrors of the counters, so a GPU's launch queue never drains
-(:mod:`simmpnet.host_syncs` counts what would).
+(`simmpnet.host_syncs` counts what would).
 """
 from __future__ import annotations
 
@@ -195,7 +195,7 @@ class PrototypeMemory(nn.Module):
     @property
     def in_warmup(self) -> bool:
         """True until the k-means start has run (after ``warmup_iters`` training forwards, or
-        through :meth:`initialise_from_kmeans`); read from ``warmup_done``, saved state."""
+        through `initialise_from_kmeans`); read from ``warmup_done``, saved state."""
         # A Python mirror of the phase buffer, kept in step by every method that changes it and
         # by load_state_dict: torch.compile branches on it without a graph break.
         return not self._done
@@ -321,7 +321,7 @@ class PrototypeMemory(nn.Module):
 
         Args:
             queries: ``(R, d)`` (the ``theta`` projection of every position of the batch).
-            dense: use :meth:`read_dense` instead of the chunked read.  ``None`` (default):
+            dense: use `read_dense` instead of the chunked read.  ``None`` (default):
                 dense while exporting (``torch.jit.trace``, ``torch.onnx.export``,
                 ``torch.export``), chunked otherwise, ``torch.compile`` included (the chunked
                 read's shapes follow from the input's shape alone).
@@ -364,7 +364,7 @@ class PrototypeMemory(nn.Module):
         return (weights @ slots).reshape(n_chunks * chunk, d)[destination]
 
     def read_dense(self, queries: torch.Tensor) -> torch.Tensor:
-        """The same read as :meth:`read` with no data-dependent indexing, for exporters.
+        """The same read as `read` with no data-dependent indexing, for exporters.
 
         Scores against all ``num_k * P`` slots, a softmax within each category's block, the
         blocks of the other categories zeroed by a one-hot mask, then one matmul with the bank.

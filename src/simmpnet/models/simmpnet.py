@@ -62,7 +62,7 @@ class SimMPNetConfig:
         attention_scale: factor of the global-read logits (the authors use 1: no scaling).
         dsgim_window, dsgim_top_windows, dsgim_gamma: DS-GIM window side, coherent windows, decay.
         dsgim_masks: ``"method"`` or ``"authors"`` (their code's near set and -100 fill, to
-            measure what that bug does; see :mod:`simmpnet.models.dsgim`).
+            measure what that bug does; see `simmpnet.models.dsgim`).
         share_dsgim: one DS-GIM for all blocks of stage 3 (the authors' code) or one per block.
     """
 
@@ -101,7 +101,7 @@ class SimMPNetConfig:
     def with_overrides(self, **overrides: Any) -> SimMPNetConfig:
         """A copy with fields replaced.  Besides the fields of this class, memory settings may
         be given as ``encoder_<name>`` / ``decoder_<name>`` (e.g. ``encoder_num_k=4``) or as a
-        bare :class:`MemoryConfig` name (e.g. ``warmup_iters=50``), which sets both parts."""
+        bare `MemoryConfig` name (e.g. ``warmup_iters=50``), which sets both parts."""
         memory_fields = {f.name for f in dataclasses.fields(MemoryConfig)}
         top: dict[str, Any] = {}
         part: dict[str, dict[str, Any]] = {"encoder_memory": {}, "decoder_memory": {}}
@@ -154,7 +154,7 @@ class SimMPNet(nn.Module):
     Args:
         n_classes: output classes, background included (>= 2).
         in_channels: image channels; anything but 3 first goes through conv1x1(->3)+BN+ReLU.
-        config: the architecture (see :data:`VARIANTS`).
+        config: the architecture (see `VARIANTS`).
         pretrained: backbone weights: ``False``, ``True`` (timm's, needs network) or a path to
             a local timm checkpoint of the backbone.
 
@@ -163,22 +163,22 @@ class SimMPNet(nn.Module):
         ``train()`` mode: a tuple of four ``(B, n_classes, H, W)`` head logits (deepest head
         first).  ``eval()`` mode: their sum, one ``(B, n_classes, H, W)`` tensor.
 
-    Trained models: :meth:`save_pretrained` / :meth:`from_pretrained` (``config.json`` +
+    Trained models: `save_pretrained` / `from_pretrained` (``config.json`` +
     ``model.safetensors``; ``from_pretrained`` also reads the ``last.pt`` / ``best.pt`` of
-    ``simmpnet train``) and :meth:`predict` (raw images or volumes to label maps, with the
-    :attr:`preprocessing` the model was trained with).
+    ``simmpnet train``) and `predict` (raw images or volumes to label maps, with the
+    `preprocessing` the model was trained with).
 
     Training: a ``train()`` forward only records the memory changes of the DMW-LA blocks;
-    call :meth:`commit_memory` after each optimisation step (``loss.backward();
-    optimizer.step(); model.commit_memory()``), as :class:`simmpnet.training.Trainer` does.
+    call `commit_memory` after each optimisation step (``loss.backward();
+    optimizer.step(); model.commit_memory()``), as `simmpnet.training.Trainer` does.
 
-    Example:
+    Examples:
         >>> model = SimMPNet.from_variant("tiny", n_classes=9)
         >>> model.eval()(torch.randn(1, 1, 128, 128)).shape
         torch.Size([1, 9, 128, 128])
     """
 
-    #: The architecture's config class (``config.json`` of :meth:`save_pretrained` holds one).
+    #: The architecture's config class (``config.json`` of `save_pretrained` holds one).
     config_class = SimMPNetConfig
 
     def __init__(
@@ -234,7 +234,7 @@ class SimMPNet(nn.Module):
         )
         self.decoder = MemoryDecoder(widths, make_block=partial(make_block, config.decoder_memory))
         self.heads = nn.ModuleList(nn.Conv2d(c, n_classes, 1) for c in reversed(widths))
-        #: What :meth:`predict` does to an input (see :class:`simmpnet.Preprocessing`); a new
+        #: What `predict` does to an input (see `simmpnet.Preprocessing`); a new
         #: network: its encoder-A size, percentile normalisation, no class names, "labels".
         self.preprocessing = Preprocessing(input_size=config.img_size_a, in_channels=in_channels)
 
@@ -249,7 +249,7 @@ class SimMPNet(nn.Module):
         **overrides: Any,
     ) -> SimMPNet:
         """Build a named variant (``"paper"`` or ``"tiny"``), optionally with config overrides
-        (see :meth:`SimMPNetConfig.with_overrides`)."""
+        (see `SimMPNetConfig.with_overrides`)."""
         if name not in VARIANTS:
             raise InputError(f"unknown Sim-MPNet variant {name!r}; choose one of {sorted(VARIANTS)}")
         config = VARIANTS[name].with_overrides(**overrides) if overrides else VARIANTS[name]
@@ -305,12 +305,12 @@ class SimMPNet(nn.Module):
     def commit_memory(self, gather: Gather | None = None) -> int:
         """Apply the memory changes recorded by the last training forward (warm-up writes,
         k-means start, bank updates, momentum keys); returns how many blocks processed a change
-        (see :meth:`DMWLA.commit_memory` for the changes dropped for non-finite candidates).
+        (see `DMWLA.commit_memory` for the changes dropped for non-finite candidates).
 
         A training forward never writes the memory banks itself: training code calls this
         after each optimisation step whose loss was finite (the trainer does), so that a NaN
         or Inf step never reaches the banks.  ``gather`` (distributed training) concatenates
-        a tensor of every process in rank order, see :mod:`simmpnet.training.distributed`.
+        a tensor of every process in rank order, see `simmpnet.training.distributed`.
         Blocks are committed in the order the forward ran them.
         """
         return sum(block.commit_memory(gather) for block in self.dmwla_blocks())
@@ -349,7 +349,7 @@ class SimMPNet(nn.Module):
     # ----------------------------------------------------------------- saving
     def save(self, path: str | os.PathLike) -> Path:
         """Write config, preprocessing and weights (memory banks included) to ``path``
-        atomically, as one ``torch.save`` file (:meth:`save_pretrained` writes the folder form)."""
+        atomically, as one ``torch.save`` file (`save_pretrained` writes the folder form)."""
         payload = self.checkpoint_payload()
         payload["preprocessing"] = self.preprocessing.to_dict()
         return save_checkpoint(payload, path)
@@ -379,17 +379,17 @@ class SimMPNet(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> SimMPNet:
-        """Rebuild a model written by :meth:`save`, or the model of a ``last.pt`` / ``best.pt``
+        """Rebuild a model written by `save`, or the model of a ``last.pt`` / ``best.pt``
         of ``simmpnet train`` (its preprocessing from the training config).  The model is
-        returned in ``train()`` mode, as a new module is; :meth:`from_pretrained` reads every
+        returned in ``train()`` mode, as a new module is; `from_pretrained` reads every
         form (folders and Hub ids too) and returns it in ``eval()`` mode."""
         return model_from_checkpoint(load_checkpoint(path, map_location), str(path), cls)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``directory/config.json`` (architecture and :attr:`preprocessing`) and
+        """Write ``directory/config.json`` (architecture and `preprocessing`) and
         ``directory/model.safetensors`` (weights and buffers, memory banks included; no
         optimiser), the Hugging Face Hub layout; returns the folder.  See
-        :mod:`simmpnet.pretrained`."""
+        `simmpnet.pretrained`."""
         return save_pretrained(self, directory)
 
     @classmethod
@@ -404,11 +404,11 @@ class SimMPNet(nn.Module):
         local_files_only: bool = False,
         force_download: bool = False,
     ) -> SimMPNet:
-        """A trained model, in ``eval()`` mode on ``device``, with its :attr:`preprocessing`.
+        """A trained model, in ``eval()`` mode on ``device``, with its `preprocessing`.
 
-        ``source``: a folder of :meth:`save_pretrained` (or its ``config.json`` /
+        ``source``: a folder of `save_pretrained` (or its ``config.json`` /
         ``.safetensors``), a ``last.pt`` / ``best.pt`` of ``simmpnet train``, a file of
-        :meth:`save`, or a Hugging Face Hub id (``"user/repo"``; needs a network or the Hub
+        `save`, or a Hugging Face Hub id (``"user/repo"``; needs a network or the Hub
         cache; the other keyword arguments go to ``huggingface_hub.snapshot_download``).
 
         Raises:
@@ -416,7 +416,7 @@ class SimMPNet(nn.Module):
                 TorchScript archive, an ONNX model, another model's files, a run folder), or
                 why a Hub id could not be downloaded.
 
-        Example:
+        Examples:
             >>> model = SimMPNet.from_pretrained("runs/brain/last.pt")  # doctest: +SKIP
             >>> labels = model.predict(volume)  # (D, H, W) raw intensities  # doctest: +SKIP
         """
@@ -446,8 +446,8 @@ class SimMPNet(nn.Module):
     ) -> Any:
         """Label map of a raw image or volume, as ``simmpnet predict`` computes it.
 
-        See :func:`simmpnet.predict.predict_array` (which this calls with
-        :attr:`preprocessing`): ``image`` is a numpy ``(H, W)`` or ``(H, W, C)`` image or a
+        See `simmpnet.predict.predict_array` (which this calls with
+        `preprocessing`): ``image`` is a numpy ``(H, W)`` or ``(H, W, C)`` image or a
         ``(D, H, W)`` volume in raw intensities; returns ``uint8`` labels of the input's
         spatial shape, and with ``probabilities=True`` ``(labels, probabilities)``, the
         softmax probabilities class-first (``(C, H, W)`` or ``(C, D, H, W)``, float32).

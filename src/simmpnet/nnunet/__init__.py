@@ -3,14 +3,14 @@
 nnU-Net plans, preprocesses, samples patches, augments, splits into folds, validates, predicts
 with its sliding window and evaluates; Sim-MPNet is the network.  The pieces:
 
-* :class:`~simmpnet.nnunet.trainer.nnUNetTrainerSimMPNet` and its variants: nnU-Net trainers
+* `nnUNetTrainerSimMPNet` and its variants: nnU-Net trainers
   (subclasses of ``nnUNetTrainer``) that build Sim-MPNet for the planned patch size, commit its
   memory after every optimiser step, drive W-LD from the epoch loss and map the four heads
   onto nnU-Net's loss.
-* :mod:`simmpnet.nnunet.run`: plan and preprocess, train, predict, evaluate and compare through
+* `simmpnet.nnunet.run`: plan and preprocess, train, predict, evaluate and compare through
   nnU-Net's Python API with a trainer *class* (nnU-Net itself looks trainers up by name inside
   its own package only); ``simmpnet nnunet ...`` on the command line.
-* :mod:`simmpnet.nnunet.convert`: the demo brain data in nnU-Net's raw layout.
+* `simmpnet.nnunet.convert`: the demo brain data in nnU-Net's raw layout.
 
 Importing this package imports neither torch nor nnU-Net; the names below load on first use.
 """

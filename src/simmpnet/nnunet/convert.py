@@ -1,4 +1,4 @@
-"""The demo brain data (:mod:`simmpnet.data.brain_demo`) in nnU-Net's raw layout.
+"""The demo brain data (`simmpnet.data.brain_demo`) in nnU-Net's raw layout.
 
 Each slab of the demo (10 consecutive axial slices of the Colin27 T1 MRI, the AAL atlas merged
 into 8 lobes) becomes one case, a NIfTI volume of ``D x 217 x 181`` voxels at 1 mm::

@@ -2,7 +2,7 @@
 
 nnU-Net reads the three environment variables once, when ``nnunetv2.paths`` is first imported,
 and its modules keep copies of them.  So they must be set before anything imports nnU-Net, and
-a process cannot switch to other folders afterwards: :func:`use_folders` sets them and refuses
+a process cannot switch to other folders afterwards: `use_folders` sets them and refuses
 (naming both sets of folders) when nnU-Net was already imported with others.
 """
 from __future__ import annotations

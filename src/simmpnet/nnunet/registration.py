@@ -4,9 +4,9 @@ nnUNetTrainerSimMPNetTiny``, ``nnUNetv2_predict``, ``nnUNetPredictor``).
 nnU-Net looks a trainer up by name only among the modules of its own
 ``nnunetv2/training/nnUNetTrainer`` folder (``recursive_find_python_class`` scans that folder
 on disk), so no entry point, path setting or import hook reaches it: a module has to be there.
-:func:`install` writes one small, marked module into it that imports the trainers from this
+`install` writes one small, marked module into it that imports the trainers from this
 package (it holds no code of its own, so it never goes stale when simmpnet is upgraded);
-:func:`uninstall` removes it, and only a module this package wrote.  When simmpnet is no longer
+`uninstall` removes it, and only a module this package wrote.  When simmpnet is no longer
 importable the module defines nothing, so nnU-Net's own trainers are still found.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ __all__ = ["MODULE_NAME", "Registration", "install", "registration", "trainer_fo
 
 #: The module written into nnU-Net's trainer folder.
 MODULE_NAME = "simmpnet_trainers.py"
-#: First line of that module: what :func:`uninstall` checks before removing a file.
+#: First line of that module: what `uninstall` checks before removing a file.
 MARKER = "# Written by `simmpnet nnunet install`; `simmpnet nnunet uninstall` removes it."
 
 _MODULE_TEXT = f'''{MARKER}

@@ -3,7 +3,7 @@ one fold, predict a folder, evaluate a folder of predictions, compare trainers.
 
 nnU-Net's own commands find trainers by name inside the nnunetv2 package only; these functions
 take the class (Sim-MPNet's, or any of nnU-Net's by name), so nothing has to be copied into
-nnU-Net.  Call :func:`simmpnet.nnunet.folders.use_folders` before the first of them in a
+nnU-Net.  Call `simmpnet.nnunet.folders.use_folders` before the first of them in a
 process (``simmpnet nnunet`` does).
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ def dataset_id(dataset: str | int) -> int:
 
 
 def find_trainer(name: str) -> type:
-    """A trainer class by name: simmpnet's (:data:`simmpnet.nnunet.trainer.TRAINERS`) or any of
+    """A trainer class by name: simmpnet's (`simmpnet.nnunet.trainer.TRAINERS`) or any of
     nnU-Net's own (``nnUNetTrainer``, ``nnUNetTrainer_5epochs`` ...)."""
     from .trainer import TRAINERS
 
@@ -287,7 +287,7 @@ def evaluate_folder(
 ) -> dict[str, Any]:
     """``nnUNetv2_evaluate_folder`` (nnU-Net's Dice, IoU, TP/FP/FN per class and case, into
     ``PREDICTIONS/summary.json``) plus HD95 in mm per class computed by
-    :func:`simmpnet.evaluation.metrics.hd95` on the same files (``PREDICTIONS/hd95.json``);
+    `simmpnet.evaluation.metrics.hd95` on the same files (``PREDICTIONS/hd95.json``);
     the means below also go to ``PREDICTIONS/evaluation.json``.
 
     Returns:

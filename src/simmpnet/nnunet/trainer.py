@@ -4,7 +4,7 @@ Everything but the network and what the network needs from the training loop is 
 planning, preprocessing, patch sampling, augmentation, folds, online validation, the final
 sliding-window validation, checkpoints and logs.  What these trainers change (docs/nnunet.md):
 
-* **Network**: :class:`~simmpnet.models.SimMPNet` of a variant (``paper`` or ``tiny``) with
+* **Network**: `SimMPNet` of a variant (``paper`` or ``tiny``) with
   encoder A at the planned patch's longer side rounded up to a multiple of 32 (MaxViT cuts each
   stage into windows of ``side / 32``) and encoder B at 7/8 of it, as ``simmpnet train`` does.
   Sim-MPNet resizes its input to that square and its logits back to the patch, so every
@@ -18,8 +18,8 @@ sliding-window validation, checkpoints and logs.  What these trainers change (do
   non-empty subsets of the heads, and averaged (the paper sums; the mean keeps the loss on the
   scale nnU-Net's learning rate is tuned for).  In ``eval()`` mode the network returns the sum
   of the heads, which online validation, the final validation and prediction use.
-* **Memory**: :meth:`SimMPNet.commit_memory` after every optimiser step that was taken, and
-  :meth:`SimMPNet.discard_memory` after a skipped one (a non-finite loss, or a step the fp16
+* **Memory**: `SimMPNet.commit_memory` after every optimiser step that was taken, and
+  `SimMPNet.discard_memory` after a skipped one (a non-finite loss, or a step the fp16
   gradient scaler dropped), so the DMW-LA warm-up counts optimiser steps.  The warm-up is the
   variant's (2000 steps) but at most a third of the run's steps, as in ``simmpnet train``.
 * **W-LD**: ``K`` of encoder B's blocks follows the mean training loss of each epoch, from a
@@ -35,11 +35,11 @@ nnU-Net rebuilds the network of a trained model from its trainer class and the p
 that network computes the trained function, because whether each DMW-LA block has left its
 warm-up is saved with the weights.  The exact architecture also travels inside every checkpoint
 (``init_args["simmpnet_network"]``), so a model folder exported to a zip and installed elsewhere
-loads with :func:`load_simmpnet`; ``simmpnet_network.json`` next to the checkpoints repeats it
+loads with `load_simmpnet`; ``simmpnet_network.json`` next to the checkpoints repeats it
 for people to read.
 
 Short runs: every trainer has nnU-Net's short-run variants (``nnUNetTrainerSimMPNetTiny_1epoch``,
-``_5epochs`` ... :data:`SHORT_RUN_EPOCHS`), as ``nnunetv2`` has ``nnUNetTrainer_1epoch`` ...
+``_5epochs`` ... `SHORT_RUN_EPOCHS`), as ``nnunetv2`` has ``nnUNetTrainer_1epoch`` ...
 Plans that do not fit (a 3D configuration, plans made for another network such as ResEnc or
 Primus) are refused in the constructor, before nnU-Net creates any folder.
 """
@@ -149,7 +149,7 @@ def encoder_side(patch_size: tuple[int, ...] | list[int]) -> int:
 class HeadSubsetLoss(nn.Module):
     """nnU-Net's loss over Sim-MPNet's heads: the mean, over the 15 non-empty subsets of the
     four heads, of ``criterion`` on the subset's summed logits (the paper's deep supervision,
-    :class:`~simmpnet.training.losses.DeepSupervisionLoss`, divided by the number of subsets).
+    `DeepSupervisionLoss`, divided by the number of subsets).
 
     Args:
         criterion: nnU-Net's loss for one output, e.g. ``DC_and_CE_loss``.
@@ -206,7 +206,7 @@ def load_simmpnet(checkpoint: str | os.PathLike[str], device: str | torch.device
 
     The network expects nnU-Net's preprocessing (the plans' normalisation and spacing) and
     the patch size it was trained on; ``simmpnet nnunet predict`` applies both.  Its
-    :meth:`~SimMPNet.save_pretrained` folder loads with :meth:`SimMPNet.from_pretrained`.
+    `save_pretrained` folder loads with `SimMPNet.from_pretrained`.
 
     Raises:
         CheckpointError: the file is not such a checkpoint (no description of the network
@@ -230,12 +230,12 @@ class nnUNetTrainerSimMPNet(nnUNetTrainer):  # noqa: N801 - nnU-Net's naming of 
     (module docstring: what differs from ``nnUNetTrainer``).
 
     Knobs, as class attributes (nnU-Net's way: one subclass per setting, so that the results
-    folder, named after the class, tells runs apart): :attr:`variant`, :attr:`paper_optimizer`.
+    folder, named after the class, tells runs apart): `variant`, `paper_optimizer`.
     ``num_epochs`` and ``num_iterations_per_epoch`` may be set on an instance before
-    :meth:`initialize` (``simmpnet nnunet train --epochs --iterations``).
+    `initialize` (``simmpnet nnunet train --epochs --iterations``).
     """
 
-    #: Sim-MPNet variant (:data:`simmpnet.models.VARIANTS`).
+    #: Sim-MPNet variant (`simmpnet.models.VARIANTS`).
     variant: str = "paper"
     #: The paper's AdamW (lr 1e-4, weight decay 1e-4, constant) instead of nnU-Net's SGD.
     paper_optimizer: bool = False
@@ -276,7 +276,7 @@ class nnUNetTrainerSimMPNet(nnUNetTrainer):  # noqa: N801 - nnU-Net's naming of 
         enable_deep_supervision: bool = True,
         warmup_iters: int | None = None,
     ) -> nn.Module:
-        """Sim-MPNet of :attr:`variant` for the planned patch.  ``enable_deep_supervision`` is
+        """Sim-MPNet of `variant` for the planned patch.  ``enable_deep_supervision`` is
         ignored: the four heads are returned in ``train()`` mode, their sum in ``eval()``
         mode.  ``warmup_iters``: the DMW-LA warm-up (default: the variant's)."""
         patch = tuple(configuration_manager.patch_size)
@@ -329,7 +329,7 @@ class nnUNetTrainerSimMPNet(nnUNetTrainer):  # noqa: N801 - nnU-Net's naming of 
 
     @property
     def simmpnet(self) -> SimMPNet:
-        """The Sim-MPNet inside nnU-Net's DDP wrapper (nothing compiles it: :meth:`_do_i_compile`)."""
+        """The Sim-MPNet inside nnU-Net's DDP wrapper (nothing compiles it: `_do_i_compile`)."""
         return self.network.module if self.is_ddp else self.network
 
     def _do_i_compile(self) -> bool:
@@ -470,7 +470,7 @@ def _short_run(base: type[nnUNetTrainerSimMPNet], epochs: int) -> type[nnUNetTra
 
 _BASES = (nnUNetTrainerSimMPNet, nnUNetTrainerSimMPNetTiny, nnUNetTrainerSimMPNet_AdamW, nnUNetTrainerSimMPNetTiny_AdamW)
 #: The trainers by name, as ``-tr`` / ``--trainer`` take them: the four, and the short-run
-#: variants of each (:data:`SHORT_RUN_EPOCHS`).
+#: variants of each (`SHORT_RUN_EPOCHS`).
 TRAINERS: dict[str, type[nnUNetTrainerSimMPNet]] = {
     cls.__name__: cls for base in _BASES for cls in (base, *(_short_run(base, n) for n in SHORT_RUN_EPOCHS))
 }

@@ -7,10 +7,10 @@ Conventions (see the trainer):
   single process, and rank ``r`` of ``W`` takes ``batch[r*b:(r+1)*b]`` with ``b = batch_size /
   W``: the concatenation over the ranks is the single-process batch.
 * The DMW-LA memory changes of a step are computed from the candidate features of all ranks
-  (:func:`gather_cat`, rank order), with the same torch RNG state on every rank, so every rank
+  (`gather_cat`, rank order), with the same torch RNG state on every rank, so every rank
   keeps a bit-identical memory bank.
 * The Dice statistics of the loss are summed over the ranks with an autograd-aware
-  all-reduce (:func:`all_reduce_sum`); with SyncBatchNorm a run takes the same steps as one
+  all-reduce (`all_reduce_sum`); with SyncBatchNorm a run takes the same steps as one
   process with the same global batch, up to floating-point rounding.
 * Rank 0 alone writes checkpoints, logs and pictures and runs the validation; the others wait.
   Checkpoints hold the unwrapped model and do not depend on the number of processes.
@@ -124,7 +124,7 @@ def setup(device: torch.device) -> tuple[DistContext, torch.device]:
 
 
 def cleanup(context: DistContext) -> None:
-    """End the process group if :func:`setup` started it."""
+    """End the process group if `setup` started it."""
     if context.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 

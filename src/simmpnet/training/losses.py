@@ -9,7 +9,7 @@ kept as ``denominator="linear"``.
 The Dice is taken over the whole batch: its sufficient statistics (per class, the sums of
 ``p t`` and of the denominator terms) are summed over the batch before the ratio is formed.  In
 distributed training a ``reduce`` function (an autograd-aware all-reduce, see
-:mod:`simmpnet.training.distributed`) sums them over the processes too, so every process
+`simmpnet.training.distributed`) sums them over the processes too, so every process
 computes the Dice of the global batch, as one process would.
 """
 from __future__ import annotations
@@ -80,7 +80,7 @@ class SoftDiceLoss(nn.Module):
         return torch.stack([intersection, predicted + onehot.sum(dims)])
 
     def from_statistics(self, stats: torch.Tensor) -> torch.Tensor:
-        """The loss from (already reduced) :meth:`statistics`."""
+        """The loss from (already reduced) `statistics`."""
         intersection, denominator = stats[0], stats[1]
         return 1.0 - ((2.0 * intersection + self.smooth) / (denominator + self.smooth)).mean()
 
@@ -113,7 +113,7 @@ class CEDiceLoss(nn.Module):
     def terms(
         self, logits: torch.Tensor, target: torch.Tensor, onehot: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(CE of this process, Dice :meth:`SoftDiceLoss.statistics` not yet reduced)."""
+        """(CE of this process, Dice `SoftDiceLoss.statistics` not yet reduced)."""
         return F.cross_entropy(_at_least_fp32(logits), target), self.dice.statistics(logits, target, onehot)
 
     def combine(self, ce: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
@@ -141,7 +141,7 @@ class DeepSupervisionLoss(nn.Module):
             0.7 * global Dice``; their mean is the loss of the global batch, and because the
             backward of an all-reduce sums the gradients of all processes, DDP's averaging of
             the gradients yields exactly the gradient of the global-batch loss.
-        dice_denominator: ``"squared"`` (the paper's) or ``"linear"``, see :class:`SoftDiceLoss`.
+        dice_denominator: ``"squared"`` (the paper's) or ``"linear"``, see `SoftDiceLoss`.
     """
 
     def __init__(

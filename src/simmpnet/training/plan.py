@@ -64,7 +64,7 @@ def scaled_wld_start(epochs: int) -> int:
 
 
 def plan_run(config: Any, n_slices: int, variant_warmup: int | None) -> RunPlan:
-    """The :class:`RunPlan` of ``config`` (a :class:`~simmpnet.training.TrainConfig`) on a
+    """The `RunPlan` of ``config`` (a `TrainConfig`) on a
     training split of ``n_slices`` slices; ``variant_warmup`` is the warm-up the network would
     have without ``warmup_iters`` (None for a network without DMW-LA memory, or when
     ``model_overrides`` sets it).

@@ -1,9 +1,9 @@
 """TensorBoard event files of a training run (``tensorboard: true``), next to ``log.jsonl``.
 
 The JSON Lines log stays the source of truth: every scalar written here is a field of a record
-the trainer also writes to the log (:meth:`TensorBoardLog.record` takes those records), so the
+the trainer also writes to the log (`TensorBoardLog.record` takes those records), so the
 two never disagree.  Validations add a few overlay pictures (image | truth | prediction, the
-colours of :func:`simmpnet.evaluation.report.label_color`).
+colours of `simmpnet.evaluation.report.label_color`).
 
 Tags: ``train/loss``, ``train/k`` and ``train/lr`` per logged step; ``epoch/train_loss`` and
 ``val/dsc`` per epoch (by step); ``memory/drift/<block>`` the mean prototype drift of each
@@ -27,7 +27,7 @@ OVERLAY_CASES = 3
 
 
 def check_tensorboard() -> None:
-    """Raise a clear :class:`InputError` (before any work) when the ``tensorboard`` package is missing."""
+    """Raise a clear `InputError` (before any work) when the ``tensorboard`` package is missing."""
     try:
         import tensorboard  # noqa: F401
     except ImportError as exc:
@@ -73,8 +73,8 @@ class TensorBoardLog:
                 self.writer.add_scalar(tag, value, int(step))
 
     def keep_case(self, name: str, image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> None:
-        """``on_case`` of :func:`~simmpnet.evaluation.evaluate.evaluate_volumes`: keeps the slice
-        with the most foreground of the first :data:`OVERLAY_CASES` cases."""
+        """``on_case`` of `evaluate_volumes`: keeps the slice
+        with the most foreground of the first `OVERLAY_CASES` cases."""
         self._keep(name, image, truth, prediction)
 
     def overlays(self, step: int) -> None:

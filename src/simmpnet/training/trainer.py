@@ -12,7 +12,7 @@ DMW-LA memory banks (the forward only records the memory change, committed after
 optimiser step); ``max_nonfinite_losses`` such steps are tolerated.
 
 Distributed data-parallel training (``torchrun --nproc-per-node N -m simmpnet train ...``):
-see :mod:`simmpnet.training.distributed`.  ``batch_size`` is the global batch.
+see `simmpnet.training.distributed`.  ``batch_size`` is the global batch.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ class TrainConfig:
     """Everything a training run needs; YAML files hold the same keys.
 
     Data: ``data_root`` in the dataset ``layout`` (default "synapse": ``train_npz/``,
-    ``test_vol_h5/``, ``lists/``; see :mod:`simmpnet.data.layouts`) with its ``layout_options``
+    ``test_vol_h5/``, ``lists/``; see `simmpnet.data.layouts`) with its ``layout_options``
     (e.g. ``{seed: 7}`` or ``{split_file: splits.json}``), ``train_list`` /
     ``val_list`` split names (``val_list`` None: no validation), ``n_classes`` with background, ``class_names`` (background first).
     Model: ``model`` ("simmpnet" or "unet"), ``variant``, ``model_overrides`` (config keys of
@@ -79,18 +79,18 @@ class TrainConfig:
     encoder-A size, 128 for the U-Net), ``warmup_iters`` (DMW-LA warm-up).
     Left unset, ``eval_start_epoch``, ``wld_start_epoch`` and ``warmup_iters`` scale with the run
     (a third of it, as the paper's 100 of 300 epochs; the warm-up at most the variant's 2000);
-    set beyond the run's ``epochs`` they are refused (:mod:`simmpnet.training.plan`).
+    set beyond the run's ``epochs`` they are refused (`simmpnet.training.plan`).
     Optimisation (paper: AdamW 1e-4 constant, wd 1e-4, batch 20, seed 2222): ``epochs``,
     ``batch_size``, ``lr``, ``weight_decay``, ``lr_schedule`` ("constant" or "poly":
     ``lr (1 - progress)^0.9``, progress the larger of the step and time-budget fractions),
-    ``augment`` (options of :class:`simmpnet.data.transforms.RandomAugment`: p_rot_flip,
+    ``augment`` (options of `simmpnet.data.transforms.RandomAugment`: p_rot_flip,
     p_rotate, max_angle; default the paper's 0.5 / 0.5 / 20), ``dice_denominator`` ("squared",
     the paper's soft Dice, or "linear"), ``seed``, ``wld_start_epoch`` (the epoch, from 0, whose losses
     W-LD records first; ``K`` follows the rule from the next epoch on), ``wld_blocks`` ("encoder" as the
     authors, "decoder", "all" or "none"), ``eval_start_epoch`` (the first epoch, from 1, after
     which ``val_list`` is evaluated), ``eval_every``, ``resample``
     (how validation predictions return to the slice size: "labels", the paper's, or "logits";
-    see :mod:`simmpnet.evaluation.inference`; ``evaluate`` and ``predict`` default to it).
+    see `simmpnet.evaluation.inference`; ``evaluate`` and ``predict`` default to it).
     Budget: ``time_budget_s`` (wall clock of the whole run, across resumes), ``max_steps``.
     Mixed precision: ``amp`` "none", "bf16" (CPU or CUDA), "fp16" (CUDA, with gradient
     scaling) or "auto" (bf16 where the hardware computes it natively, else none); the memory
@@ -313,7 +313,7 @@ RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "resolved_config.yaml")
 
 
 def check_run_folder(output_dir: str | os.PathLike, overwrite: bool = False) -> list[str]:
-    """The run files already in ``output_dir``; an :class:`InputError` if there are any and
+    """The run files already in ``output_dir``; an `InputError` if there are any and
     ``overwrite`` is false, so that a new run never mixes its checkpoints and log with another's."""
     found = [name for name in RUN_FILES if (Path(output_dir) / name).exists()]
     if found and not overwrite:
@@ -325,12 +325,12 @@ def check_run_folder(output_dir: str | os.PathLike, overwrite: bool = False) -> 
 
 
 class Trainer:
-    """Trains one model as :class:`TrainConfig` says and writes into ``output_dir``:
+    """Trains one model as `TrainConfig` says and writes into ``output_dir``:
     ``last.pt`` (every epoch and when the budget ends), ``best.pt`` (best validation DSC),
     ``log.jsonl`` and ``curves.png``.
 
-    A folder that already holds a run is refused when :meth:`fit` starts, unless the run is
-    continued (:meth:`resume`) or ``overwrite`` is true, which removes that run's files first.
+    A folder that already holds a run is refused when `fit` starts, unless the run is
+    continued (`resume`) or ``overwrite`` is true, which removes that run's files first.
     """
 
     def __init__(self, config: TrainConfig, overwrite: bool = False) -> None:
@@ -669,7 +669,7 @@ class Trainer:
         """Train until the epochs, the step limit or the time budget run out, or a Ctrl-C.
         Returns a summary: stop reason (``"epochs"``, ``"max_steps"``, ``"time_budget"``,
         ``"interrupted"``), epochs, steps, elapsed seconds, last and best validation DSC.
-        ``last.pt`` is written at every stop, so :meth:`resume` continues any of them.
+        ``last.pt`` is written at every stop, so `resume` continues any of them.
 
         Distributed: every rank calls it; rank 0 alone validates and writes checkpoints, the
         log and the curves."""
@@ -863,7 +863,7 @@ class Trainer:
         return f"the validation split {self.config.val_list!r} gave no Dice score (no foreground in its labels?)"
 
     def resolved_config(self) -> dict[str, Any]:
-        """The config as this run uses it: every key of :class:`TrainConfig`, with the input
+        """The config as this run uses it: every key of `TrainConfig`, with the input
         size and the scaled schedule keys filled in.  ``simmpnet train --config`` reads it."""
         values = _plain(dataclasses.asdict(self.config))
         values["input_size"] = self.input_size

@@ -7,9 +7,9 @@ A layout turns a folder into two kinds of items:
   "name": str, "spacing": (D, H, W) floats in mm, or None when unknown}``; a 2D picture is a
   case with ``D = 1``.
 
-and lists every problem of the folder at once (:meth:`Layout.verify`), like nnU-Net's
+and lists every problem of the folder at once (`Layout.verify`), like nnU-Net's
 integrity check.  Files are read lazily, one item at a time, and each item is validated as
-it is read (a clear :class:`simmpnet.errors.InputError` naming the file).
+it is read (a clear `simmpnet.errors.InputError` naming the file).
 """
 from __future__ import annotations
 

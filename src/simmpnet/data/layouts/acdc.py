@@ -18,7 +18,7 @@ folder is looked for as ``lists_ACDC/``, ``lists/lists_ACDC/`` (EMCAD's default)
 ``lists/``; entries may carry the ``.npz`` extension or not.  A split without a list file is
 every ``.npz`` of its folder, sorted by name.
 
-Splits: ``train`` and ``valid`` hold slices, ``test`` holds volumes.  :meth:`AcdcLayout.cases`
+Splits: ``train`` and ``valid`` hold slices, ``test`` holds volumes.  `AcdcLayout.cases`
 also works on a slice split: its slices are stacked into volumes by name
 (``case_019_sliceED_<i>`` -> volume ``case_019_volume_ED``, slices in index order), so that
 ``valid`` can select models without touching ``test``.  These files carry no voxel spacing:
@@ -80,7 +80,7 @@ def load_npz_volume(
 
     Raises:
         InputError: missing or corrupt file, missing keys, bad spacing, or any check of
-            :func:`simmpnet.data.layouts.synapse.validate_pair`.
+            `simmpnet.data.layouts.synapse.validate_pair`.
     """
     if not path_exists(path) or not path.is_file():
         raise InputError(f"{path}: volume file not found")

@@ -16,7 +16,7 @@ the class id) or black/white (``1``: read as 0/255); an RGB mask is accepted whe
 channels are equal (grey saved as colour). Masks with an alpha channel, 16/32-bit or float
 masks and colour masks are errors.
 
-Splits, the same for every 2-D picture layout (:class:`PictureLayout`):
+Splits, the same for every 2-D picture layout (`PictureLayout`):
 
 * a split file (option ``split_file``, relative to the root unless absolute; default
   ``<root>/splits.json`` when it exists): a JSON object mapping split names to lists of image
@@ -36,7 +36,7 @@ Splits, the same for every 2-D picture layout (:class:`PictureLayout`):
 Items: training slices ``{"image": float32 tensor (C, H, W) in [0, 1], "label": int64 tensor
 (H, W), "name": id}`` and evaluation cases ``{"image": float32 (1, H, W) or (1, H, W, 3),
 "label": int64 (1, H, W), "name": id, "spacing": None}`` (a picture is a one-slice case).
-Files are read lazily and every item is validated as it is read; :meth:`PictureLayout.verify`
+Files are read lazily and every item is validated as it is read; `PictureLayout.verify`
 lists every problem of the folder at once.
 """
 from __future__ import annotations
@@ -207,7 +207,7 @@ def picture_shape(path: Path) -> tuple[int, int]:
     decoded at 1/8 scale, which reads all their data at a fraction of the cost.
 
     Raises:
-        InputError: what :func:`_open_picture` refuses, and floating-point pictures holding
+        InputError: what `_open_picture` refuses, and floating-point pictures holding
             NaN or infinite values (the only kind that can).
     """
     from PIL import Image
@@ -239,7 +239,7 @@ def read_picture(path: Path, channels: int) -> np.ndarray:
 
     Returns:
         float32 ``(H, W, 3)`` or ``(H, W)`` array; 8-bit samples divided by 255, 16-bit by
-        65535 (see :func:`simmpnet.data.io.read_image`).
+        65535 (see `simmpnet.data.io.read_image`).
 
     Raises:
         InputError: unreadable or unsupported file (the message names it).
@@ -256,7 +256,7 @@ def read_picture(path: Path, channels: int) -> np.ndarray:
 
 def read_rgb_uint8(path: Path) -> np.ndarray:
     """A picture as 8-bit RGB ``(H, W, 3)`` uint8 (for the converters; no float copy of large
-    pictures). 16/32-bit and float pictures go through :func:`read_picture` and are scaled."""
+    pictures). 16/32-bit and float pictures go through `read_picture` and are scaled."""
     with _open_picture(path) as im:
         if not (im.mode.startswith("I") or im.mode == "F"):
             return np.asarray(im.convert("RGB"))
@@ -510,7 +510,7 @@ class PictureLayout(Layout):
         split_file: a split file (JSON), relative to ``root`` unless absolute; default
             ``root/splits.json`` when it exists.
         fractions: (train, val, test) fractions of the seeded split (default 0.8, 0.1, 0.1).
-        **options: the subclass's own options (:attr:`extra_options`).
+        **options: the subclass's own options (`extra_options`).
 
     Raises:
         InputError: missing root, unknown options, bad option values, a class count the
@@ -639,7 +639,7 @@ class PictureLayout(Layout):
     # ------------------------------------------------------------ reading
     def label_of(self, pair: Pair, shape: tuple[int, int] | None = None) -> np.ndarray:
         """The int64 ``(H, W)`` label map of a pair, every mask checked (size against ``shape``
-        when given, values by :meth:`mask_classes`)."""
+        when given, values by `mask_classes`)."""
         labels = []
         for path in pair.masks:
             mask = read_mask(path)
@@ -673,7 +673,7 @@ class PictureLayout(Layout):
         return image, label
 
     def load_pair_uint8(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """Like :meth:`load_pair` but the image as uint8 ``(H, W, 3)`` and the label as uint8
+        """Like `load_pair` but the image as uint8 ``(H, W, 3)`` and the label as uint8
         (for the converters)."""
         pair = self.scan.pairs.get(name)
         if pair is None:
@@ -924,13 +924,13 @@ def export_folder2d(layout: PictureLayout, out_dir: str | os.PathLike, size: Any
         dataset.json       written last: name, n_classes, class_names, channels, size, source;
                            its presence marks a complete conversion
 
-    Every file is written atomically (temporary file + :func:`os.replace`). Read the result
+    Every file is written atomically (temporary file + `os.replace`). Read the result
     with the ``folder2d`` layout.
 
     Args:
         layout: the raw dataset.
         out_dir: output folder (created; must not be the raw folder).
-        size: see :func:`parse_size` (default 256 x 256, the paper's input size).
+        size: see `parse_size` (default 256 x 256, the paper's input size).
 
     Returns:
         ``out_dir``.

@@ -14,14 +14,14 @@ and 1; any other value is an error naming the file. Pictures are RGB JPEGs (the 
 test phase without its ground-truth folder is unlabelled and skipped.
 
 Splits: ``train`` / ``val`` / ``test`` divide the *training* pictures 80/10/10 with the seeded
-rule of :mod:`simmpnet.data.layouts.folder2d` (seed option, default 2222) unless a split file
+rule of `simmpnet.data.layouts.folder2d` (seed option, default 2222) unless a split file
 (``splits.json`` in the root, or the ``split_file`` option) says otherwise -- the practice of
 the papers Sim-MPNet compares with, which all split the 2,594 training pictures. The
 challenge's own sets are the splits ``official_train``, ``official_val`` and ``official_test``
 (when present with ground truth); ``all`` holds every labelled picture.
 
 Large pictures (up to 6,688 x 4,439) are slow to decode at every step: convert them once with
-:func:`simmpnet.data.prepare.isic.prepare` (256 x 256 PNGs in the folder2d layout).
+`simmpnet.data.prepare.isic.prepare` (256 x 256 PNGs in the folder2d layout).
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ class ISIC2018Layout(PictureLayout):
         root: folder holding the challenge folders.
         n_classes: None or 2.
         seed, split_file, fractions: the split options of
-            :class:`simmpnet.data.layouts.folder2d.PictureLayout`.
+            `simmpnet.data.layouts.folder2d.PictureLayout`.
     """
 
     name = "isic2018"

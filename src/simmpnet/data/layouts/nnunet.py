@@ -13,16 +13,16 @@ Layout under a root folder (nnU-Net v2 conventions)::
 (inferred from the files when dataset.json does not say).  nnU-Net v1 files (``modality``,
 ``labels`` as ``{"0": "background"}``) are read too.
 
-Choices of this reader (documented, checked by :meth:`NnUNetLayout.verify`):
+Choices of this reader (documented, checked by `NnUNetLayout.verify`):
 
 * **Single channel only.** A case with ``_0001`` (or a dataset.json with several
   ``channel_names``) is refused with a clear message: the evaluation and prediction paths of
   simmpnet work on single-channel volumes.
 * **Axial slices** are the slices along the last file axis, i.e. the first axis of the
-  ``D x H x W`` array :func:`simmpnet.data.io.read_image` returns (native orientation, no
+  ``D x H x W`` array `simmpnet.data.io.read_image` returns (native orientation, no
   resampling).  Spacing is reported in ``(D, H, W)`` order, in mm.
-* **Intensities** are normalised per volume by :func:`normalise_percentile`, the rule
-  :func:`simmpnet.predict.normalise_intensity` applies to prediction inputs: volumes already
+* **Intensities** are normalised per volume by `normalise_percentile`, the rule
+  `simmpnet.predict.normalise_intensity` applies to prediction inputs: volumes already
   in ``[0, 1]`` are kept, any other is clipped to its 0.5 / 99.5 percentiles and scaled to
   ``[0, 1]``.  Training, evaluation and prediction therefore see the same intensities.
 * **Splits**: ``"all"`` (every training case), ``"train"`` and ``"val"``.  The latter two come
@@ -70,7 +70,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: File endings this layout reads (those of :mod:`simmpnet.data.io` for volumes).
+#: File endings this layout reads (those of `simmpnet.data.io` for volumes).
 FILE_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha")
 #: Split names.
 SPLITS: tuple[str, ...] = ("train", "val", "all")
@@ -272,7 +272,7 @@ def inspect_pair(
 def read_pair(
     case: _Case, allowed: frozenset[int] | None, n_classes: int | None
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """:func:`inspect_pair` that raises the first problem as :class:`InputError`."""
+    """`inspect_pair` that raises the first problem as `InputError`."""
     problems, arrays = inspect_pair(case.image, case.label, allowed, n_classes)
     if problems or arrays is None:
         raise InputError(problems[0] if problems else f"{case.image}: cannot be read")
@@ -354,7 +354,7 @@ class _VolumeStore:
         """(image float32 D x H x W in [0, 1], label integer D x H x W) of ``case``.
 
         Raises:
-            InputError: the pair fails a check of :func:`inspect_pair`.
+            InputError: the pair fails a check of `inspect_pair`.
         """
         key = self._key(case)
         if key in self._open:

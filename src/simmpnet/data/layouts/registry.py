@@ -1,5 +1,5 @@
-"""The layout interface and its registry: :class:`Layout`, :func:`register_layout`,
-:func:`open_layout`.  Each layout module registers itself here; the package imports them all.
+"""The layout interface and its registry: `Layout`, `register_layout`,
+`open_layout`.  Each layout module registers itself here; the package imports them all.
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class Layout(ABC):
         """Every problem of the folder, one ``"<path>: <problem>"`` line each; empty when sound."""
 
     def split_sizes(self) -> dict[str, str]:
-        """What each split of :attr:`splits` holds, e.g. ``{"val": "12 cases"}``; a split
+        """What each split of `splits` holds, e.g. ``{"val": "12 cases"}``; a split
         this folder does not have is left out."""
         sizes = {}
         for split in self.splits:
@@ -78,7 +78,7 @@ def open_layout(
 
     ``in_channels`` (the model's): a picture layout whose images have another channel count
     is reopened to convert them (colour to grey or grey to colour, with a warning), when it
-    can; else, and when its ``channels`` option says otherwise, an :class:`InputError` naming
+    can; else, and when its ``channels`` option says otherwise, an `InputError` naming
     the folder and the keys, before any training or evaluation starts.  Volume layouts are
     single-channel and need no check here.
     """

@@ -22,7 +22,7 @@ holds every labelled picture. Picture ids are the file names without extension a
 unique across phases.
 
 The full-size pictures and their many masks are slow to read at every step: convert them
-once with :func:`simmpnet.data.prepare.segpc.prepare`.
+once with `simmpnet.data.prepare.segpc.prepare`.
 
 Note: some papers of this line (e.g. the Awesome-U-Net benchmark) crop one picture per
 nucleus and feed the nucleus mask as a 4th input channel; this layout serves whole pictures
@@ -82,7 +82,7 @@ class SegPC2021Layout(PictureLayout):
         root: folder holding the download (any level above the ``x/`` and ``y/`` folders).
         n_classes: None or 3.
         seed, split_file, fractions: the split options of
-            :class:`simmpnet.data.layouts.folder2d.PictureLayout`.
+            `simmpnet.data.layouts.folder2d.PictureLayout`.
     """
 
     name = "segpc2021"

@@ -9,7 +9,7 @@ Layout under a root folder::
     lists/train.txt               slice names, one per line, without extension
     lists/test_vol.txt            case names, one per line
 
-Every file is validated when it is read; problems raise :class:`simmpnet.errors.InputError`
+Every file is validated when it is read; problems raise `simmpnet.errors.InputError`
 with a one-line message that names the file.
 """
 from __future__ import annotations
@@ -142,7 +142,7 @@ def load_npz_slice(path: Path, n_classes: int | None = None) -> tuple[np.ndarray
         (image float32 H x W, label int64 H x W).
 
     Raises:
-        InputError: missing or corrupt file, missing keys, or any check of :func:`validate_pair`.
+        InputError: missing or corrupt file, missing keys, or any check of `validate_pair`.
     """
     if not path_exists(path) or not path.is_file():
         raise InputError(f"{path}: slice file not found")
@@ -172,7 +172,7 @@ def load_h5_volume(
 
     Raises:
         InputError: missing or corrupt file, missing datasets, bad spacing, or any check of
-            :func:`validate_pair`.
+            `validate_pair`.
     """
     import h5py
 
@@ -260,7 +260,7 @@ class SynapseSliceDataset(_ListedFiles):
         list_file: explicit list file (overrides ``split``).
         transform: optional callable ``(image H x W float32, label H x W int64) -> (image,
             label)`` returning numpy arrays or tensors (e.g.
-            :class:`simmpnet.data.transforms.RandomAugment`).
+            `simmpnet.data.transforms.RandomAugment`).
         n_classes: when given, labels must lie in ``0 .. n_classes - 1``.
         data_dir: folder holding the ``.npz`` files; default ``root/train_npz``.
 
@@ -304,7 +304,7 @@ class SynapseVolumeDataset(_ListedFiles):
         data_dir: folder holding the ``.npy.h5`` files; default ``root/test_vol_h5``.
 
     Raises:
-        InputError: as :class:`SynapseSliceDataset`, for volume files.
+        InputError: as `SynapseSliceDataset`, for volume files.
     """
 
     def __init__(

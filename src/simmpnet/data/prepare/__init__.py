@@ -2,7 +2,7 @@
 
 Each module exposes ``prepare(raw_dir, out_dir, **options) -> Path`` and writes atomically
 (temporary files renamed into place), so an interrupted conversion never leaves a file that
-looks complete.  :func:`prepare_dataset` (the ``simmpnet prepare`` command) goes further: the
+looks complete.  `prepare_dataset` (the ``simmpnet prepare`` command) goes further: the
 converter writes into a hidden staging folder next to the output folder, and only a
 conversion that succeeds is moved into place, so a failed one leaves nothing in the output
 folder.

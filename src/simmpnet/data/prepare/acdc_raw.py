@@ -22,8 +22,8 @@ prepared folder.
 Splits (``split=``):
 
 * ``"simmpnet"`` (default): Sim-MPNet's published split of the 100 training patients -- the
-  20 test patients of its ``test_vol.txt`` (:data:`SIMMPNET_TEST_PATIENTS`) and the 80 others
-  of its ``train.txt`` (:data:`SIMMPNET_TRAIN_PATIENTS`).  Sim-MPNet publishes no validation
+  20 test patients of its ``test_vol.txt`` (`SIMMPNET_TEST_PATIENTS`) and the 80 others
+  of its ``train.txt`` (`SIMMPNET_TRAIN_PATIENTS`).  Sim-MPNet publishes no validation
   split; ``n_valid`` > 0 moves that many training patients (chosen with ``seed``) to
   ``valid_vol.txt`` (the name has ``vol`` so that the ``synapse`` layout reads it as
   volumes).  Patients above 100 are ignored.
@@ -31,9 +31,9 @@ Splits (``split=``):
   train / valid / test (by patient, so the two frames of a patient stay together).
 
 Intensities: each volume is clipped to its 0.5 / 99.5 percentiles and scaled to ``[0, 1]``
-(:func:`simmpnet.data.transforms.normalise_percentile`, the rule ``simmpnet predict``
+(`simmpnet.data.transforms.normalise_percentile`, the rule ``simmpnet predict``
 applies to an MRI volume).  Slices are the axial slices along the last NIfTI axis, as
-:func:`simmpnet.data.io.read_image` returns them, without resampling.  Every file is written
+`simmpnet.data.io.read_image` returns them, without resampling.  Every file is written
 atomically; the list files are written last.
 """
 from __future__ import annotations

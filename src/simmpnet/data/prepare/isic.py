@@ -1,7 +1,7 @@
 """Convert the ISIC 2018 Task 1 download into the fast folder2d form.
 
 Reads the challenge folders with the ``isic2018`` layout
-(:mod:`simmpnet.data.layouts.isic`) and writes, atomically::
+(`simmpnet.data.layouts.isic`) and writes, atomically::
 
     <out>/images/ISIC_<id>.png   RGB, resized to ``size`` x ``size`` (default 256, bicubic)
     <out>/masks/ISIC_<id>.png    0 background / 1 lesion (nearest neighbour)
@@ -53,7 +53,7 @@ def prepare(
 
     Raises:
         InputError: unknown options, or any problem of the raw data (see
-            :func:`simmpnet.data.layouts.folder2d.export_folder2d`).
+            `simmpnet.data.layouts.folder2d.export_folder2d`).
     """
     if unknown:
         raise InputError(f"unknown option(s) {sorted(unknown)} for prepare isic2018; known: size, seed, split_file, fractions")

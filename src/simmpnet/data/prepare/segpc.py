@@ -1,7 +1,7 @@
 """Convert the SegPC-2021 download into the fast folder2d form.
 
 Reads the ``x/`` pictures and per-cell ``y/`` masks with the ``segpc2021`` layout
-(:mod:`simmpnet.data.layouts.segpc`), merges each picture's cells into one label map and
+(`simmpnet.data.layouts.segpc`), merges each picture's cells into one label map and
 writes, atomically::
 
     <out>/images/<id>.png   RGB, resized to ``size`` x ``size`` (default 256, bicubic)
@@ -53,7 +53,7 @@ def prepare(
 
     Raises:
         InputError: unknown options, or any problem of the raw data (see
-            :func:`simmpnet.data.layouts.folder2d.export_folder2d`).
+            `simmpnet.data.layouts.folder2d.export_folder2d`).
     """
     if unknown:
         raise InputError(f"unknown option(s) {sorted(unknown)} for prepare segpc2021; known: size, seed, split_file, fractions")

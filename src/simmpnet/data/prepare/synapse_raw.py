@@ -13,17 +13,17 @@ Output (the TransUNet preprocessing used by this research line)::
     lists/train.txt                   slice names of the training cases
     lists/test_vol.txt                names of the test cases
 
-* Classes (:data:`CLASS_NAMES`): 1 aorta, 2 gallbladder, 3 left kidney, 4 right kidney,
+* Classes (`CLASS_NAMES`): 1 aorta, 2 gallbladder, 3 left kidney, 4 right kidney,
   5 liver, 6 pancreas, 7 spleen, 8 stomach; the other five organs become background.
 * Intensities: HU clipped to [-125, 275], then ``(HU + 125) / 400``.
 * Slices: the axial slices along the last NIfTI axis, i.e. the first axis of the ``D x H x W``
-  array :func:`simmpnet.data.io.read_image` returns (no resampling) -- the orientation
+  array `simmpnet.data.io.read_image` returns (no resampling) -- the orientation
   ``simmpnet predict`` uses for a NIfTI input, so predictions line up with the scans.
 * Split: TransUNet's ``lists/lists_Synapse/test_vol.txt`` (Beckschen/TransUNet): test cases
   0001 0002 0003 0004 0008 0022 0025 0029 0032 0035 0036 0038; the other 18 of the 30
   training scans (0005-0040; the download has no 0011-0020) are the training cases.
 
-Every file is written atomically (temporary file + :func:`os.replace`); the list files are
+Every file is written atomically (temporary file + `os.replace`); the list files are
 written last, so an interrupted run never leaves lists naming missing files.
 """
 from __future__ import annotations
@@ -103,7 +103,7 @@ def hu_window(volume: np.ndarray, window: tuple[float, float] = HU_WINDOW) -> np
 
 
 def map_organs(label: np.ndarray, path: Path) -> np.ndarray:
-    """Map a raw 13-organ label map to the 8 classes (:data:`SYNAPSE_TO_CLASS`).
+    """Map a raw 13-organ label map to the 8 classes (`SYNAPSE_TO_CLASS`).
 
     Args:
         label: raw organ ids 0..13, any shape, integer-valued (float storage allowed).
@@ -226,8 +226,8 @@ def prepare(
         raw_dir: the download (``RawData/``, ``RawData/Training/`` or a folder with ``img/``
             and ``label/``).
         out_dir: output folder (created; existing files of the same names are replaced).
-        train_cases: case numbers sliced into ``train_npz/`` (default :data:`TRAIN_CASES`).
-        test_cases: case numbers stored as volumes in ``test_vol_h5/`` (default :data:`TEST_CASES`).
+        train_cases: case numbers sliced into ``train_npz/`` (default `TRAIN_CASES`).
+        test_cases: case numbers stored as volumes in ``test_vol_h5/`` (default `TEST_CASES`).
         compress: write compressed ``.npz`` slices (smaller, slower to read).
 
     Returns:
