@@ -1,5 +1,5 @@
 """Sim-MPNet building blocks: the prototype memory, DMW-LA, W-LD, DS-GIM and the network."""
-from .dmwla import DMWLA
+from .dmwla import DMWLA, NonLocalAttention
 from .dsgim import DSGIM, decay_coefficient
 from .memory import PrototypeMemory, kmeans
 from .simmpnet import VARIANTS, MemoryConfig, SimMPNet, SimMPNetConfig
@@ -9,6 +9,7 @@ __all__ = [
     "DMWLA",
     "DSGIM",
     "MemoryConfig",
+    "NonLocalAttention",
     "PrototypeMemory",
     "SimMPNet",
     "SimMPNetConfig",

@@ -1,6 +1,7 @@
 """DMW-LA: Dynamic Memory Weights-Loss Attention (docs/method.md).
 
-During warm-up the block is plain non-local attention ``x + o(softmax(t q^T) v)``.  After it,
+During warm-up the block is plain non-local attention ``x + o(softmax(t q^T) v)``
+(`NonLocalAttention`, which is also the block of the ``"plain"`` ablation).  After it,
 every position also reads the memory block of its nearest prototype:
 ``x + o(r_mem + r_ctx)``.  The bank (see `simmpnet.models.memory`) is updated from the
 momentum keys in training mode only; evaluation never changes the block.
@@ -28,15 +29,77 @@ from .memory import PrototypeMemory
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DMWLA", "Gather"]
+__all__ = ["DMWLA", "Gather", "NonLocalAttention"]
 
 #: Concatenates a tensor of every process along dim 0, in rank order (distributed training);
 #: ``None`` means one process.
 Gather = Callable[[torch.Tensor], torch.Tensor]
 
 
-class DMWLA(nn.Module):
-    """Dynamic Memory Weights-Loss Attention block.
+class NonLocalAttention(nn.Module):
+    """Non-local attention block ``x + o(softmax(scale t q^T) v)``: DMW-LA without its memory.
+
+    ``t``, ``q``, ``v`` are the ``theta``, ``phi``, ``g`` projections of ``x`` to
+    ``feature_dim`` channels; ``o`` projects the read back to ``channels``.
+
+    Args:
+        channels: input/output channels ``ch``.
+        feature_dim: width ``d`` of the theta/phi/g projections.
+        scale: factor of the read logits (the authors use none, i.e. 1).
+
+    Shapes:
+        input and output ``(B, ch, H, W)``.
+    """
+
+    def __init__(self, channels: int, feature_dim: int = 256, scale: float = 1.0) -> None:
+        super().__init__()
+        self.channels = channels
+        self.feature_dim = feature_dim
+        self.scale = scale
+        self.theta = nn.Conv2d(channels, feature_dim, 1, bias=False)
+        self.phi = nn.Conv2d(channels, feature_dim, 1, bias=False)
+        self.g = nn.Conv2d(channels, feature_dim, 1, bias=False)
+        self.o = nn.Conv2d(feature_dim, channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._attend(x, *self._project(x))
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``t`` ``(B, N, d)``, ``q`` ``(B, d, N)`` and ``v`` ``(B, N, d)`` of ``x`` ``(B, ch, H, W)``."""
+        if x.ndim != 4 or x.shape[1] != self.channels:
+            raise InputError(f"{type(self).__name__} expects (B, {self.channels}, H, W), got {tuple(x.shape)}")
+        t = self.theta(x).flatten(2).transpose(1, 2)
+        q = self.phi(x).flatten(2)
+        v = self.g(x).flatten(2).transpose(1, 2)
+        return t, q, v
+
+    def _attend(self, x: torch.Tensor, t: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``x + o(read)``, the read computed by `_read` in at least fp32."""
+        b, _, h, w = x.shape
+        if t.dtype in (torch.float16, torch.bfloat16):
+            # The read logits t.q (and t.M) of trained blocks reach 1e5-1e6: the input of the
+            # decoder's deepest block is not normalised and the authors' read has no 1/sqrt(d)
+            # scale.  fp16 overflows there (it ends at 65504), and bf16 keeps 8 bits of
+            # mantissa, so logits that differ by less than ~2000 become equal, the softmax is
+            # noise and training can collapse (docs/training.md, "Mixed precision").  The reads
+            # therefore run in fp32, under autocast and in a block cast to half precision alike;
+            # the result goes back to the block's dtype for `o`.
+            with torch.autocast(x.device.type, enabled=False):
+                read = self._read(t.float(), q.float(), v.float()).to(t.dtype)
+        else:
+            read = self._read(t, q, v)
+        return x + self.o(read.transpose(1, 2).reshape(b, -1, h, w))
+
+    def _read(self, t: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``r_ctx``: ``(B, N, d)`` from ``t, v`` ``(B, N, d)`` and ``q`` ``(B, d, N)``."""
+        return F.scaled_dot_product_attention(
+            t.unsqueeze(1), q.transpose(1, 2).unsqueeze(1), v.unsqueeze(1), scale=self.scale
+        ).squeeze(1)
+
+
+class DMWLA(NonLocalAttention):
+    """Dynamic Memory Weights-Loss Attention block: `NonLocalAttention` plus the read of
+    a prototype memory bank after the warm-up.
 
     Args:
         channels: input/output channels ``ch``.
@@ -72,15 +135,8 @@ class DMWLA(nn.Module):
         update_count: int = 50,
         scale: float = 1.0,
     ) -> None:
-        super().__init__()
-        self.channels = channels
-        self.feature_dim = feature_dim
+        super().__init__(channels, feature_dim, scale)
         self.key_momentum = key_momentum
-        self.scale = scale
-        self.theta = nn.Conv2d(channels, feature_dim, 1, bias=False)
-        self.phi = nn.Conv2d(channels, feature_dim, 1, bias=False)
-        self.g = nn.Conv2d(channels, feature_dim, 1, bias=False)
-        self.o = nn.Conv2d(feature_dim, channels, 1, bias=False)
         # The momentum copy of phi is state, not a trainable parameter: a buffer keeps it in
         # state_dict and on the module's device without exposing it to optimisers.
         self.register_buffer("key_weight", self.phi.weight.detach().clone())
@@ -120,37 +176,18 @@ class DMWLA(nn.Module):
         self.memory.set_update_count(int(value))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.channels:
-            raise InputError(f"DMWLA expects (B, {self.channels}, H, W), got {tuple(x.shape)}")
-        b, _, h, w = x.shape
-        t = self.theta(x).flatten(2).transpose(1, 2)  # (B, N, d)
-        q = self.phi(x).flatten(2)  # (B, d, N)
-        v = self.g(x).flatten(2).transpose(1, 2)
+        t, q, v = self._project(x)
         if self.memory.in_warmup:
             if self.training:
                 self._record({"kind": "warmup", "features": q.detach()})
         elif self.training:
             self._record_update(x)
-        if t.dtype in (torch.float16, torch.bfloat16):
-            # The read logits t.q (and t.M) of trained blocks reach 1e5-1e6: the input of the
-            # decoder's deepest block is not normalised and the authors' read has no 1/sqrt(d)
-            # scale.  fp16 overflows there (it ends at 65504), and bf16 keeps 8 bits of
-            # mantissa, so logits that differ by less than ~2000 become equal, the softmax is
-            # noise and training can collapse (docs/training.md, "Mixed precision").  Both reads
-            # therefore run in fp32, under autocast and in a block cast to half precision alike;
-            # the result goes back to the block's dtype for `o`.
-            with torch.autocast(x.device.type, enabled=False):
-                read = self._read(t.float(), q.float(), v.float()).to(t.dtype)
-        else:
-            read = self._read(t, q, v)
-        return x + self.o(read.transpose(1, 2).reshape(b, -1, h, w))
+        return self._attend(x, t, q, v)
 
     def _read(self, t: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``r_ctx`` (+ ``r_mem`` after warm-up): ``(B, N, d)`` from ``t, v`` ``(B, N, d)`` and
         ``q`` ``(B, d, N)``."""
-        read = F.scaled_dot_product_attention(
-            t.unsqueeze(1), q.transpose(1, 2).unsqueeze(1), v.unsqueeze(1), scale=self.scale
-        ).squeeze(1)
+        read = super()._read(t, q, v)
         if not self.memory.in_warmup:
             read = read + self.memory.read(t.flatten(0, 1)).view_as(read)
         return read

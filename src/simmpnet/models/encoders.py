@@ -4,7 +4,8 @@ Encoder A is a timm MaxViT whose stem and stages run one after the other with th
 re-injected after each stage, in line: the injected feature of stage i is the input of stage
 i + 1.  Its last stage also produces a gate that re-weights the image for encoder B.  Encoder B
 is built from overlapping patch embeddings and DMW-LA blocks, with DS-GIM after each block of
-its third stage, and the same in-line injection.
+its third stage, and the same in-line injection.  Without encoder A (an ablation),
+`backbone_channels` gives encoder B the widths encoder A would have had.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from ..errors import CheckpointError, InputError
 
-__all__ = ["ImageInjection", "MaxViTEncoder", "MemoryEncoder"]
+__all__ = ["ImageInjection", "MaxViTEncoder", "MemoryEncoder", "backbone_channels"]
 
 
 def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -27,6 +28,22 @@ def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def backbone_channels(backbone: str) -> list[int]:
+    """The channels of the four stages of the timm model ``backbone`` (the widths of
+    `MaxViTEncoder`), read from a copy built on the meta device: no weights are
+    allocated or initialised.
+
+    Raises:
+        CheckpointError: timm cannot build ``backbone``.
+    """
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=(1, 2, 3, 4))
+    except (RuntimeError, OSError, ValueError) as err:
+        raise CheckpointError(f"cannot build backbone {backbone!r}: {err}") from err
+    return list(model.feature_info.channels())
 
 
 class ImageInjection(nn.Module):
@@ -115,9 +132,10 @@ class MemoryEncoder(nn.Module):
     Args:
         widths: channels of the four stages.
         depths: DMW-LA blocks per stage.
-        make_block: builds a DMW-LA block for a given channel count.
+        make_block: builds a DMW-LA block (or the block that replaces it) for a channel count.
         dsgim_stage: index of the stage whose blocks are each followed by DS-GIM (2).
-        make_dsgim: builds a DS-GIM for a given channel count.
+        make_dsgim: builds a DS-GIM for a given channel count; ``None``: no DS-GIM, the blocks
+            of that stage follow one another directly.
         share_dsgim: one DS-GIM instance for all blocks of that stage (the authors' choice).
 
     Shapes:
@@ -129,7 +147,7 @@ class MemoryEncoder(nn.Module):
         widths: Sequence[int],
         depths: Sequence[int],
         make_block: Callable[[int], nn.Module],
-        make_dsgim: Callable[[int], nn.Module],
+        make_dsgim: Callable[[int], nn.Module] | None,
         dsgim_stage: int = 2,
         share_dsgim: bool = True,
     ) -> None:
@@ -143,7 +161,7 @@ class MemoryEncoder(nn.Module):
             nn.ModuleList(make_block(width) for _ in range(depth)) for width, depth in zip(widths, depths)
         )
         self.dsgim_stage = dsgim_stage
-        n_dsgim = 1 if share_dsgim else depths[dsgim_stage]
+        n_dsgim = 0 if make_dsgim is None else 1 if share_dsgim else depths[dsgim_stage]
         self.dsgims = nn.ModuleList(make_dsgim(widths[dsgim_stage]) for _ in range(n_dsgim))
         self.injections = nn.ModuleList(ImageInjection(3, w) for w in widths)
 
@@ -158,7 +176,7 @@ class MemoryEncoder(nn.Module):
             x = embed(x)
             for depth, block in enumerate(blocks):
                 x = block(x)
-                if index == self.dsgim_stage:
+                if index == self.dsgim_stage and len(self.dsgims):
                     x = self.dsgims[depth % len(self.dsgims)](x)
             x = inject(x, injected)
             features.append(x)

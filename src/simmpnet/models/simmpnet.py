@@ -25,14 +25,19 @@ from ..pretrained import (
     save_pretrained,
 )
 from .decoder import MemoryDecoder
-from .dmwla import DMWLA, Gather
+from .dmwla import DMWLA, Gather, NonLocalAttention
 from .dsgim import DSGIM, decay_coefficient
-from .encoders import MaxViTEncoder, MemoryEncoder, resize
+from .encoders import MaxViTEncoder, MemoryEncoder, backbone_channels, resize
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MemoryConfig", "SimMPNetConfig", "SimMPNet", "VARIANTS"]
+__all__ = ["ATTENTION_KINDS", "MemoryConfig", "SimMPNetConfig", "SimMPNet", "VARIANTS"]
 
+
+#: What the attention blocks of encoder B or of the decoder are (``encoder_attention``,
+#: ``decoder_attention``): DMW-LA with its prototype memory, the same block without the memory
+#: (non-local attention), or no attention (the block's residual alone: an identity).
+ATTENTION_KINDS = ("memory", "plain", "none")
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,16 @@ class SimMPNetConfig:
         dsgim_masks: ``"method"`` or ``"authors"`` (their code's near set and -100 fill, to
             measure what that bug does; see `simmpnet.models.dsgim`).
         share_dsgim: one DS-GIM for all blocks of stage 3 (the authors' code) or one per block.
+
+    Ablation switches (docs/method.md, "Ablation switches"); the defaults are the paper's network:
+        dsgim: ``False`` removes DS-GIM: the blocks of encoder B's third stage follow one
+            another directly.
+        encoder_attention, decoder_attention: the attention blocks of encoder B and of the
+            decoder, one of `ATTENTION_KINDS`: ``"memory"`` (DMW-LA), ``"plain"``
+            (non-local attention at the part's ``feature_dim``, no prototype memory, no W-LD)
+            or ``"none"`` (no attention block: its input passes on unchanged).
+        encoder_a: ``False`` removes encoder A and its gate: encoder B alone sees the image
+            (un-gated) and its features reach the decoder without encoder A's added.
     """
 
     backbone: str = "maxxvit_rmlp_small_rw_256"
@@ -78,6 +93,31 @@ class SimMPNetConfig:
     dsgim_gamma: float = decay_coefficient()
     dsgim_masks: str = "method"
     share_dsgim: bool = True
+    dsgim: bool = True
+    encoder_attention: str = "memory"
+    decoder_attention: str = "memory"
+    encoder_a: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("dsgim", "encoder_a"):
+            value = getattr(self, key)
+            if not isinstance(value, bool):
+                raise InputError(f"Sim-MPNet config key {key} must be true or false, got {value!r}")
+        for key in ("encoder_attention", "decoder_attention"):
+            value = getattr(self, key)
+            if value not in ATTENTION_KINDS:
+                raise InputError(
+                    f"Sim-MPNet config key {key} must be one of {', '.join(ATTENTION_KINDS)}, got {value!r}"
+                )
+
+    @property
+    def memory_parts(self) -> tuple[str, ...]:
+        """The parts (``"encoder"``, ``"decoder"``) whose blocks are DMW-LA with a memory."""
+        return tuple(
+            part
+            for part, kind in (("encoder", self.encoder_attention), ("decoder", self.decoder_attention))
+            if kind == "memory"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -199,6 +239,14 @@ class SimMPNet(nn.Module):
         size_b = config.img_size_b
         if isinstance(size_b, bool) or not isinstance(size_b, int) or size_b < 1:
             raise InputError(f"encoder B's img_size_b must be a positive integer, got {size_b!r}")
+        if not config.encoder_a:
+            size_a = config.img_size_a
+            if isinstance(size_a, bool) or not isinstance(size_a, int) or size_a < 1:
+                raise InputError(f"the input side img_size_a must be a positive integer, got {size_a!r}")
+            if pretrained:
+                raise InputError(
+                    "pretrained weights are encoder A's backbone weights, and encoder_a is false (no encoder A)"
+                )
         self.n_classes = n_classes
         self.in_channels = in_channels
         self.stem = (
@@ -206,33 +254,47 @@ class SimMPNet(nn.Module):
             if in_channels == 3
             else nn.Sequential(nn.Conv2d(in_channels, 3, 1), nn.BatchNorm2d(3), nn.ReLU(inplace=True))
         )
-        self.encoder_a = MaxViTEncoder(config.backbone, config.img_size_a, pretrained)
-        widths = self.encoder_a.channels
-        self.gate = nn.Conv2d(widths[-1], 1, 1)
-        # Zero-initialised, so that the gate starts at p = 0.5 for every pixel and learns from
-        # there.  With PyTorch's default initialisation the large stage-4 features put the gate
-        # logits where the sigmoid is flat, and a gate trained from scratch can close for good:
-        # encoder B then receives no image at all (docs/method.md, "The gate").
-        nn.init.zeros_(self.gate.weight)
-        nn.init.zeros_(self.gate.bias)
+        self.encoder_a: MaxViTEncoder | None = None
+        self.gate: nn.Conv2d | None = None
+        if config.encoder_a:
+            self.encoder_a = MaxViTEncoder(config.backbone, config.img_size_a, pretrained)
+            widths = self.encoder_a.channels
+            self.gate = nn.Conv2d(widths[-1], 1, 1)
+            # Zero-initialised, so that the gate starts at p = 0.5 for every pixel and learns
+            # from there.  With PyTorch's default initialisation the large stage-4 features put
+            # the gate logits where the sigmoid is flat, and a gate trained from scratch can
+            # close for good: encoder B then receives no image at all (docs/method.md, "The gate").
+            nn.init.zeros_(self.gate.weight)
+            nn.init.zeros_(self.gate.bias)
+        else:
+            widths = backbone_channels(config.backbone)
 
-        def make_block(memory: MemoryConfig, channels: int) -> DMWLA:
-            return DMWLA(channels, scale=config.attention_scale, **dataclasses.asdict(memory))
+        def make_block(attention: str, memory: MemoryConfig, channels: int) -> nn.Module:
+            if attention == "memory":
+                return DMWLA(channels, scale=config.attention_scale, **dataclasses.asdict(memory))
+            if attention == "plain":
+                return NonLocalAttention(channels, memory.feature_dim, scale=config.attention_scale)
+            # The block is x + o(read): without its attention only the residual x is left.
+            return nn.Identity()
 
         self.encoder_b = MemoryEncoder(
             widths,
             config.depths,
-            make_block=partial(make_block, config.encoder_memory),
+            make_block=partial(make_block, config.encoder_attention, config.encoder_memory),
             make_dsgim=partial(
                 DSGIM,
                 window=config.dsgim_window,
                 top_windows=config.dsgim_top_windows,
                 gamma=config.dsgim_gamma,
                 masks=config.dsgim_masks,
-            ),
+            )
+            if config.dsgim
+            else None,
             share_dsgim=config.share_dsgim,
         )
-        self.decoder = MemoryDecoder(widths, make_block=partial(make_block, config.decoder_memory))
+        self.decoder = MemoryDecoder(
+            widths, make_block=partial(make_block, config.decoder_attention, config.decoder_memory)
+        )
         self.heads = nn.ModuleList(nn.Conv2d(c, n_classes, 1) for c in reversed(widths))
         #: What `predict` does to an input (see `simmpnet.Preprocessing`); a new
         #: network: its encoder-A size, percentile normalisation, no class names, "labels".
@@ -249,7 +311,30 @@ class SimMPNet(nn.Module):
         **overrides: Any,
     ) -> SimMPNet:
         """Build a named variant (``"paper"`` or ``"tiny"``), optionally with config overrides
-        (see `SimMPNetConfig.with_overrides`)."""
+        (see `SimMPNetConfig.with_overrides`).
+
+        The ablation switches are overrides too (docs/method.md, "Ablation switches"); each
+        removes or replaces a module, so the parameters and the output change:
+
+        * ``dsgim=False``: no DS-GIM; the blocks of encoder B's third stage follow one another.
+        * ``encoder_attention`` / ``decoder_attention``: ``"memory"`` (default, DMW-LA with its
+          prototype memory), ``"plain"`` (the same block as non-local attention: no memory, no
+          warm-up, no W-LD) or ``"none"`` (no attention block: its input passes on unchanged;
+          the decoder keeps its conv blocks and skip attention).
+        * ``encoder_a=False``: no encoder A, no gate: encoder B alone encodes the (un-gated)
+          image, and the decoder receives encoder B's features only.
+
+        Shapes: the network maps ``(B, in_channels, H, W)`` to ``(B, n_classes, H, W)`` logits
+        (four heads in ``train()`` mode) whatever the switches.
+
+        Raises:
+            InputError: an unknown variant, config key or switch value (naming the allowed ones).
+
+        Examples:
+            >>> model = SimMPNet.from_variant("tiny", n_classes=3, dsgim=False, decoder_attention="plain")
+            >>> len(model.dmwla_blocks("decoder")), len(model.encoder_b.dsgims)
+            (0, 0)
+        """
         if name not in VARIANTS:
             raise InputError(f"unknown Sim-MPNet variant {name!r}; choose one of {sorted(VARIANTS)}")
         config = VARIANTS[name].with_overrides(**overrides) if overrides else VARIANTS[name]
@@ -271,10 +356,14 @@ class SimMPNet(nn.Module):
             x = self.stem(x)
         size_a, size_b = self.config.img_size_a, self.config.img_size_b
         image = resize(x, (size_a, size_a))
-        features_a = self.encoder_a(image)
-        gated = image * resize(torch.sigmoid(self.gate(features_a[-1])), (size_a, size_a))
-        features_b = self.encoder_b(resize(gated, (size_b, size_b)), gated)
-        fused = [e + resize(f, e.shape[-2:]) for e, f in zip(features_b, features_a)]
+        if self.encoder_a is None or self.gate is None:
+            # encoder B alone: nothing gates its image, nothing is added to its features
+            fused = self.encoder_b(resize(image, (size_b, size_b)), image)
+        else:
+            features_a = self.encoder_a(image)
+            gated = image * resize(torch.sigmoid(self.gate(features_a[-1])), (size_a, size_a))
+            features_b = self.encoder_b(resize(gated, (size_b, size_b)), gated)
+            fused = [e + resize(f, e.shape[-2:]) for e, f in zip(features_b, features_a)]
         logits = tuple(resize(head(d), out_size) for head, d in zip(self.heads, self.decoder(fused)))
         if self.training:
             return logits
@@ -283,9 +372,10 @@ class SimMPNet(nn.Module):
     # ----------------------------------------------------------------- memory
     def dmwla_blocks(self, part: str = "all") -> list[DMWLA]:
         """The DMW-LA blocks of ``"encoder"`` (encoder B, shallow to deep), ``"decoder"``
-        (deep to shallow) or ``"all"`` (both, in that order)."""
-        encoder = [block for stage in self.encoder_b.stages for block in stage]
-        decoder = list(self.decoder.blocks)
+        (deep to shallow) or ``"all"`` (both, in that order).  A part whose attention is
+        ``"plain"`` or ``"none"`` (see `SimMPNetConfig`) has no memory: it has none."""
+        encoder = [block for stage in self.encoder_b.stages for block in stage if isinstance(block, DMWLA)]
+        decoder = [block for block in self.decoder.blocks if isinstance(block, DMWLA)]
         parts = {"encoder": encoder, "decoder": decoder, "all": encoder + decoder}
         if part not in parts:
             raise ValueError(f"part must be one of {sorted(parts)}, got {part!r}")
@@ -332,7 +422,8 @@ class SimMPNet(nn.Module):
             block.discard_memory()
 
     def parameter_breakdown(self) -> dict[str, int]:
-        """Trainable-parameter counts per part (input stem and gate count with encoder A)."""
+        """Trainable-parameter counts per part (input stem and gate count with encoder A; with
+        ``encoder_a`` false that entry is the stem alone)."""
 
         def count(*modules: nn.Module | None) -> int:
             return sum(p.numel() for m in modules if m is not None for p in m.parameters())

@@ -63,11 +63,18 @@ def scaled_wld_start(epochs: int) -> int:
     return _a_third(epochs, 0)
 
 
-def plan_run(config: Any, n_slices: int, variant_warmup: int | None) -> RunPlan:
+def plan_run(
+    config: Any,
+    n_slices: int,
+    variant_warmup: int | None,
+    memory_parts: tuple[str, ...] = ("encoder", "decoder"),
+) -> RunPlan:
     """The `RunPlan` of ``config`` (a `TrainConfig`) on a
     training split of ``n_slices`` slices; ``variant_warmup`` is the warm-up the network would
     have without ``warmup_iters`` (None for a network without DMW-LA memory, or when
-    ``model_overrides`` sets it).
+    ``model_overrides`` sets it); ``memory_parts`` the parts of the network whose blocks hold
+    a DMW-LA memory (``SimMPNetConfig.memory_parts``): W-LD has a plan only where
+    ``wld_blocks`` names one of them.
 
     Raises:
         InputError: a key set to a point that the run's ``epochs`` never reach, named with
@@ -97,7 +104,8 @@ def plan_run(config: Any, n_slices: int, variant_warmup: int | None) -> RunPlan:
             warnings.append(f"{cut}, before eval_start_epoch {eval_start}: no validation, no best.pt")
 
     wld_start = None
-    if config.model == "simmpnet" and config.wld_blocks != "none":
+    drives = bool(memory_parts) if config.wld_blocks == "all" else config.wld_blocks in memory_parts
+    if config.model == "simmpnet" and drives:
         wld_start = config.wld_start_epoch
         if wld_start is None:
             wld_start = scaled_wld_start(epochs)

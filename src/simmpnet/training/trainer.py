@@ -208,6 +208,7 @@ class TrainConfig:
         if self.compile not in COMPILE_MODES:
             raise InputError(f"compile must be one of {list(COMPILE_MODES)}, got {self.compile!r}")
         self._check_input_size()
+        self._check_network()
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise InputError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.tensorboard:
@@ -230,6 +231,20 @@ class TrainConfig:
                 f"are resized to input_size and encoder A runs at img_size_a; set one of them"
             )
 
+    def _check_network(self) -> None:
+        """Sim-MPNet's ``model_overrides`` (keys, ablation switches) are checked here, before any
+        data is read, rather than when the network is built."""
+        if self.model != "simmpnet":
+            return
+        if not isinstance(self.model_overrides, dict):
+            raise InputError(f"model_overrides must be a mapping of network settings, got {self.model_overrides!r}")
+        network = VARIANTS[self.variant].with_overrides(**self.model_overrides)
+        if self.pretrained and not network.encoder_a:
+            raise InputError(
+                "pretrained loads encoder A's backbone weights, and model_overrides sets encoder_a: false "
+                "(no encoder A); set pretrained: false"
+            )
+
     def model_overrides_sized(self) -> dict[str, Any]:
         """``model_overrides`` with Sim-MPNet's encoder sizes following ``input_size``: encoder A
         at ``input_size``, encoder B at 7/8 of it (the paper's 224 for 256) unless set."""
@@ -249,12 +264,23 @@ class TrainConfig:
         return list(self.class_names or ["background", *(f"class_{i}" for i in range(1, self.n_classes))])
 
 
+def _memory_parts(config: TrainConfig, overrides: dict[str, Any]) -> tuple[str, ...]:
+    """The parts of the network (``"encoder"``, ``"decoder"``) whose blocks hold a DMW-LA
+    memory: none for the U-Net, or where the ablation switches of ``model_overrides`` replace it."""
+    if config.model != "simmpnet":
+        return ()
+    return VARIANTS[config.variant].with_overrides(**overrides).memory_parts
+
+
 def _variant_warmup(config: TrainConfig, overrides: dict[str, Any]) -> int | None:
     """The DMW-LA warm-up the network has without ``warmup_iters``; None for a network without
     memory, or when ``model_overrides`` sets the warm-up itself (it is then left as given)."""
     if config.model != "simmpnet" or any("warmup_iters" in str(key) for key in _keys(overrides)):
         return None
-    return VARIANTS[config.variant].with_overrides(**overrides).encoder_memory.warmup_iters
+    network = VARIANTS[config.variant].with_overrides(**overrides)
+    if not network.memory_parts:
+        return None
+    return getattr(network, f"{network.memory_parts[0]}_memory").warmup_iters
 
 
 def _keys(mapping: dict[str, Any]) -> list[str]:
@@ -369,7 +395,14 @@ class Trainer:
             )
         self.val_set = self.layout.cases(config.val_list) if config.val_list else None
         overrides = config.model_overrides_sized()
-        self.plan = plan_run(config, len(self.train_set), _variant_warmup(config, overrides))
+        memory_parts = _memory_parts(config, overrides)
+        self.plan = plan_run(config, len(self.train_set), _variant_warmup(config, overrides), memory_parts)
+        if config.model == "simmpnet" and config.wld_blocks != "none" and self.plan.wld_start_epoch is None:
+            logger.info(
+                "W-LD drives no block: wld_blocks %s names no DMW-LA memory (model_overrides: encoder_attention "
+                "or decoder_attention is not memory)",
+                config.wld_blocks,
+            )
         torch.manual_seed(config.seed)
         if self.plan.warmup_iters is not None:
             overrides["warmup_iters"] = self.plan.warmup_iters
