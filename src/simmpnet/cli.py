@@ -13,11 +13,14 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .errors import SimMPNetError, one_line
+
+if TYPE_CHECKING:  # the commands import the heavy modules only when they run
+    from .data.dicomweb import DicomWebStudy
 
 logger = logging.getLogger("simmpnet")
 
@@ -195,13 +198,37 @@ def _score_folders(args: argparse.Namespace) -> dict:
     return summary
 
 
+def _dicomweb_study(args: argparse.Namespace) -> DicomWebStudy | None:
+    """The ``DicomWebStudy`` that ``--dicomweb`` and its options name, or None for ``--input``;
+    a DICOMweb option without ``--dicomweb`` is refused."""
+    from .data.dicomweb import DicomWebServer, DicomWebStudy
+
+    options = {
+        "--study": args.study, "--series": args.series, "--store": args.store, "--dicomweb-user": args.dicomweb_user,
+        "--dicomweb-token": args.dicomweb_token, "--dicomweb-ca-bundle": args.dicomweb_ca_bundle,
+    }
+    if args.dicomweb is None:
+        given = [flag for flag, value in options.items() if value]
+        if given:
+            raise SimMPNetError(f"{', '.join(given)}: only with --dicomweb URL (a study on a DICOMweb server)")
+        return None
+    if not args.study:
+        raise SimMPNetError("--dicomweb needs --study UID: the StudyInstanceUID of the study to predict")
+    server = DicomWebServer.from_environment(
+        args.dicomweb, user=args.dicomweb_user, token=args.dicomweb_token, ca_bundle=args.dicomweb_ca_bundle
+    )
+    return DicomWebStudy(server, args.study, tuple(args.series or ()), store=args.store)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .data.io import check_output_folder
     from .predict import predict_paths
 
     check_output_folder(Path(args.output))
+    study = _dicomweb_study(args)
     batch = predict_paths(
-        Path(args.checkpoint), [Path(i) for i in args.input], Path(args.output), device=args.device,
+        Path(args.checkpoint), study if study is not None else [Path(i) for i in args.input], Path(args.output),
+        device=args.device,
         overlay=args.overlay,
         intensity_window=tuple(args.window) if args.window else None,
         resample=args.resample,
@@ -213,10 +240,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         stop_on_error=args.stop_on_error,
         command=shlex.join(["simmpnet", *args.argv]),
     )
-    seg = ", each with a DICOM-SEG (<name>_seg.dcm)" if args.dicom_seg else ""
+    seg = ", each with a DICOM-SEG (<name>_seg.dcm)" if args.dicom_seg or args.store else ""
     skipped = f", {len(batch.skipped)} skipped (outputs exist)" if batch.skipped else ""
     failed = f", {len(batch.failed)} failed" if batch.failed else ""
     print(f"{len(batch.written)} label map(s) written to {args.output}{seg}{skipped}{failed}")
+    if args.store:
+        stored = sum(1 for outcome in batch.outcomes if outcome.stored)
+        print(f"{stored} of {len(batch.outcomes)} DICOM-SEG(s) stored in study {args.study} on {study.server.base}")
     if Path(args.output).is_dir():
         from .predict import SUMMARY_NAME
 
@@ -531,10 +561,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add_command("predict", help="predict label maps for images or volumes", description="predict label maps")
     p.add_argument("--checkpoint", required=True, help=checkpoint_help)
-    p.add_argument(
-        "--input", required=True, nargs="+", metavar="PATH",
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--input", nargs="+", metavar="PATH",
         help="a file or a folder (PNG, JPEG, TIFF, BMP, NIfTI, NRRD, MHA, npz, h5; DICOM series in a folder, "
         "each predicted as one volume), or several DICOM files, grouped into series",
+    )
+    source.add_argument(
+        "--dicomweb", metavar="URL",
+        help="instead of --input: the image series of a study on this DICOMweb server (base URL of its QIDO-RS, "
+        "WADO-RS and STOW-RS, e.g. http://host:8042/dicom-web), with --study; each series is predicted as the same "
+        "series in a folder is, and named after its SeriesInstanceUID (needs pip install \"simmpnet[dicomweb]\")",
     )
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--overlays", action="store_true", dest="overlay",
@@ -558,6 +595,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="intensity window mapped to [0, 1] (default: the one the model was trained with)",
     )
     resample(p)
+    from .data.dicomweb import PASSWORD_VARIABLE, TOKEN_VARIABLE
+
+    web = p.add_argument_group(
+        "DICOMweb", "with --dicomweb; nothing is sent to the server unless --store is given, and secrets are read "
+        "from the environment, never from the command line"
+    )
+    web.add_argument("--study", metavar="UID", help="the StudyInstanceUID of the study to predict")
+    web.add_argument(
+        "--series", nargs="+", metavar="UID",
+        help="only these series of the study (default: every image series; SEG, SR, PR and other series without "
+        "images are left out)",
+    )
+    web.add_argument(
+        "--store", action="store_true",
+        help="send each DICOM-SEG back into the study (STOW-RS); implies --dicom-seg",
+    )
+    web.add_argument(
+        "--dicomweb-user", metavar="USER",
+        help=f"HTTP basic authentication as USER, the password read from the environment variable {PASSWORD_VARIABLE}",
+    )
+    web.add_argument(
+        "--dicomweb-token", action="store_true",
+        help=f"bearer token authentication, the token read from the environment variable {TOKEN_VARIABLE}",
+    )
+    web.add_argument(
+        "--dicomweb-ca-bundle", metavar="FILE",
+        help="PEM file of the certificate authorities that verify an https server's certificate (default: "
+        "certifi's); certificates are always verified",
+    )
     p.add_argument(
         "--inference", choices=INFERENCE_MODES, default="resize",
         help="resize (default; the paper's protocol): every slice resized to the network's input size, "

@@ -24,3 +24,8 @@ class InputError(SimMPNetError, ValueError):
 
 class CheckpointError(SimMPNetError, ValueError):
     """A checkpoint that is missing, corrupt, or was written for another configuration."""
+
+
+class DicomWebError(SimMPNetError):
+    """A DICOMweb server that cannot be reached, refuses a request, or does not hold what was
+    asked (`simmpnet.data.dicomweb`); the message names the server's URL and the UIDs."""

@@ -1,6 +1,7 @@
 """Prediction on files a user has: 2D images (PNG, JPEG, TIFF, BMP), volumes (NIfTI, NRRD,
-MHA, npz, h5, DICOM series), one file or a folder.  Label maps are written in the input's own
-geometry; for a DICOM series optionally also as a DICOM-SEG object."""
+MHA, npz, h5, DICOM series), one file or a folder, or on the image series of a study on a
+DICOMweb server.  Label maps are written in the input's own geometry; for a DICOM series
+optionally also as a DICOM-SEG object, which can go back to the DICOMweb server."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,6 +9,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +19,12 @@ import torch
 
 from .data.dicom import DicomSeries
 from .data.dicom_seg import default_seg_path, require_highdicom, write_dicom_seg
+from .data.dicomweb import DicomWebStudy
 from .data.io import (
     atomic_write, default_label_path, file_extension, list_inputs, read_image, sha256_file, write_label_map,
 )
 from .data.network_input import ModelInput, network_slices, normalise_intensity
-from .errors import CheckpointError, InputError, SimMPNetError, one_line
+from .errors import CheckpointError, DicomWebError, InputError, SimMPNetError, one_line
 from .evaluation.inference import predict_slices
 from .device import resolve_device
 from .evaluation.resample import check_inference, check_sliding_window, resolve_resample
@@ -44,21 +47,27 @@ OVERLAY_FOLDER, PROBABILITY_FOLDER = "overlays", "probabilities"
 @dataclass
 class InputOutcome:
     """What a batch did with one input: ``status`` is ``"written"``, ``"skipped"`` (its outputs
-    existed: ``skip_existing``) or ``"failed"`` (``reason`` says why)."""
+    existed: ``skip_existing``) or ``"failed"`` (``reason`` says why).  ``stored`` is whether
+    its DICOM-SEG went back to the DICOMweb server it came from, when the batch was to store
+    them (None otherwise); a SEG the server refused leaves the input ``"failed"`` with its
+    written ``outputs``."""
 
     input: str
     status: str
     outputs: list[str] = field(default_factory=list)
     reason: str | None = None
+    stored: bool | None = None
 
 
 @dataclass
 class PredictionBatch:
     """The result of `predict_paths`: the model that made the outputs (checkpoint,
-    SHA-256, variant, classes, package version, command) and the outcome of every input."""
+    SHA-256, variant, classes, package version, command), the outcome of every input, and for
+    a DICOMweb study its ``source`` (`simmpnet.data.dicomweb.DicomWebStudy.record`)."""
 
     model: dict[str, Any]
     outcomes: list[InputOutcome]
+    source: dict[str, Any] | None = None
 
     def _with(self, status: str) -> list[InputOutcome]:
         return [o for o in self.outcomes if o.status == status]
@@ -77,8 +86,12 @@ class PredictionBatch:
         return self._with("failed")
 
     def to_dict(self) -> dict[str, Any]:
+        """The summary written as `SUMMARY_NAME` (``source`` and ``stored`` only for a
+        DICOMweb study)."""
         counts = {status: len(self._with(status)) for status in ("written", "skipped", "failed")}
-        return {"model": self.model, **counts, "inputs": [dataclasses.asdict(o) for o in self.outcomes]}
+        inputs = [{k: v for k, v in dataclasses.asdict(o).items() if k != "stored" or v is not None} for o in self.outcomes]
+        source = {"source": self.source} if self.source is not None else {}
+        return {"model": self.model, **source, **counts, "inputs": inputs}
 
 
 def model_record(checkpoint: str | os.PathLike, model: torch.nn.Module, config: dict, command: str | None) -> dict:
@@ -106,7 +119,7 @@ def model_record(checkpoint: str | os.PathLike, model: torch.nn.Module, config: 
 
 def predict_paths(
     checkpoint: str | os.PathLike,
-    input_path: str | os.PathLike | Sequence[str | os.PathLike],
+    input_path: str | os.PathLike | Sequence[str | os.PathLike] | DicomWebStudy,
     output_dir: str | os.PathLike,
     device: str = "auto",
     overlay: bool = False,
@@ -130,6 +143,14 @@ def predict_paths(
     a DICOM-SEG object referencing it is written next to its label map as
     ``<name>_seg.dcm`` (`simmpnet.data.dicom_seg`; needs ``pip install "simmpnet[dicom]"``).
 
+    ``input_path`` may also be a `DicomWebStudy`: the image
+    series of a study on a DICOMweb server, retrieved into a temporary folder and predicted as
+    the same series in a folder is (each named after its SeriesInstanceUID).  With its
+    ``store``, the DICOM-SEGs are written (``dicom_seg`` is implied) and sent back into the
+    study with STOW-RS; ``skip_existing`` is refused then, since a series skipped would not be
+    stored.  The server is searched, and the series retrieved and checked, before the model is
+    loaded (needs ``pip install "simmpnet[dicomweb]"``).
+
     ``intensity_window`` (low, high) replaces the window the model was trained with (e.g. a HU
     window for CT); None keeps the training one, or percentile normalisation when it had none.
     ``resample`` is how predictions return to the input's size: ``"labels"`` (the paper's
@@ -144,8 +165,9 @@ def predict_paths(
     ``save_probabilities`` writes ``probabilities/<name>.npz`` (key ``probabilities``: float32,
     class-first, in the label map's axis order; ``class_names``).  Every file is written
     atomically.  `SUMMARY_NAME` records the model (the SHA-256 of its weights, variant,
-    classes, package version, ``command``) and the outcome of every input; NIfTI label maps and
-    DICOM-SEGs carry the SHA-256 too.
+    classes, package version, ``command``) and the outcome of every input (for a DICOMweb
+    study also the server's URL, the study and series UIDs, and whether each SEG was stored);
+    NIfTI label maps and DICOM-SEGs carry the SHA-256 too.
 
     A batch goes on past an input it cannot read or write (``stop_on_error`` stops at the first)
     and reports it in the summary; ``skip_existing`` skips inputs whose outputs exist (a batch
@@ -154,71 +176,95 @@ def predict_paths(
     Files are read, predicted and written one at a time, so memory stays flat over long folders.
     """
     check_inference(inference, overlap, resample)
-    inputs = list_inputs(input_path)
+    remote = input_path if isinstance(input_path, DicomWebStudy) else None
+    storing = remote is not None and remote.store
+    if storing:
+        if skip_existing:
+            raise InputError(
+                "skipping existing outputs does not go with storing the DICOM-SEGs: a series skipped would not be stored"
+            )
+        dicom_seg = True
     if dicom_seg:
-        other = next((item for item in inputs if not isinstance(item, DicomSeries)), None)
-        if other is not None:
-            raise InputError(f"{other}: DICOM-SEG output needs DICOM series as input, and this is not one")
-        require_highdicom()
+        require_highdicom()  # before a DICOMweb server is asked for anything
     out_dir = Path(output_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a folder")
-    dev = resolve_device(device)
-    model, input_size, config = load_trained_model(checkpoint, dev)
-    if inference == "sliding-window":
-        check_sliding_window(getattr(model, "preprocessing", None), str(checkpoint))
-    resample = resolve_resample(resample, config)
-    in_channels = int(getattr(model, "in_channels", config.get("in_channels", 1)))
-    names = config.get("class_names")
-    window = intensity_window if intensity_window is not None else config.get("intensity_window")
-    if dicom_seg:
-        n_classes = getattr(model, "n_classes", None) or config.get("n_classes")
-        if not n_classes:
-            raise CheckpointError(f"{checkpoint}: the checkpoint does not record its number of classes")
-        segment_names = list(names or ["background", *(f"class_{i}" for i in range(1, n_classes))])
-    record = model_record(checkpoint, model, config, command)
-    description = f"simmpnet {record['simmpnet_version']} sha256:{record['sha256'][:16]}"
-    outcomes: list[InputOutcome] = []
-    errors: list[BaseException] = []
-    for path in inputs:
-        shown = str(path)
-        try:
-            loaded = read_image(path)
-            targets = _targets(loaded, out_dir, dicom_seg, overlay, save_probabilities)
-            if skip_existing and all(t.is_file() for t in targets.values()):
-                outcomes.append(InputOutcome(shown, "skipped", [str(t) for t in targets.values()]))
-                logger.info("%s: outputs exist, skipped", path)
-                continue
-            slices = network_slices(ModelInput(loaded.array, loaded.kind, shown), in_channels, window)
-            with torch.no_grad():
-                result = predict_slices(
-                    model, slices, input_size, dev, resample=resample, inference=inference, overlap=overlap,
-                    probabilities=save_probabilities,
-                )
-            labels, probs = result if save_probabilities else (result, None)
-            if loaded.kind == "image2d":
-                labels = labels[0]
-                probs = None if probs is None else probs[:, 0]
-            out_dir.mkdir(parents=True, exist_ok=True)
-            write_label_map(labels, loaded, targets["labels"], description=description)
-            if dicom_seg:
-                write_dicom_seg(labels, loaded, targets["seg"], segment_names, model_id=record["sha256"])
-            if probs is not None:
-                _write_probabilities(targets["probabilities"], probs, names)
-            if overlay:
-                _write_overlay(targets["overlay"], slices, labels, loaded.kind == "image2d", names)
-        except (SimMPNetError, OSError) as err:
+    with remote.retrieved() if remote is not None else nullcontext() as retrieved:
+        if retrieved is not None:
+            inputs = retrieved.inputs
+        else:
+            inputs = [(str(item), item) for item in list_inputs(input_path)]
+        if dicom_seg:
+            other = next((shown for shown, item in inputs if not isinstance(item, DicomSeries)), None)
+            if other is not None:
+                raise InputError(f"{other}: DICOM-SEG output needs DICOM series as input, and this is not one")
+        dev = resolve_device(device)
+        model, input_size, config = load_trained_model(checkpoint, dev)
+        if inference == "sliding-window":
+            check_sliding_window(getattr(model, "preprocessing", None), str(checkpoint))
+        resample = resolve_resample(resample, config)
+        in_channels = int(getattr(model, "in_channels", config.get("in_channels", 1)))
+        names = config.get("class_names")
+        window = intensity_window if intensity_window is not None else config.get("intensity_window")
+        if dicom_seg:
+            n_classes = getattr(model, "n_classes", None) or config.get("n_classes")
+            if not n_classes:
+                raise CheckpointError(f"{checkpoint}: the checkpoint does not record its number of classes")
+            segment_names = list(names or ["background", *(f"class_{i}" for i in range(1, n_classes))])
+        record = model_record(checkpoint, model, config, command)
+        description = f"simmpnet {record['simmpnet_version']} sha256:{record['sha256'][:16]}"
+        outcomes: list[InputOutcome] = []
+        errors: list[BaseException] = []
+
+        def fail(shown: str, err: BaseException, outputs: Sequence[str] = (), stored: bool | None = None) -> None:
             if stop_on_error:
-                raise
+                raise err
             errors.append(err)
-            outcomes.append(InputOutcome(shown, "failed", reason=one_line(err)))
-            logger.debug("%s: failed: %s", path, one_line(err))
-            continue
-        outcomes.append(InputOutcome(shown, "written", [str(t) for t in targets.values()]))
-        logger.info("%s -> %s", path, targets["labels"])
-    batch = PredictionBatch(record, outcomes)
-    if errors and len(errors) == len(outcomes):
-        # Nothing to show for the batch: an error, and no folder or summary left behind.
+            outcomes.append(InputOutcome(shown, "failed", list(outputs), one_line(err), stored))
+            logger.debug("%s: failed: %s", shown, one_line(err))
+
+        for shown, item in inputs:
+            try:
+                loaded = read_image(item)
+                targets = _targets(loaded, out_dir, dicom_seg, overlay, save_probabilities)
+                if skip_existing and all(t.is_file() for t in targets.values()):
+                    outcomes.append(InputOutcome(shown, "skipped", [str(t) for t in targets.values()]))
+                    logger.info("%s: outputs exist, skipped", shown)
+                    continue
+                slices = network_slices(ModelInput(loaded.array, loaded.kind, shown), in_channels, window)
+                with torch.no_grad():
+                    result = predict_slices(
+                        model, slices, input_size, dev, resample=resample, inference=inference, overlap=overlap,
+                        probabilities=save_probabilities,
+                    )
+                labels, probs = result if save_probabilities else (result, None)
+                if loaded.kind == "image2d":
+                    labels = labels[0]
+                    probs = None if probs is None else probs[:, 0]
+                out_dir.mkdir(parents=True, exist_ok=True)
+                write_label_map(labels, loaded, targets["labels"], description=description)
+                if dicom_seg:
+                    write_dicom_seg(labels, loaded, targets["seg"], segment_names, model_id=record["sha256"])
+                if probs is not None:
+                    _write_probabilities(targets["probabilities"], probs, names)
+                if overlay:
+                    _write_overlay(targets["overlay"], slices, labels, loaded.kind == "image2d", names)
+            except (SimMPNetError, OSError) as err:
+                fail(shown, err)
+                continue
+            outputs = [str(t) for t in targets.values()]
+            if storing:
+                try:
+                    retrieved.store_seg(targets["seg"])
+                except DicomWebError as err:
+                    fail(shown, err, outputs, stored=False)
+                    continue
+            outcomes.append(InputOutcome(shown, "written", outputs, stored=True if storing else None))
+            logger.info("%s -> %s", shown, targets["labels"])
+        batch = PredictionBatch(record, outcomes, retrieved.record() if retrieved is not None else None)
+    if errors and not any(o.outputs for o in outcomes):
+        # Nothing to show for the batch: an error, and no folder or summary left behind.  (A
+        # SEG the server refused is in the folder: the summary says so.)
         if len(errors) == 1:
             raise errors[0]
         raise InputError(f"none of the {len(errors)} inputs could be predicted; the first: {one_line(errors[0])}") from errors[0]
