@@ -1,3 +1,4 @@
+import logging
 import os
 import sys
 from pathlib import Path
@@ -20,6 +21,19 @@ def _seed_and_threads():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(SESSION_THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_log_handler():
+    """`simmpnet.cli.main` sets up logging for its process (``logging.basicConfig(force=True)``
+    on the stderr of the moment): in a test, a handler on the test's captured stderr, closed
+    once the test ends. A later test's log record would hit that closed stream and print a
+    logging error into that test's stderr, so the handler goes with the test."""
+    yield
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")
@@ -65,6 +79,31 @@ def cli_env(**extra: str) -> dict[str, str]:
     """The environment of a `python -m simmpnet` child process: this one, with the package's
     source folder importable."""
     return dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"), **extra)
+
+
+# ------------------------------------------------------------------ DICOM conformance
+def dciodvfy_findings(path) -> tuple[list[str], list[str]] | None:
+    """The error and warning lines dciodvfy (Debian package dicom3tools) prints for a DICOM
+    file, or None where dciodvfy is not installed (the slow test of
+    tests/test_dicom_seg_edges.py installs it)."""
+    import shutil
+    import subprocess
+
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        return None
+    report = subprocess.run([tool, str(path)], capture_output=True, text=True, encoding="utf-8", errors="replace",
+                            timeout=120, check=False)
+    lines = (report.stdout + report.stderr).splitlines()
+    return [line for line in lines if line.startswith("Error")], [line for line in lines if line.startswith("Warning")]
+
+
+def check_dicom_seg(path) -> None:
+    """Every test that writes a DICOM-SEG passes it here: any error dciodvfy finds fails the
+    test (where dciodvfy is installed)."""
+    findings = dciodvfy_findings(path)
+    if findings is not None:
+        assert findings[0] == [], f"dciodvfy on {path}: " + "; ".join(findings[0])
 
 
 # ------------------------------------------------------------------ the paths-agree table

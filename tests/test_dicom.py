@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import check_dicom_seg
 
 from simmpnet import Preprocessing, SimMPNet
 from simmpnet.cli import main
 from simmpnet.data.dicom import DicomSeries, series_of_files
-from simmpnet.data.dicom_seg import default_seg_path, require_highdicom, write_dicom_seg
+from simmpnet.data.dicom_seg import default_seg_path, require_highdicom, segment_classes, write_dicom_seg
 from simmpnet.data.io import list_inputs, read_image
 from simmpnet.errors import InputError, SimMPNetError
 from simmpnet.predict import predict_array
@@ -23,6 +24,8 @@ from simmpnet.predict import predict_array
 sitk = pytest.importorskip("SimpleITK")
 
 CLASS_NAMES = ("background", "liver", "kidney", "spleen")
+#: What write_dicom_seg records as the model (the SHA-256 of its weights).
+MODEL_ID = hashlib.sha256(b"test model").hexdigest()
 SHAPE = (6, 40, 48)  # D x H x W: slices, rows, columns
 SPACING = (0.7, 0.8, 2.5)  # ITK order: column spacing, row spacing, slice gap (mm)
 ORIGIN = np.array([-120.5, 33.25, 410.0])
@@ -200,8 +203,8 @@ def test_bad_series_are_refused_naming_the_folder_and_file(tmp_path: Path) -> No
     garbage.mkdir()
     (garbage / "a.dcm").write_bytes(b"not dicom" * 50)
     (garbage / "b").write_bytes(b"\0" * 128 + b"DICM" + b"junk" * 50)
-    with pytest.raises(InputError, match=r"garbage: holds 2 DICOM file\(s\) \(a.dcm, b\) but no readable DICOM image"):
-        list_inputs(garbage)
+    with pytest.raises(InputError, match=r"garbage: holds 1 DICOM file\(s\) \(b\) but no readable DICOM image"):
+        list_inputs(garbage)  # a.dcm is no DICOM file at all: skipped with a warning (tests/test_dicom_seg_edges.py)
 
     sizes = tmp_path / "sizes"
     uids = write_series(sizes, phantom())
@@ -259,19 +262,24 @@ def test_predict_series_writes_label_map_in_its_geometry_and_a_dicom_seg(model_d
     np.testing.assert_array_equal(labels, expected)
     assert len(np.unique(labels)) >= 2, "the model predicts one class everywhere: the checks below would be trivial"
 
+    check_dicom_seg(out / "CT_seg.dcm")
     seg = hd.seg.segread(out / "CT_seg.dcm")
-    assert seg.Modality == "SEG" and seg.number_of_segments == len(CLASS_NAMES) - 1
-    assert [seg.get_segment_description(c).segment_label for c in (1, 2, 3)] == list(CLASS_NAMES[1:])
+    present = [int(c) for c in np.unique(labels) if c > 0]
+    assert seg.Modality == "SEG" and segment_classes(seg) == {n: c for n, c in enumerate(present, start=1)}
+    labelled = [seg.get_segment_description(n).segment_label for n in segment_classes(seg)]
+    assert labelled == [CLASS_NAMES[c] for c in present]
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uids["series"]
     assert seg.StudyInstanceUID == uids["study"] and seg.FrameOfReferenceUID == uids["frame"]
     assert seg.PatientID == "P001"
     assert seg.DeviceSerialNumber == sha[:16] and sha[:16] in seg.SeriesDescription
     algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert sha[:16] in algorithm.AlgorithmVersion and sha in algorithm.AlgorithmParameters
-    masks = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids["sops"], segment_numbers=[1, 2, 3])
-    assert masks.shape == (*labels.shape, 3)
-    for c in (1, 2, 3):
-        np.testing.assert_array_equal(masks[..., c - 1], labels == c, err_msg=CLASS_NAMES[c])
+    masks = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids["sops"], segment_numbers=list(segment_classes(seg))
+    )
+    assert masks.shape == (*labels.shape, len(present))
+    for number, c in segment_classes(seg).items():
+        np.testing.assert_array_equal(masks[..., number - 1], labels == c, err_msg=CLASS_NAMES[c])
 
 
 def test_predict_dicom_files_of_two_series_given_together(model_dir: Path, tmp_path: Path) -> None:
@@ -291,8 +299,9 @@ def test_predict_dicom_files_of_two_series_given_together(model_dir: Path, tmp_p
 
 
 def test_dicom_seg_of_a_known_label_map_in_both_orientations(tmp_path: Path) -> None:
-    """Every class and an absent one, written from a volume read in RAS order: the frames must
-    still lie on their source images."""
+    """Two classes present and one absent, written from a volume read in RAS order: the frames
+    must still lie on their source images; the absent class gets no segment, and the segments
+    of classes 1 and 3 are numbered 1 and 2 and named after their classes."""
     hd = pytest.importorskip("highdicom")
     volume = phantom()
     uids = write_series(tmp_path / "CT", volume)
@@ -301,14 +310,21 @@ def test_dicom_seg_of_a_known_label_map_in_both_orientations(tmp_path: Path) -> 
     for orientation in ("native", "ras"):
         loaded = read_image(series, orientation=orientation)
         labels = np.select([loaded.array > 600, loaded.array > 100], [3, 1], 0).astype(np.uint8)
-        path = write_dicom_seg(labels, loaded, tmp_path / orientation / "seg.dcm", CLASS_NAMES)
+        path = write_dicom_seg(labels, loaded, tmp_path / orientation / "seg.dcm", CLASS_NAMES, MODEL_ID)
+        check_dicom_seg(path)
         seg = hd.seg.segread(path)
-        masks = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids["sops"], segment_numbers=[1, 2, 3])
-        for c in (1, 2, 3):
-            np.testing.assert_array_equal(masks[..., c - 1], classes == c, err_msg=f"{orientation}: class {c}")
+        assert segment_classes(seg) == {1: 1, 2: 3}
+        assert [(item.SegmentLabel, item.SegmentDescription) for item in seg.SegmentSequence] == [
+            ("liver", "class 1: liver"), ("spleen", "class 3: spleen")
+        ]
+        masks = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids["sops"], segment_numbers=[1, 2])
+        for number, c in segment_classes(seg).items():
+            np.testing.assert_array_equal(masks[..., number - 1], classes == c, err_msg=f"{orientation}: class {c}")
+        # empty frames are left out: one frame per source image that holds the segment
+        assert int(seg.NumberOfFrames) == sum(int(np.any(plane == c)) for c in (1, 3) for plane in classes)
     assert default_seg_path(loaded, tmp_path) == tmp_path / "CT_seg.dcm"
     with pytest.raises(InputError, match="label 3 has no class name"):
-        write_dicom_seg(labels, loaded, tmp_path / "few.dcm", CLASS_NAMES[:3])
+        write_dicom_seg(labels, loaded, tmp_path / "few.dcm", CLASS_NAMES[:3], MODEL_ID)
 
 
 def test_bad_inputs_fail_in_one_line_before_the_model_is_loaded(tmp_path: Path, capfd, monkeypatch) -> None:
@@ -321,7 +337,11 @@ def test_bad_inputs_fail_in_one_line_before_the_model_is_loaded(tmp_path: Path, 
     garbage.mkdir()
     for name in ("a.dcm", "b.dcm"):
         (garbage / name).write_bytes(b"not a DICOM file" * 20)
-    _expect_clean_error(capfd, [*common, "--input", str(garbage)], str(garbage), "no readable DICOM image series")
+    needles = (str(garbage), "2 file(s) named .dcm that are not DICOM files (a.dcm, b.dcm", "nothing else to predict")
+    _expect_clean_error(capfd, [*common, "--input", str(garbage)], *needles)
+    (broken := tmp_path / "broken").mkdir()
+    (broken / "b").write_bytes(b"\0" * 128 + b"DICM" + b"junk" * 50)
+    _expect_clean_error(capfd, [*common, "--input", str(broken)], str(broken), "no readable DICOM image series")
 
     sizes = tmp_path / "sizes"
     uids = write_series(sizes, phantom())

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import small_train_config
+from conftest import check_dicom_seg, small_train_config
 from PIL import Image
 
 from simmpnet import SimMPNet
 from simmpnet.cli import main
+from simmpnet.data.dicom_seg import segment_classes
 from simmpnet.data.io import read_image
 from simmpnet.data.network_input import as_input, network_slices
 from simmpnet.data.transforms import resize_image
@@ -129,12 +130,13 @@ def test_every_path_gives_the_labels_of_simmpnet_predict(trained, inputs, tmp_pa
     hd = pytest.importorskip("highdicom")
     dicom_out = _cli_predict(checkpoint, folder / "series", tmp_path / "dicom", "--dicom-seg")
     check("`simmpnet predict` DICOM series", _labels(dicom_out / "series.nii.gz"), "volume", "`simmpnet predict` NIfTI")
+    check_dicom_seg(dicom_out / "series_seg.dcm")
     seg = hd.seg.segread(dicom_out / "series_seg.dcm")
-    numbers = [int(item.SegmentNumber) for item in seg.SegmentSequence]
-    masks = seg.get_pixels_by_source_instance(source_sop_instance_uids=inputs["sops"], segment_numbers=numbers)
+    classes = segment_classes(seg)  # {segment number: class id}: segments only for the classes present
+    masks = seg.get_pixels_by_source_instance(source_sop_instance_uids=inputs["sops"], segment_numbers=list(classes))
     from_seg = np.zeros(raw.shape, np.uint8)
-    for index, number in enumerate(numbers):
-        from_seg[masks[..., index] > 0] = number
+    for index, c in enumerate(classes.values()):
+        from_seg[masks[..., index] > 0] = c
     check("DICOM-SEG read back with highdicom", from_seg, "volume", "`simmpnet predict` NIfTI")
 
     # the save_pretrained folder, by the CLI and by one line of Python

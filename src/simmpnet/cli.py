@@ -222,7 +222,7 @@ def _dicomweb_study(args: argparse.Namespace) -> DicomWebStudy | None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .data.io import check_output_folder
-    from .predict import predict_paths
+    from .predict import OUTPUTS_EXIST, SUMMARY_NAME, predict_paths
 
     check_output_folder(Path(args.output))
     study = _dicomweb_study(args)
@@ -241,15 +241,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
         command=shlex.join(["simmpnet", *args.argv]),
     )
     seg = ", each with a DICOM-SEG (<name>_seg.dcm)" if args.dicom_seg or args.store else ""
-    skipped = f", {len(batch.skipped)} skipped (outputs exist)" if batch.skipped else ""
+    exist = sum(o.reason == OUTPUTS_EXIST for o in batch.skipped)
+    skipped = f", {exist} skipped (outputs exist)" if exist else ""
+    without_seg = len(batch.skipped) - exist
+    if without_seg:
+        skipped += f", {without_seg} label map(s) without a DICOM-SEG (no foreground predicted)"
     failed = f", {len(batch.failed)} failed" if batch.failed else ""
     print(f"{len(batch.written)} label map(s) written to {args.output}{seg}{skipped}{failed}")
     if args.store:
         stored = sum(1 for outcome in batch.outcomes if outcome.stored)
         print(f"{stored} of {len(batch.outcomes)} DICOM-SEG(s) stored in study {args.study} on {study.server.base}")
     if Path(args.output).is_dir():
-        from .predict import SUMMARY_NAME
-
         print(f"model sha256 {batch.model['sha256']}; summary: {Path(args.output) / SUMMARY_NAME}")
     for outcome in batch.failed:
         print(f"simmpnet: failed: {outcome.reason}", file=sys.stderr)
@@ -588,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dicom-seg", action="store_true",
         help="DICOM series input only: also write a DICOM Segmentation object referencing the series "
-        '(<name>_seg.dcm, one segment per class; needs pip install "simmpnet[dicom]")',
+        '(<name>_seg.dcm, one segment per class predicted, none when no class is; needs pip install "simmpnet[dicom]")',
     )
     p.add_argument(
         "--window", nargs=2, type=float, metavar=("LOW", "HIGH"),

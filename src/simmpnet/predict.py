@@ -33,7 +33,7 @@ from .models.inference import predict_array
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InputOutcome", "PredictionBatch", "predict_paths", "predict_array", "normalise_intensity"]
+__all__ = ["OUTPUTS_EXIST", "InputOutcome", "PredictionBatch", "predict_paths", "predict_array", "normalise_intensity"]
 
 
 
@@ -44,13 +44,22 @@ SUMMARY_NAME = "prediction_summary.json"
 OVERLAY_FOLDER, PROBABILITY_FOLDER = "overlays", "probabilities"
 
 
+#: The reason of an input skipped because its outputs exist (``skip_existing``).
+OUTPUTS_EXIST = "outputs exist"
+
+
 @dataclass
 class InputOutcome:
-    """What a batch did with one input: ``status`` is ``"written"``, ``"skipped"`` (its outputs
-    existed: ``skip_existing``) or ``"failed"`` (``reason`` says why).  ``stored`` is whether
-    its DICOM-SEG went back to the DICOMweb server it came from, when the batch was to store
-    them (None otherwise); a SEG the server refused leaves the input ``"failed"`` with its
-    written ``outputs``."""
+    """What a batch did with one input: ``status`` is ``"written"``, ``"skipped"`` or
+    ``"failed"``; ``reason`` says why it was skipped or failed.
+
+    An input is skipped when its outputs exist (``skip_existing``: reason `OUTPUTS_EXIST`),
+    or when a DICOM-SEG was asked for and no foreground was predicted: its other outputs are
+    written (``outputs`` lists them) and no SEG, since a SEG without a segment is not valid
+    DICOM.  ``stored`` is whether its DICOM-SEG went back to the DICOMweb server it came from,
+    when the batch was to store them (None otherwise); a SEG the server refused leaves the
+    input ``"failed"`` with its written ``outputs``.
+    """
 
     input: str
     status: str
@@ -74,7 +83,7 @@ class PredictionBatch:
 
     @property
     def written(self) -> list[Path]:
-        """The label maps written."""
+        """The label maps of the inputs whose outputs were all written."""
         return [Path(o.outputs[0]) for o in self._with("written")]
 
     @property
@@ -171,8 +180,12 @@ def predict_paths(
 
     A batch goes on past an input it cannot read or write (``stop_on_error`` stops at the first)
     and reports it in the summary; ``skip_existing`` skips inputs whose outputs exist (a batch
-    resumed after a kill).  The inputs are listed (and DICOM series checked) before the model is
-    loaded, and the output folder is created only once there is something to put in it.
+    resumed after a kill). With ``dicom_seg``, a series where no foreground is predicted gets
+    its label map (and other outputs) but no DICOM-SEG (one left by an earlier run is removed,
+    as it would contradict the label map), a warning naming it, and the status ``skipped`` in
+    the summary (`InputOutcome`).  The inputs are listed (and DICOM series checked)
+    before the model is loaded, and the output folder is created only once there is something
+    to put in it.
     Files are read, predicted and written one at a time, so memory stays flat over long folders.
     """
     check_inference(inference, overlap, resample)
@@ -228,7 +241,7 @@ def predict_paths(
                 loaded = read_image(item)
                 targets = _targets(loaded, out_dir, dicom_seg, overlay, save_probabilities)
                 if skip_existing and all(t.is_file() for t in targets.values()):
-                    outcomes.append(InputOutcome(shown, "skipped", [str(t) for t in targets.values()]))
+                    outcomes.append(InputOutcome(shown, "skipped", [str(t) for t in targets.values()], OUTPUTS_EXIST))
                     logger.info("%s: outputs exist, skipped", shown)
                     continue
                 slices = network_slices(ModelInput(loaded.array, loaded.kind, shown), in_channels, window)
@@ -243,8 +256,16 @@ def predict_paths(
                     probs = None if probs is None else probs[:, 0]
                 out_dir.mkdir(parents=True, exist_ok=True)
                 write_label_map(labels, loaded, targets["labels"], description=description)
+                without_seg = None
                 if dicom_seg:
-                    write_dicom_seg(labels, loaded, targets["seg"], segment_names, model_id=record["sha256"])
+                    if labels.any():
+                        write_dicom_seg(labels, loaded, targets["seg"], segment_names, model_id=record["sha256"])
+                    else:
+                        without_seg = f"no foreground predicted in {shown}: no DICOM-SEG written"
+                        stale = targets.pop("seg")
+                        if stale.is_file():  # an earlier run's SEG would contradict this label map
+                            stale.unlink()
+                            without_seg += f" ({stale.name} of an earlier run removed)"
                 if probs is not None:
                     _write_probabilities(targets["probabilities"], probs, names)
                 if overlay:
@@ -253,6 +274,10 @@ def predict_paths(
                 fail(shown, err)
                 continue
             outputs = [str(t) for t in targets.values()]
+            if without_seg is not None:
+                logger.warning("%s", without_seg)
+                outcomes.append(InputOutcome(shown, "skipped", outputs, without_seg, stored=False if storing else None))
+                continue
             if storing:
                 try:
                     retrieved.store_seg(targets["seg"])

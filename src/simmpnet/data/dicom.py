@@ -4,16 +4,20 @@ and reading one series as one volume.
 A series is found in a folder with SimpleITK's GDCM scanner
 (``ImageSeriesReader.GetGDCMSeriesIDs`` / ``GetGDCMSeriesFileNames``), or formed from DICOM
 files given one by one (grouped by SeriesInstanceUID). DICOM files are recognised by the
-``DICM`` marker of DICOM Part 10 files, whatever their name, and by the ``.dcm`` suffix.
+``DICM`` marker of DICOM Part 10 files, whatever their name; a file named ``.dcm`` without
+that marker counts only where GDCM recognises a DICOM data set in it (one written without the
+Part 10 header), so that a text file named ``.dcm`` is refused as not DICOM, not read as a
+broken image.
 
 Every series is checked from its file headers when it is found (`series_in_folder`,
 `series_of_files`), so that a bad series stops a run before a model is loaded: one
 scalar image size, pixel spacing and orientation throughout, no two slices at the same
 position, evenly spaced slices (a gap means missing slices, and the volume's geometry would
-be wrong). The files are sorted along the slice normal, as GDCM sorts them, and
-`read_dicom_series` reads them in that order with ``ImageSeriesReader``: slice ``k`` of
-the volume is ``files[k]``. The volume then goes through the same axis handling as every
-SimpleITK volume (`simmpnet.data.io`), so the label map written for it carries the
+be wrong), an Image Position on every image of a series of several, and no Siemens MOSAIC
+image (slices tiled into one picture; see `_mosaic`). The files are sorted along the
+slice normal, as GDCM sorts them, and `read_dicom_series` reads them in that order with
+``ImageSeriesReader``: slice ``k`` of the volume is ``files[k]``. The volume then goes through
+the same axis handling as every SimpleITK volume (`simmpnet.data.io`), so the label map written for it carries the
 series' origin, spacing and direction.
 
 Output names (`DicomSeries.name`): a folder holding one series and no other input is
@@ -26,6 +30,9 @@ SeriesDescription is neither).
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import tempfile
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -96,6 +103,7 @@ class _Header:
     direction: np.ndarray
     components: int
     series_uid: str
+    positioned: bool
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -108,31 +116,100 @@ def is_dicom_file(path: Path) -> bool:
     return head[128:132] == b"DICM"
 
 
-def _is_candidate(path: Path) -> bool:
-    return file_extension(path) in DICOM_EXTENSIONS or is_dicom_file(path)
+def _holds_dicom_data_set(sitk: Any, path: Path) -> bool:
+    """For a file without the Part 10 marker: GDCM's own test for a DICOM data set it can read
+    (one written without the Part 10 header, as some older software does)."""
+    try:
+        with _gdcm_quiet(sitk):
+            return sitk.ImageFileReader.GetImageIOFromFileName(str(path)) == "GDCMImageIO"
+    except RuntimeError:  # no ImageIO at all recognises it
+        return False
+
+
+#: Why a file named ``.dcm`` is not taken for DICOM.
+_NOT_DICOM = "no DICM marker after the 128-byte preamble, and no DICOM data set GDCM can read"
 
 
 @contextmanager
-def _itk_warnings_off(sitk: Any) -> Iterator[None]:
-    """ITK prints its warnings (e.g. "No Series were found") to the process's stderr itself;
-    the problems they stand for become `InputError` messages here instead."""
-    saved = sitk.ProcessObject.GetGlobalWarningDisplay()
+def _gdcm_quiet(sitk: Any) -> Iterator[None]:
+    """Around a GDCM call: nothing on the process's stderr, GDCM's own lines logged at debug.
+
+    ITK prints its warnings (e.g. "No Series were found") through its output window, which
+    SimpleITK's global warning display switches off; the problems they stand for become
+    `InputError` messages here instead. GDCM's JPEG codec prints libjpeg's messages
+    with ``fprintf(stderr)``, past that window: "Unsupported JPEG data precision 12" comes
+    each time GDCM tries its 8-bit decoder on a 12-bit JPEG before its 12-bit one, which then
+    decodes the image. Only a redirect of file descriptor 2 for the call keeps such lines off
+    the terminal; a real failure still comes back as a ``RuntimeError``.
+    """
+    saved_display = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(saved)
+        sys.stderr.flush()
+        saved_fd = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no stderr at all (pythonw): nothing to keep clean
+        try:
+            yield
+        finally:
+            sitk.ProcessObject.SetGlobalWarningDisplay(saved_display)
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            sitk.ProcessObject.SetGlobalWarningDisplay(saved_display)
+            sink.seek(0)
+            for line in sink.read().decode(errors="replace").splitlines():
+                if line.strip():
+                    logger.debug("GDCM: %s", line.strip())
+
+
+#: Private creator of the Siemens block that holds NumberOfImagesInMosaic (its element 0x0A).
+_SIEMENS_MR_HEADER = "SIEMENS MR HEADER"
+
+
+def _mosaic(reader: Any) -> str | None:
+    """Why a Siemens image is a MOSAIC (the slices of a volume tiled into one picture), or None.
+
+    Siemens marks a mosaic with "MOSAIC" in ImageType and gives its number of slices in the
+    private NumberOfImagesInMosaic (0019,xx0A of the "SIEMENS MR HEADER" block). Read as one
+    image, a mosaic would be predicted as one picture of tiles, in a wrong geometry.
+    """
+    image_type = reader.GetMetaData("0008|0008") if reader.HasMetaDataKey("0008|0008") else ""
+    if "MOSAIC" in (value.strip().upper() for value in image_type.split("\\")):
+        return f"ImageType {image_type.strip()}"
+    for key in reader.GetMetaDataKeys():
+        group, _, element = key.partition("|")
+        if group == "0019" and element.startswith("00") and reader.GetMetaData(key).strip() == _SIEMENS_MR_HEADER:
+            count_key = f"0019|{element[2:]}0a"
+            count = reader.GetMetaData(count_key).strip() if reader.HasMetaDataKey(count_key) else ""
+            if count.isdigit() and int(count) > 1:
+                return f"NumberOfImagesInMosaic {count}"
+    return None
 
 
 def _read_header(sitk: Any, path: Path) -> _Header:
     reader = sitk.ImageFileReader()
     reader.SetImageIO("GDCMImageIO")
     reader.SetFileName(str(path))
+    reader.LoadPrivateTagsOn()  # for NumberOfImagesInMosaic
     try:
-        with _itk_warnings_off(sitk):
+        with _gdcm_quiet(sitk):
             reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise fail(path, "not a readable DICOM image (corrupt, or no pixel data)", exc) from exc
+        # ITK's message (kept in the chained exception) names its own source file and an object
+        # address, nothing a user can act on; what GDCM printed is in the debug log.
+        raise fail(path, "not a readable DICOM image (corrupt, or no pixel data)") from exc
+    mosaic = _mosaic(reader)
+    if mosaic is not None:
+        raise fail(
+            path,
+            f"Siemens MOSAIC image ({mosaic}): its slices are tiled into one picture; convert the series "
+            "to a volume first (dcm2niix makes a NIfTI of it) and predict that",
+        )
     size = tuple(int(s) for s in reader.GetSize())
     spacing = tuple(float(s) for s in reader.GetSpacing())
     uid = reader.GetMetaData(_SERIES_UID_TAG).strip("\x00 ") if reader.HasMetaDataKey(_SERIES_UID_TAG) else ""
@@ -148,6 +225,7 @@ def _read_header(sitk: Any, path: Path) -> _Header:
         direction=np.asarray(reader.GetDirection(), dtype=np.float64).reshape(3, 3),
         components=int(reader.GetNumberOfComponents()),
         series_uid=uid,
+        positioned=reader.HasMetaDataKey("0020|0032"),
     )
 
 
@@ -177,6 +255,12 @@ def _checked(headers: Sequence[_Header], folder: Path, name: str) -> DicomSeries
         if frames is not None:
             raise InputError(
                 f"{where}: multi-frame file {frames.path.name} among {len(headers)} files; give it on its own"
+            )
+        unplaced = next((h for h in headers if not h.positioned), None)
+        if unplaced is not None:
+            raise InputError(
+                f"{where}: {unplaced.path.name} has no Image Position (Patient), so its {len(headers)} images "
+                "cannot be stacked into a volume; give them one by one"
             )
     normal = first.direction[:, 2]
     ordered = sorted(headers, key=lambda h: float(h.origin @ normal))
@@ -225,22 +309,40 @@ def series_in_folder(folder: Path, entries: Sequence[Path], alone: bool) -> list
         The series, sorted by name; empty when no entry is a DICOM file.
 
     Raises:
-        InputError: DICOM files without any readable image series, or a series that fails the
-            checks of the module docstring. DICOM files outside every image series (a
-            DICOMDIR, a report) are skipped with a logged warning.
+        InputError: DICOM files without any readable image series, files named ``.dcm`` that
+            are not DICOM and nothing else to predict in the folder, or a series that fails
+            the checks of the module docstring. DICOM files outside every image series (a
+            DICOMDIR, a report), and files named ``.dcm`` that are not DICOM next to other
+            inputs, are skipped with a logged warning.
     """
-    candidates = [p for p in entries if _is_candidate(p)]
-    if not candidates:
+    candidates, unmarked = [], []
+    for p in entries:
+        if is_dicom_file(p):
+            candidates.append(p)
+        elif file_extension(p) in DICOM_EXTENSIONS:
+            unmarked.append(p)
+    if not candidates and not unmarked:
         return []
     sitk = require("SimpleITK", folder)
+    impostors = []
+    for p in unmarked:
+        (candidates if _holds_dicom_data_set(sitk, p) else impostors).append(p)
+    if impostors:
+        shown = ", ".join(sorted(p.name for p in impostors))
+        what = f"{len(impostors)} file(s) named .dcm that are not DICOM files ({shown}: {_NOT_DICOM})"
+        if alone and not candidates:
+            raise InputError(f"{folder}: holds {what}, and nothing else to predict")
+        logger.warning("%s: %s skipped", folder, what)
+    if not candidates:
+        return []
     try:
-        with _itk_warnings_off(sitk):
+        with _gdcm_quiet(sitk):
             groups = [
                 [Path(f) for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)]
                 for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
             ]
     except RuntimeError as exc:
-        raise fail(folder, "cannot scan the folder for DICOM series", exc) from exc
+        raise fail(folder, "cannot scan the folder for DICOM series") from exc
     groups = [g for g in groups if g]
     if not groups:
         shown = ", ".join(p.name for p in sorted(candidates)[:3]) + (", ..." if len(candidates) > 3 else "")
@@ -280,9 +382,14 @@ def series_of_files(paths: Sequence[Path]) -> list[DicomSeries]:
             raise InputError(f"{path}: input not found")
         if not path.is_file():
             raise InputError(f"{path}: several inputs must all be DICOM files; this is not a file")
-        if not _is_candidate(path):
-            raise InputError(f"{path}: several inputs must all be DICOM files of a series; this is not a DICOM file")
     sitk = require("SimpleITK", paths[0])
+    for path in paths:
+        if is_dicom_file(path):
+            continue
+        if file_extension(path) not in DICOM_EXTENSIONS:
+            raise InputError(f"{path}: several inputs must all be DICOM files of a series; this is not a DICOM file")
+        if not _holds_dicom_data_set(sitk, path):
+            raise InputError(f"{path}: named {file_extension(path)} but not a DICOM file ({_NOT_DICOM})")
     by_uid: dict[str, list[_Header]] = defaultdict(list)
     for path in dict.fromkeys(paths):  # a file named twice is one slice
         header = _read_header(sitk, path)
@@ -320,9 +427,10 @@ def read_dicom_series(series: DicomSeries, orientation: str, max_pixels: int) ->
     # own warning about them to stderr.
     reader.SetSpacingWarningRelThreshold(SPACING_TOLERANCE)
     try:
-        img = reader.Execute()
+        with _gdcm_quiet(sitk):
+            img = reader.Execute()
         arr = sitk.GetArrayFromImage(img)
     except RuntimeError as exc:
-        raise fail(series.folder, f"DICOM series {series.series_uid}: pixel data cannot be decoded", exc) from exc
+        raise fail(series.folder, f"DICOM series {series.series_uid}: pixel data cannot be decoded") from exc
     loaded = from_sitk_image(series.folder, img, arr, orientation, kind="dicom", file_format="dcm")
     return replace(loaded, series=series)
