@@ -18,8 +18,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import cli_env
+from conftest import check_dicom_seg, cli_env
 from simmpnet.cli import main
+from simmpnet.data.dicom_seg import segment_classes
 from simmpnet.data.dicomweb import PASSWORD_VARIABLE, TOKEN_VARIABLE, DicomWebServer
 from test_dicom import _expect_clean_error, model_dir, phantom, write_series  # noqa: F401 (model_dir: a fixture)
 
@@ -232,9 +233,13 @@ def test_predict_a_study_from_dicomweb_and_store_the_seg(orthanc, model_dir: Pat
     (instance,) = orthanc.client.retrieve_series(study, seg_series)
     seg = hd.seg.Segmentation.from_dataset(instance)
     assert seg.StudyInstanceUID == study and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series
-    masks = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids["sops"], segment_numbers=[1, 2, 3])
-    for c in (1, 2, 3):
-        np.testing.assert_array_equal(masks[..., c - 1], labels == c, err_msg=f"class {c}")
+    check_dicom_seg(out / f"{series}_seg.dcm")  # dciodvfy: the SEG that was sent
+    classes = segment_classes(seg)  # segments only for the classes predicted, numbered 1..k
+    assert sorted(classes.values()) == [int(c) for c in np.unique(labels) if c > 0]
+    numbers = sorted(classes)
+    masks = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids["sops"], segment_numbers=numbers)
+    for k, number in enumerate(numbers):
+        np.testing.assert_array_equal(masks[..., k], labels == classes[number], err_msg=f"segment {number}")
 
     # again without --store: the SEG series is no input, and nothing is sent
     again = subprocess.run([*args, "--output", str(tmp_path / "again")], capture_output=True, text=True,
