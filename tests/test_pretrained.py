@@ -289,3 +289,45 @@ def test_files_of_the_wrong_kind_are_named(model, trained, tmp_path, capsys):
             assert main([command[0], "--checkpoint", str(path), *command[1:]]) == 2
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and needle in err[0] and "weights_only" not in err[0], err
+
+
+def test_save_pretrained_writes_a_model_card_and_keeps_the_users_own(model, tmp_path):
+    from simmpnet.model_card import CARD_MARKER
+
+    folder = model.save_pretrained(tmp_path / "m")
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: simmpnet\n") and "pipeline_tag: image-segmentation" in card
+    assert "**Research use only.**" in card and "not a medical device" in card
+    assert "bg, liver, kidney, spleen" in card and "[-125.0, 275.0]" in card and "`logits` resampling" in card
+    assert "Not recorded with these weights" in card and "## Evaluation" not in card
+    assert card.rstrip().endswith(CARD_MARKER)
+    # the user's own card is never replaced; a card simmpnet wrote is
+    (folder / "README.md").write_text("# my notes\n")
+    model.save_pretrained(folder)
+    assert (folder / "README.md").read_text() == "# my notes\n"
+    (folder / "README.md").write_text(card.replace("# Sim-MPNet segmentation model", "# old"))
+    model.save_pretrained(folder)
+    assert "# Sim-MPNet segmentation model" in (folder / "README.md").read_text()
+    assert SimMPNet.from_pretrained(folder).preprocessing == model.preprocessing
+
+
+def test_export_writes_the_runs_config_and_scores_into_the_model_card(trained, tmp_path):
+    metrics = {
+        "checkpoint": str(trained), "data": "brain", "layout": "synapse", "split": "test_vol", "n_cases": 3,
+        "headline_convention": "present", "distance_unit": "mm", "classes": list(CLASS_NAMES[1:]),
+        "mean": {"dsc": 0.7154, "hd95": 4.25}, "per_class": {CLASS_NAMES[1]: {"dsc": 0.8, "hd95": 3.0}},
+        "pooled_dsc": {"mean": 0.8087},
+    }
+    (trained.parent / "metrics.json").write_text(json.dumps(metrics))
+    try:
+        assert main(["--quiet", "export", "--checkpoint", str(trained), "--output", str(tmp_path / "w")]) == 0
+        card = (tmp_path / "w" / "README.md").read_text()
+        assert f"from `{trained}`" in card and '`train_list`: `"small"`' in card and '`variant`: `"tiny"`' in card
+        assert "## Evaluation" in card and "**71.54 %**" in card and f"| {CLASS_NAMES[1]} | 80.00 % | 3.00 |" in card
+        assert "Pooled DSC (all voxels of all cases at once): 80.87 %." in card
+        # scores of another checkpoint are not this model's
+        (trained.parent / "metrics.json").write_text(json.dumps({**metrics, "checkpoint": str(tmp_path / "other.pt")}))
+        assert main(["--quiet", "export", "--checkpoint", str(trained), "--output", str(tmp_path / "w2")]) == 0
+        assert "## Evaluation" not in (tmp_path / "w2" / "README.md").read_text()
+    finally:
+        (trained.parent / "metrics.json").unlink()

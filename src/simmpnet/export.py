@@ -18,6 +18,7 @@ the file atomically (temporary file in the same folder, then rename).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import warnings
@@ -30,7 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import load_checkpoint, split_training_checkpoint
 from .files import atomic_write
+from .pretrained import save_pretrained
 from .errors import InputError, SimMPNetError
 
 logger = logging.getLogger(__name__)
@@ -354,6 +357,25 @@ def export_checkpoint(
     return path, size, result
 
 
+def _run_records(checkpoint: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The training config a ``last.pt`` / ``best.pt`` holds, and the ``metrics.json`` next to
+    it when that evaluation scored this very checkpoint: what the model card reports."""
+    if not checkpoint.is_file():
+        return None, None
+    _, training = split_training_checkpoint(load_checkpoint(checkpoint, map_location="cpu"))
+    metrics_path = checkpoint.parent / "metrics.json"
+    metrics = None
+    if metrics_path.is_file():
+        try:
+            found = json.loads(metrics_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            found = None  # not an evaluation of ours: the card goes without scores
+        scored = isinstance(found, dict) and found.get("checkpoint")
+        if scored and Path(scored).resolve() == checkpoint.resolve():
+            metrics = found
+    return training, metrics
+
+
 def _export_pretrained(
     checkpoint: str | os.PathLike, output: str | os.PathLike, input_size: int | None, check: bool
 ) -> tuple[Path, int, ExportCheck | None]:
@@ -368,7 +390,8 @@ def _export_pretrained(
         raise InputError(
             f"--input-size does not apply to --format safetensors: the folder keeps the training size {size}"
         )
-    folder = model.save_pretrained(output)
+    training, metrics = _run_records(Path(checkpoint))
+    folder = save_pretrained(model, output, training=training, metrics=metrics, source=str(checkpoint))
     if not check:
         return folder, size, None
     loaded = SimMPNet.from_pretrained(folder)

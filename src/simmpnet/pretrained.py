@@ -193,16 +193,27 @@ def check_preprocessing(model: Model, prep: Preprocessing, source: str = "model"
 
 
 # ----------------------------------------------------------------------- writing
-def save_pretrained(model: Model, directory: str | os.PathLike) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` of ``model`` into ``directory``
-    (created if missing; other files in it are left alone).  Each file is written atomically;
-    the weights first, so that a ``config.json`` is never newer than its weights.  Returns the
-    folder."""
+def save_pretrained(
+    model: Model,
+    directory: str | os.PathLike,
+    *,
+    training: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    source: str | None = None,
+) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and the model card ``README.md``
+    (`simmpnet.model_card`: intended use, training, the run's scores) of ``model`` into
+    ``directory`` (created if missing; other files in it, and a README.md simmpnet did not
+    write, are left alone).  ``training``: the training run's config; ``metrics``: the
+    ``metrics.json`` of ``simmpnet evaluate`` of this model; ``source``: where the weights come
+    from; each goes into the card when given.  Each file is written atomically; the weights
+    first, so that a ``config.json`` is never newer than its weights.  Returns the folder."""
     import torch
     from safetensors.torch import save_file
 
     from . import __version__
     from .files import atomic_write
+    from .model_card import model_card, write_model_card
 
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
@@ -225,6 +236,11 @@ def save_pretrained(model: Model, directory: str | os.PathLike) -> Path:
     text = json.dumps(config, indent=2) + "\n"
     atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
     atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(text))
+    card = model_card(
+        config["config"], config["preprocessing"], model.n_classes, model.in_channels,
+        training=training, metrics=metrics, source=source,
+    )
+    write_model_card(directory, card)
     return directory
 
 

@@ -476,12 +476,19 @@ class SimMPNet(nn.Module):
         form (folders and Hub ids too) and returns it in ``eval()`` mode."""
         return model_from_checkpoint(load_checkpoint(path, map_location), str(path), cls)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``directory/config.json`` (architecture and `preprocessing`) and
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike,
+        *,
+        training_config: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> Path:
+        """Write ``directory/config.json`` (architecture and `preprocessing`),
         ``directory/model.safetensors`` (weights and buffers, memory banks included; no
-        optimiser), the Hugging Face Hub layout; returns the folder.  See
-        `simmpnet.pretrained`."""
-        return save_pretrained(self, directory)
+        optimiser) and the model card ``directory/README.md`` (intended use; the training
+        config and the ``metrics.json`` of an evaluation when given), the Hugging Face Hub
+        layout; returns the folder.  See `simmpnet.pretrained`."""
+        return save_pretrained(self, directory, training=training_config, metrics=metrics)
 
     @classmethod
     def from_pretrained(
