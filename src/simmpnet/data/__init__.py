@@ -1,6 +1,11 @@
-"""Data: the embedded brain-lobes demo, Synapse-layout readers, slice transforms.
+"""Data: everything between files on disk and the network's tensors.
 
-Heavy optional dependencies (nibabel, h5py, scipy) are imported only where used.
+Image readers and label-map writers (`io`, with `image` shared by every reader), DICOM series
+and DICOM-SEG (`dicom`, `dicom_seg`), DICOMweb (`dicomweb`), the dataset layouts behind one
+interface (`layouts`: synapse, acdc, nnunet, folder2d, isic2018, segpc2021), converters of raw
+downloads (`prepare`), the network's input from what a user holds (`network_input`), slice
+transforms, and the embedded brain-lobes demo.  Heavy optional dependencies (nibabel, h5py,
+scipy, pydicom, highdicom, dicomweb-client) are imported only where used.
 """
 from __future__ import annotations
 
