@@ -46,7 +46,7 @@ def test_cli_reference_covers_every_command():
 
 
 def _train_config_fields() -> list[str]:
-    tree = ast.parse((SRC / "training" / "trainer.py").read_text(encoding="utf-8"))
+    tree = ast.parse((SRC / "training" / "config.py").read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef) and node.name == "TrainConfig":
             return [
@@ -54,7 +54,7 @@ def _train_config_fields() -> list[str]:
                 for item in node.body
                 if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
             ]
-    raise AssertionError("TrainConfig not found in training/trainer.py")
+    raise AssertionError("TrainConfig not found in training/config.py")
 
 
 def test_every_training_config_key_is_documented():

@@ -173,7 +173,7 @@ def test_write_json_converts_numpy_and_non_finite(tmp_path: Path, caplog: pytest
         "p": Path("x/y"),
         "t": (np.bool_(True), -math.inf),
     }
-    with caplog.at_level(logging.WARNING, logger="simmpnet.evaluation.report"):
+    with caplog.at_level(logging.WARNING, logger="simmpnet.evaluation.jsonio"):
         path = write_json(obj, tmp_path / "r.json")
     text = path.read_text(encoding="utf-8")
     assert "NaN" not in text and "Infinity" not in text
@@ -304,7 +304,7 @@ LOG_LINES = [
 def test_read_training_log_skips_malformed_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     log = tmp_path / "train.jsonl"
     log.write_text("\n".join(LOG_LINES) + "\n", encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger="simmpnet.evaluation.report"):
+    with caplog.at_level(logging.WARNING, logger="simmpnet.evaluation.training_log"):
         parsed = read_training_log(log)
     assert parsed["step"] == [1.0, 2.0, 3.0, 5.0] and parsed["loss"] == [2.0, 1.5, 1.25, 1.0]
     assert parsed["epoch"] == [1.0, 2.0, 3.0] and parsed["epoch_step"] == [2.0, 5.0, 8.0]
@@ -317,7 +317,7 @@ def test_read_training_log_skips_malformed_lines(tmp_path: Path, caplog: pytest.
 def test_plot_curves_writes_two_panel_png(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     log = tmp_path / "train.jsonl"
     log.write_text("\n".join(LOG_LINES) + "\n", encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger="simmpnet.evaluation.report"):
+    with caplog.at_level(logging.WARNING, logger="simmpnet.evaluation.training_log"):
         out = plot_curves(log, tmp_path / "plots" / "curves.png")
     assert any("not valid JSON" in r.getMessage() for r in caplog.records)
     with Image.open(out) as im:

@@ -81,7 +81,7 @@ def _train_config(args: argparse.Namespace, base: Path | None):
 def cmd_train(args: argparse.Namespace) -> int:
     from .data.io import check_output_folder
     from .training import Trainer
-    from .training.trainer import check_run_folder
+    from .training.checkpointing import check_run_folder
 
     config = _train_config(args, _train_config_file(args))
     if (getattr(args, "nproc", None) or 1) > 1 and "LOCAL_RANK" not in os.environ:
@@ -119,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation.report import format_table
+    from .evaluation.tables import format_table
 
     if args.predictions or args.labels:
         summary = _score_folders(args)
@@ -175,7 +175,8 @@ def _score_folders(args: argparse.Namespace) -> dict:
     """``evaluate --predictions DIR --labels DIR``: score existing label maps, same report."""
     from .data.io import check_output_folder
     from .evaluation.folders import evaluate_folders
-    from .evaluation.report import write_json, write_metrics_markdown
+    from .evaluation.jsonio import write_json
+    from .evaluation.tables import write_metrics_markdown
 
     if not (args.predictions and args.labels):
         raise SimMPNetError("--predictions and --labels go together: the label maps to score and their ground truth")
@@ -295,7 +296,7 @@ def _run_demo(args: argparse.Namespace, model: str, output: Path) -> tuple[dict,
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .evaluation.report import format_table
+    from .evaluation.tables import format_table
 
     output = Path(args.output)
     summary, pictures = _run_demo(args, args.model, output)
@@ -311,7 +312,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .evaluation.report import format_comparison
+    from .evaluation.tables import format_comparison
 
     output = Path(args.output)
     summaries = {}

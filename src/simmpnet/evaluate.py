@@ -18,10 +18,12 @@ from .data.layouts import default_test_split, open_layout, open_layout_of_model
 from .errors import CheckpointError, SimMPNetError
 from .evaluation import html_report
 from .evaluation.evaluate import evaluate_volumes
+from .evaluation.figures import pick_overlays, save_overlay
 from .evaluation.html_report import MAX_CASES, MAX_SLICES, ViewerCases
 from .evaluation.inference import predict_slices
-from .evaluation.report import pick_overlays, save_overlay, write_json, write_metrics_markdown
+from .evaluation.jsonio import write_json
 from .evaluation.resample import resolve_resample
+from .evaluation.tables import write_metrics_markdown
 from .files import check_output_folder
 from .loading import load_trained_model, resolve_device
 

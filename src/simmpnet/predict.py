@@ -327,7 +327,7 @@ def _write_probabilities(target: Path, probs: np.ndarray, names: Sequence[str] |
 
 
 def _write_overlay(target: Path, slices: np.ndarray, labels: np.ndarray, picture: bool, names: Any) -> None:
-    from .evaluation.report import save_overlay
+    from .evaluation.figures import save_overlay
 
     index = 0 if picture else int(np.argmax((labels > 0).sum((1, 2))))
     image = slices[index]

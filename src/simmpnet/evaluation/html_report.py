@@ -34,9 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from ..colours import CLASS_COLORS, label_palette
 from ..files import atomic_write
 from ..errors import InputError
-from .report import _METRICS, CLASS_COLORS, RESAMPLE_WORDS, SOURCE_KEYS, _fmt, _unit_word, label_palette, mean_drift
+from .resample import RESAMPLE_WORDS
+from .tables import _METRICS, SOURCE_KEYS, _fmt, _unit_word
+from .training_log import mean_drift
 
 logger = logging.getLogger(__name__)
 

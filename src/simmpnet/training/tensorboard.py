@@ -3,7 +3,7 @@
 The JSON Lines log stays the source of truth: every scalar written here is a field of a record
 the trainer also writes to the log (`TensorBoardLog.record` takes those records), so the
 two never disagree.  Validations add a few overlay pictures (image | truth | prediction, the
-colours of `simmpnet.evaluation.report.label_color`).
+colours of `simmpnet.colours.label_color`).
 
 Tags: ``train/loss``, ``train/k`` and ``train/lr`` per logged step; ``epoch/train_loss`` and
 ``val/dsc`` per epoch (by step); ``memory/drift/<block>`` the mean prototype drift of each
@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..evaluation.report import mean_drift, pick_overlays
+from ..evaluation.figures import pick_overlays
+from ..evaluation.training_log import mean_drift
 
 __all__ = ["TensorBoardLog", "check_tensorboard"]
 
@@ -79,7 +80,7 @@ class TensorBoardLog:
 
     def overlays(self, step: int) -> None:
         """Write the pictures of the cases kept since the last call."""
-        from ..evaluation.report import overlay_panels
+        from ..evaluation.figures import overlay_panels
 
         for name, _, image, truth, prediction in self._cases:
             self.writer.add_image(f"val/overlay/{name}", overlay_panels(image, truth, prediction), step, dataformats="HWC")

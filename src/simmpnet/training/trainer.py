@@ -13,6 +13,10 @@ optimiser step); ``max_nonfinite_losses`` such steps are tolerated.
 
 Distributed data-parallel training (``torchrun --nproc-per-node N -m simmpnet train ...``):
 see `simmpnet.training.distributed`.  ``batch_size`` is the global batch.
+
+The run's settings are `simmpnet.training.config`; the run folder, the checkpoint's RNG state
+and identity check and the log rewind `simmpnet.training.checkpointing`; the batches and
+augmentation draws of an epoch `simmpnet.training.samples`.
 """
 from __future__ import annotations
 
@@ -27,327 +31,45 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from ..checkpoint import TRAIN_FORMAT, load_checkpoint, save_checkpoint
+from ..checkpoint import TRAIN_FORMAT, save_checkpoint
 from ..device import resolve_device
 from ..data.layouts import open_layout
-from ..data.transforms import RandomAugment
-from ..errors import CheckpointError, InputError, SimMPNetError
+from ..errors import InputError, SimMPNetError
 from ..evaluation.evaluate import evaluate_volumes
-from ..evaluation.resample import check_resample
 from ..files import atomic_write
-from ..models import VARIANTS, SimMPNet, WLDSchedule
-from ..models.factory import MODEL_NAMES, build_model, model_from_payload, model_payload
+from ..models import SimMPNet, WLDSchedule
+from ..models.factory import build_model, model_from_payload, model_payload
 from . import distributed
-from .losses import DICE_DENOMINATORS, DeepSupervisionLoss
+from .checkpointing import (
+    RUN_FILES,
+    _plain,
+    check_run_folder,
+    read_training_checkpoint,
+    restore_rng_state,
+    rewind_log,
+    rng_state,
+)
+from .config import TrainConfig, _memory_parts, _resolve_amp, _variant_warmup
+from .losses import DeepSupervisionLoss
 from .plan import plan_run
-from .tensorboard import TensorBoardLog, check_tensorboard
+from .samples import _AugmentedSlices, epoch_batches
+from .tensorboard import TensorBoardLog
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "Trainer", "TrainingError"]
 
-#: Values of the ``compile`` key: none; inductor's modes; a backend that traces without compiling.
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "aot_eager")
-
 
 class TrainingError(SimMPNetError):
     """Training cannot go on (e.g. the loss keeps being NaN)."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run needs; YAML files hold the same keys.
-
-    Data: ``data_root`` in the dataset ``layout`` (default "synapse": ``train_npz/``,
-    ``test_vol_h5/``, ``lists/``; see `simmpnet.data.layouts`) with its ``layout_options``
-    (e.g. ``{seed: 7}`` or ``{split_file: splits.json}``), ``train_list`` /
-    ``val_list`` split names (``val_list`` None: no validation), ``n_classes`` with background, ``class_names`` (background first).
-    Model: ``model`` ("simmpnet" or "unet"), ``variant``, ``model_overrides`` (config keys of
-    the network), ``pretrained``, ``input_size`` (slice side, a multiple of 32 for Sim-MPNet
-    and of 16 for the U-Net; Sim-MPNet's encoders then run at ``input_size`` and 7/8 of it
-    unless ``model_overrides`` sets ``img_size_a`` / ``img_size_b``; default the variant's
-    encoder-A size, 128 for the U-Net), ``warmup_iters`` (DMW-LA warm-up).
-    Left unset, ``eval_start_epoch``, ``wld_start_epoch`` and ``warmup_iters`` scale with the run
-    (a third of it, as the paper's 100 of 300 epochs; the warm-up at most the variant's 2000);
-    set beyond the run's ``epochs`` they are refused (`simmpnet.training.plan`).
-    Optimisation (paper: AdamW 1e-4 constant, wd 1e-4, batch 20, seed 2222): ``epochs``,
-    ``batch_size``, ``lr``, ``weight_decay``, ``lr_schedule`` ("constant" or "poly":
-    ``lr (1 - progress)^0.9``, progress the larger of the step and time-budget fractions),
-    ``augment`` (options of `simmpnet.data.transforms.RandomAugment`: p_rot_flip,
-    p_rotate, max_angle; default the paper's 0.5 / 0.5 / 20), ``dice_denominator`` ("squared",
-    the paper's soft Dice, or "linear"), ``seed``, ``wld_start_epoch`` (the epoch, from 0, whose losses
-    W-LD records first; ``K`` follows the rule from the next epoch on), ``wld_blocks`` ("encoder" as the
-    authors, "decoder", "all" or "none"), ``eval_start_epoch`` (the first epoch, from 1, after
-    which ``val_list`` is evaluated), ``eval_every``, ``resample``
-    (how validation predictions return to the slice size: "labels", the paper's, or "logits";
-    see `simmpnet.evaluation.inference`; ``evaluate`` and ``predict`` default to it).
-    Budget: ``time_budget_s`` (wall clock of the whole run, across resumes), ``max_steps``.
-    Mixed precision: ``amp`` "none", "bf16" (CPU or CUDA), "fp16" (CUDA, with gradient
-    scaling) or "auto" (bf16 where the hardware computes it natively, else none); the memory
-    banks, their k-means and their update stay in fp32.
-    Robustness: ``max_nonfinite_losses`` skipped steps before training stops; ``check_data``
-    reads and checks every file once before training starts, so that a bad file stops the run
-    before anything is written.
-    Runtime: ``device`` ("auto", "cpu", "cuda"), ``threads``, ``num_workers``, ``output_dir``,
-    ``log_every``, ``progress``, ``tensorboard`` (also write TensorBoard event files to
-    ``output_dir/tensorboard``: the log's scalars and validation overlays; needs the
-    ``tensorboard`` extra); ``channels_last`` (the network and its input in channels-last
-    memory), ``compile`` ("none"; "default", "reduce-overhead" (CUDA graphs) or "max-autotune":
-    the training forward and backward through ``torch.compile`` with inductor in that mode;
-    "aot_eager": traced but not compiled, for checking).  Validation runs the plain network.
-    Distributed (under ``torchrun``): ``batch_size`` is the *global* batch and must be divisible
-    by the number of processes; ``sync_batchnorm`` (default true) synchronises the BatchNorm
-    statistics over the processes, so that a run matches one process with the same batch.
-    """
-
-    data_root: str = ""
-    layout: str = "synapse"
-    layout_options: dict[str, Any] = field(default_factory=dict)
-    train_list: str = "train"
-    val_list: str | None = "test_vol"
-    n_classes: int = 9
-    class_names: list[str] | None = None
-    in_channels: int = 1
-    intensity_window: list[float] | None = None
-    model: str = "simmpnet"
-    variant: str = "tiny"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    pretrained: bool | str = False
-    input_size: int | None = None
-    warmup_iters: int | None = None
-    epochs: int = 300
-    batch_size: int = 20
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    lr_schedule: str = "constant"
-    augment: dict[str, float] = field(default_factory=dict)
-    dice_denominator: str = "squared"
-    seed: int = 2222
-    wld_start_epoch: int | None = None
-    wld_blocks: str = "encoder"
-    eval_start_epoch: int | None = None
-    eval_every: int = 1
-    resample: str = "labels"
-    time_budget_s: float | None = None
-    max_steps: int | None = None
-    amp: str = "none"
-    max_nonfinite_losses: int = 5
-    check_data: bool = True
-    device: str = "auto"
-    threads: int | None = None
-    num_workers: int = 0
-    output_dir: str = "runs/train"
-    log_every: int = 10
-    progress: bool = True
-    sync_batchnorm: bool = True
-    tensorboard: bool = False
-    channels_last: bool = False
-    compile: str = "none"
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InputError(f"unknown training config keys: {unknown}; known keys: {sorted(known)}")
-        config = cls(**values)
-        config.validate()
-        return config
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> TrainConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"{path}: config file not found")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise InputError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
-        if not isinstance(values, dict):
-            raise InputError(f"{path}: expected a mapping of config keys")
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(values)
-
-    def validate(self) -> None:
-        if self.model not in MODEL_NAMES:
-            raise InputError(f"model must be one of {list(MODEL_NAMES)}, got {self.model!r}")
-        if self.model == "simmpnet" and self.variant not in VARIANTS:
-            raise InputError(f"unknown Sim-MPNet variant {self.variant!r}; choose one of {sorted(VARIANTS)}")
-        if self.n_classes < 2:
-            raise InputError(f"n_classes must be at least 2, got {self.n_classes}")
-        if self.class_names is not None and len(self.class_names) != self.n_classes:
-            raise InputError(f"class_names has {len(self.class_names)} names for {self.n_classes} classes")
-        for name in ("epochs", "batch_size", "eval_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name, least in (("eval_start_epoch", 1), ("wld_start_epoch", 0), ("warmup_iters", 0), ("max_steps", 1)):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
-                raise InputError(f"{name} must be an integer of at least {least} (or left out), got {value!r}")
-        if self.amp not in ("none", "bf16", "fp16", "auto"):
-            raise InputError(f"amp must be none, bf16, fp16 or auto, got {self.amp!r}")
-        if self.lr_schedule not in ("constant", "poly"):
-            raise InputError(f"lr_schedule must be constant or poly, got {self.lr_schedule!r}")
-        if self.wld_blocks not in ("encoder", "decoder", "all", "none"):
-            raise InputError(f"wld_blocks must be encoder, decoder, all or none, got {self.wld_blocks!r}")
-        if self.dice_denominator not in DICE_DENOMINATORS:
-            raise InputError(
-                f"dice_denominator must be one of {list(DICE_DENOMINATORS)}, got {self.dice_denominator!r}"
-            )
-        check_resample(self.resample)
-        if self.compile not in COMPILE_MODES:
-            raise InputError(f"compile must be one of {list(COMPILE_MODES)}, got {self.compile!r}")
-        self._check_input_size()
-        self._check_network()
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise InputError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.tensorboard:
-            check_tensorboard()
-
-    def _check_input_size(self) -> None:
-        if self.input_size is None:
-            return
-        step = _size_step(self.model, self.model_overrides)
-        size = self.input_size
-        if isinstance(size, bool) or not isinstance(size, int) or size < step or size % step:
-            raise InputError(
-                f"input_size must be a positive multiple of {step} for {self.model} "
-                f"(e.g. {', '.join(str(step * k) for k in (2, 3, 4, 8))}), got {self.input_size!r}"
-            )
-        size_a = self.model_overrides.get("img_size_a")
-        if self.model == "simmpnet" and size_a is not None and size_a != self.input_size:
-            raise InputError(
-                f"input_size {self.input_size} and model_overrides.img_size_a {size_a} disagree: the slices "
-                f"are resized to input_size and encoder A runs at img_size_a; set one of them"
-            )
-
-    def _check_network(self) -> None:
-        """Sim-MPNet's ``model_overrides`` (keys, ablation switches) are checked here, before any
-        data is read, rather than when the network is built."""
-        if self.model != "simmpnet":
-            return
-        if not isinstance(self.model_overrides, dict):
-            raise InputError(f"model_overrides must be a mapping of network settings, got {self.model_overrides!r}")
-        network = VARIANTS[self.variant].with_overrides(**self.model_overrides)
-        if self.pretrained and not network.encoder_a:
-            raise InputError(
-                "pretrained loads encoder A's backbone weights, and model_overrides sets encoder_a: false "
-                "(no encoder A); set pretrained: false"
-            )
-
-    def model_overrides_sized(self) -> dict[str, Any]:
-        """``model_overrides`` with Sim-MPNet's encoder sizes following ``input_size``: encoder A
-        at ``input_size``, encoder B at 7/8 of it (the paper's 224 for 256) unless set."""
-        overrides = dict(self.model_overrides)
-        if self.model == "simmpnet" and self.input_size is not None:
-            overrides.setdefault("img_size_a", self.input_size)
-            overrides.setdefault("img_size_b", self.input_size * 7 // 8)
-        return overrides
-
-    def model_identity(self) -> dict[str, Any]:
-        """The settings a checkpoint must share with this config to be resumed."""
-        keys = ("model", "variant", "model_overrides", "n_classes", "in_channels", "input_size", "warmup_iters")
-        return {k: getattr(self, k) for k in keys}
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.class_names or ["background", *(f"class_{i}" for i in range(1, self.n_classes))])
-
-
-def _memory_parts(config: TrainConfig, overrides: dict[str, Any]) -> tuple[str, ...]:
-    """The parts of the network (``"encoder"``, ``"decoder"``) whose blocks hold a DMW-LA
-    memory: none for the U-Net, or where the ablation switches of ``model_overrides`` replace it."""
-    if config.model != "simmpnet":
-        return ()
-    return VARIANTS[config.variant].with_overrides(**overrides).memory_parts
-
-
-def _variant_warmup(config: TrainConfig, overrides: dict[str, Any]) -> int | None:
-    """The DMW-LA warm-up the network has without ``warmup_iters``; None for a network without
-    memory, or when ``model_overrides`` sets the warm-up itself (it is then left as given)."""
-    if config.model != "simmpnet" or any("warmup_iters" in str(key) for key in _keys(overrides)):
-        return None
-    network = VARIANTS[config.variant].with_overrides(**overrides)
-    if not network.memory_parts:
-        return None
-    return getattr(network, f"{network.memory_parts[0]}_memory").warmup_iters
-
-
-def _keys(mapping: dict[str, Any]) -> list[str]:
-    """The keys of a nested mapping, at every level."""
-    found = []
-    for key, value in mapping.items():
-        found.append(str(key))
-        if isinstance(value, dict):
-            found.extend(_keys(value))
-    return found
-
-
-def _size_step(model: str, overrides: dict[str, Any]) -> int:
-    """The input sides a model accepts are the multiples of this: 32 for Sim-MPNet (encoder A's
-    MaxViT windows), the product of the strides for the U-Net (16 by default)."""
-    if model == "simmpnet":
-        return 32
-    return math.prod(int(s) for s in overrides.get("strides", (2, 2, 2, 2)))
-
-
-def _resolve_amp(amp: str, device: torch.device) -> str:
-    """``auto``: bf16 where the hardware has native bf16 arithmetic (emulated bf16 is slower
-    than fp32), else none."""
-    if amp != "auto":
-        return amp
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "none"
-    return "bf16" if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "none"
-
-
-
-
-class _AugmentedSlices(Dataset):
-    """Training slices with an augmentation whose draws depend on (seed, epoch, index) only."""
-
-    def __init__(self, slices: Dataset, size: int, seed: int, options: dict[str, float]) -> None:
-        self.slices = slices
-        self.augment = RandomAugment(size, **options)
-        self.seed = seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.slices)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = self.slices[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        image = item["image"].numpy()  # (C, H, W)
-        image = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
-        image, label = self.augment.apply(image, item["label"].numpy(), rng)
-        return {"image": image, "label": label}
-
-
-#: The files by which an output folder holds a training run.
-RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "resolved_config.yaml")
-
-
-def check_run_folder(output_dir: str | os.PathLike, overwrite: bool = False) -> list[str]:
-    """The run files already in ``output_dir``; an `InputError` if there are any and
-    ``overwrite`` is false, so that a new run never mixes its checkpoints and log with another's."""
-    found = [name for name in RUN_FILES if (Path(output_dir) / name).exists()]
-    if found and not overwrite:
-        raise InputError(
-            f"{output_dir}: holds a training run ({', '.join(found)}); continue it with --resume, "
-            f"replace it with --overwrite, or choose another --output"
-        )
-    return found
 
 
 class Trainer:
@@ -487,12 +209,6 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoints
     def _payload(self) -> dict[str, Any]:
-        # The RNG state is the same on every rank (same seed, same draws).
-        rng = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda_device"] = torch.cuda.get_rng_state(self.device)
-        if torch.cuda.is_available() and not self.dist.enabled:
-            rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "format": TRAIN_FORMAT,
             "version": 1,
@@ -501,7 +217,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "wld": self.wld.state_dict() if self.wld else None,
             "state": dict(self.state),
-            "rng": rng,
+            "rng": rng_state(self.device, self.dist.enabled),
             "identity": _plain(self.config.model_identity()),
             "plan": self.plan.to_dict(),
             "config": _plain(dataclasses.asdict(self.config)),
@@ -515,21 +231,7 @@ class Trainer:
         distributed run reads it; it may come from a run with another number of processes.
         Resuming this run's own checkpoint also drops the log records written after it."""
         path = Path(path) if path else self.output_dir / "last.pt"
-        payload = load_checkpoint(path, map_location="cpu")
-        if payload.get("format") != TRAIN_FORMAT:
-            raise CheckpointError(f"{path}: not a simmpnet training checkpoint")
-        mine = _plain(self.config.model_identity())
-        theirs = payload.get("identity")
-        if theirs != mine:
-            theirs = theirs if isinstance(theirs, dict) else {}
-            differ = ", ".join(
-                f"{key} {theirs.get(key)!r} in the checkpoint, {mine.get(key)!r} now"
-                for key in sorted(set(mine) | set(theirs)) if theirs.get(key) != mine.get(key)
-            )
-            raise CheckpointError(
-                f"{path}: written for another model configuration ({differ}); resume with the run's own config "
-                f"(simmpnet train --output {path.parent} --resume, which reads {path.parent / 'resolved_config.yaml'})"
-            )
+        payload = read_training_checkpoint(path, self.config.model_identity())
         restored = model_from_payload(payload["model"], str(path))
         self._claimed = True
         self.model.load_state_dict(restored.state_dict())
@@ -540,13 +242,9 @@ class Trainer:
         if self.wld and payload.get("wld"):
             self.wld.load_state_dict(payload["wld"])
         self.state.update(payload["state"])
-        torch.set_rng_state(payload["rng"]["torch"])
-        if self.device.type == "cuda" and "cuda_device" in payload["rng"]:
-            torch.cuda.set_rng_state(payload["rng"]["cuda_device"], self.device)
-        elif "cuda" in payload["rng"] and torch.cuda.is_available() and not self.dist.enabled:
-            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+        restore_rng_state(payload["rng"], self.device, self.dist.enabled)
         if self.dist.is_main and path.resolve().parent == self.output_dir.resolve():
-            self._rewind_log()
+            rewind_log(self.output_dir / "log.jsonl", self.state["global_step"], self.state["epoch"])
         logger.info("resumed from %s at epoch %d, step %d", path, self.state["epoch"], self.state["global_step"])
 
     def _keep_plan(self, saved: dict[str, Any] | None, restored: nn.Module) -> None:
@@ -568,39 +266,7 @@ class Trainer:
             for mine, theirs in zip(self.model.dmwla_blocks("all"), restored.dmwla_blocks("all"), strict=True):
                 mine.memory.warmup_iters = theirs.memory.warmup_iters
 
-    def _rewind_log(self) -> None:
-        """Drop the log records written after the checkpoint being resumed (the steps a killed
-        run did not save, a line cut off by the kill), so that the resumed run logs those
-        steps once, as an uninterrupted run would.  The end record goes too: the resumed run
-        writes its own when it stops (a run killed after its end record, before it exited,
-        would otherwise end twice)."""
-        log = self.output_dir / "log.jsonl"
-        if not log.is_file():
-            return
-        step, epoch = self.state["global_step"], self.state["epoch"]
-        kept: list[str] = []
-        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(record, dict) or record.get("event") == "end":
-                continue
-            at_step, at_epoch = record.get("step"), record.get("epoch", 0)
-            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (at_step, at_epoch))
-            if numbers and at_step <= step and at_epoch <= epoch:
-                kept.append(line)
-        atomic_write(log, lambda tmp: tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8"))
-
     # ------------------------------------------------------------------ loop
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        """The global batches of an epoch (each rank of a distributed run takes its share)."""
-        order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(self.config.seed + epoch))
-        size = self.config.batch_size
-        # BatchNorm and the loss behave better without a ragged last batch: it is dropped
-        # unless it is the only one (steps_per_epoch)
-        return [order[i : i + size].tolist() for i in range(0, len(order), size)][: self.steps_per_epoch]
-
     def _log(self, record: dict[str, Any]) -> None:
         if not self.dist.is_main:
             return
@@ -774,7 +440,8 @@ class Trainer:
         while stop is None and self.state["epoch"] < cfg.epochs:
             epoch = self.state["epoch"]
             self.samples.epoch = epoch
-            batches = self._epoch_batches(epoch)[self.state["batch_in_epoch"] :]
+            batches = epoch_batches(len(self.train_set), cfg.batch_size, self.steps_per_epoch, cfg.seed, epoch)
+            batches = batches[self.state["batch_in_epoch"] :]
             if self.dist.enabled:
                 batches = distributed.shard_batches(batches, self.dist.rank, self.dist.world_size)
             loader = DataLoader(
@@ -980,19 +647,6 @@ class Trainer:
         log = self.output_dir / "log.jsonl"
         if not log.is_file():
             return
-        from ..evaluation.report import plot_curves
+        from ..evaluation.figures import plot_curves
 
         plot_curves(log, self.output_dir / "curves.png")
-
-
-def _plain(value: Any) -> Any:
-    """Containers of plain Python values only (checkpoints are read with weights_only)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
