@@ -156,8 +156,15 @@ def test_manifest(manifest: dict) -> None:
 def test_lists_match_files_and_split(demo_root: Path, manifest: dict) -> None:
     train = _lines(demo_root / "lists/train.txt")
     test = _lines(demo_root / "lists/test_vol.txt")
-    assert sorted(p.name for p in (demo_root / "train_npz").iterdir()) == sorted(f"{n}.npz" for n in train)
-    assert sorted(p.name for p in (demo_root / "test_vol_h5").iterdir()) == sorted(f"{n}.npy.h5" for n in test)
+    # Every slab is on disk as slices and as a volume (the folds test each once); the fixed
+    # split lists a part of them.
+    every_slice = _lines(demo_root / "lists/all.txt")
+    every_slab = _lines(demo_root / "lists/all_vol.txt")
+    assert every_slab == [c["name"] for c in manifest["cases"]]
+    assert len(every_slice) == manifest["n_slices"] == sum(c["n_slices"] for c in manifest["cases"])
+    assert sorted(p.name for p in (demo_root / "train_npz").iterdir()) == sorted(f"{n}.npz" for n in every_slice)
+    assert sorted(p.name for p in (demo_root / "test_vol_h5").iterdir()) == sorted(f"{n}.npy.h5" for n in every_slab)
+    assert set(train) < set(every_slice) and set(test) < set(every_slab)
     test_cases = [c["name"] for c in manifest["cases"] if c["split"] == "test"]
     train_counts = {c["name"]: c["n_slices"] for c in manifest["cases"] if c["split"] == "train"}
     assert test == test_cases and len(test) >= 2

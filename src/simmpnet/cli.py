@@ -1,4 +1,4 @@
-"""The `simmpnet` command line: demo, train, evaluate, report, predict, export, prepare, verify, compare.
+"""The `simmpnet` command line: demo, train, experiment, evaluate, report, predict, export, prepare, verify, compare.
 
 Every error a user can cause ends as one line on stderr naming the file and the problem, with
 exit code 2 (``--debug`` shows the traceback instead).
@@ -322,6 +322,45 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Loggers whose INFO lines each run of an experiment would repeat (its plan, data, output);
+#: the run folder keeps them (resolved_config.yaml, log.jsonl), the experiment logs a line a run.
+_RUN_LOGGERS = ("simmpnet.training", "simmpnet.evaluate", "simmpnet.evaluation", "simmpnet.data.layouts")
+
+
+def cmd_experiment_run(args: argparse.Namespace) -> int:
+    from .experiment import run_experiment, summary_markdown
+
+    output = Path(args.output)
+    loggers = [logging.getLogger(name) for name in _RUN_LOGGERS]
+    levels = [each.level for each in loggers]
+    if not args.debug:
+        for each in loggers:
+            each.setLevel(max(each.getEffectiveLevel(), logging.WARNING))
+    try:
+        summary = run_experiment(Path(args.spec), output, device=args.device)
+    except KeyboardInterrupt:
+        print(
+            "interrupted: the finished runs are kept and the current one continues from its last.pt; resume with\n"
+            f"  simmpnet experiment run {shlex.quote(args.spec)} --output {shlex.quote(args.output)}"
+        )
+        return 130
+    finally:
+        for each, level in zip(loggers, levels, strict=True):
+            each.setLevel(level)
+    print(summary_markdown(summary))
+    print(f"summary: {output / 'summary.md'}, {output / 'summary.json'}, {output / 'summary.png'}")
+    return 0
+
+
+def cmd_experiment_summarize(args: argparse.Namespace) -> int:
+    from .experiment import summarize_experiment, summary_markdown
+
+    folder = Path(args.folder)
+    print(summary_markdown(summarize_experiment(folder)))
+    print(f"summary: {folder / 'summary.md'}, {folder / 'summary.json'}, {folder / 'summary.png'}")
+    return 0
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from .data.prepare import prepare_dataset
 
@@ -445,6 +484,32 @@ def build_parser() -> argparse.ArgumentParser:
             )
         device(p)
         p.set_defaults(func=func)
+
+    text = (
+        "train several configurations over seeds and folds, evaluate each run on its fold's test cases and "
+        "compare them with paired bootstrap intervals (docs/experiments.md)"
+    )
+    p = add_command("experiment", help="train and compare configurations over seeds and folds", description=text)
+    experiment = p.add_subparsers(dest="experiment_command", required=True)
+    text = (
+        "run every run of a YAML spec that is not finished (a rerun resumes: finished runs are kept, an "
+        "unfinished one continues from its last.pt), then write the summary"
+    )
+    q = experiment.add_parser("run", parents=[common], help="run the experiment of a spec", description=text)
+    q.add_argument("spec", metavar="SPEC", help="the experiment's YAML spec: configurations, seeds, folds, max_steps")
+    q.add_argument(
+        "--output", required=True,
+        help="the experiment's folder: a run folder per configuration, seed and fold (CONFIG/seedK/foldF), the summary",
+    )
+    q.add_argument("--device", help="auto, cpu or cuda (default: the spec's device key, else auto)")
+    q.set_defaults(func=cmd_experiment_run)
+    text = (
+        "rebuild summary.md, summary.json and summary.png of an experiment folder from its finished runs, "
+        "without training: mean ± sd per configuration and class, paired differences from the reference"
+    )
+    q = experiment.add_parser("summarize", parents=[common], help="the tables of an experiment folder", description=text)
+    q.add_argument("folder", metavar="DIR", help="a folder of simmpnet experiment run")
+    q.set_defaults(func=cmd_experiment_summarize)
 
     text = "train a model on a dataset in any layout (synapse, nnunet, folder2d, acdc, isic2018, segpc2021)"
     p = add_command("train", help=text, description=text)

@@ -12,9 +12,14 @@ background and writes axial slices in the on-disk layout of the paper's Synapse 
                                             attribute spacing (D, H, W) in mm
     <out>/lists/train.txt                   one slice name per line, no extension
     <out>/lists/test_vol.txt                one case name per line
+    <out>/lists/all.txt, all_vol.txt        the slices and the volumes of every slab
     <out>/dataset.json                      class names, spacing, sources, split rule, cases
 
-so that `simmpnet.data.layouts.synapse` reads it exactly like Synapse or ACDC.
+so that `simmpnet.data.layouts.synapse` reads it exactly like Synapse or ACDC.  Every slab is
+written both as slices and as a volume, so that the synapse layout's ``fold`` / ``n_folds``
+options can test each slab once over the folds (``lists/all*.txt``); ``train.txt`` and
+``test_vol.txt`` hold the fixed split of the demo.  All slabs come from one subject: folds
+measure the variation over regions of one brain, not over patients.
 
 Orientation of the written arrays (after ``nibabel.as_closest_canonical``, i.e. RAS):
 D runs inferior -> superior (axial slices), H runs anterior -> posterior (the face points
@@ -58,7 +63,7 @@ SOURCE_SHA256: dict[str, str] = {
 }
 
 DATASET_NAME = "simmpnet-brain-lobes-demo"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CLASS_NAMES: tuple[str, ...] = (
     "background",
     "frontal",
@@ -88,6 +93,10 @@ SLAB_SIZE = 10
 TEST_EVERY = 5
 TEST_REMAINDER = 2
 CASE_PREFIX = "brain_slab"
+#: The lists of every slab, as slices and as volumes: the names the synapse layout's folds read
+#: (`simmpnet.data.layouts.synapse.FOLD_SLICES_LIST`, ``FOLD_CASES_LIST``).
+ALL_SLICES_LIST = "all"
+ALL_VOLUMES_LIST = "all_vol"
 INTENSITY_PERCENTILES = (0.5, 99.5)
 
 _SUBPROCESS_TIMEOUT_S = 300.0
@@ -497,12 +506,16 @@ def _is_prepared(out: Path) -> bool:
             return False
         train = _read_list(out / "lists" / "train.txt")
         test = _read_list(out / "lists" / "test_vol.txt")
+        slices = _read_list(out / "lists" / f"{ALL_SLICES_LIST}.txt")
+        volumes = _read_list(out / "lists" / f"{ALL_VOLUMES_LIST}.txt")
     except (OSError, ValueError, AttributeError):
         return False
     if len(train) != manifest.get("n_train_slices") or len(test) != manifest.get("n_test_cases"):
         return False
-    return all((out / "train_npz" / f"{n}.npz").is_file() for n in train) and all(
-        (out / "test_vol_h5" / f"{n}.npy.h5").is_file() for n in test
+    if len(slices) != manifest.get("n_slices") or len(volumes) != len(manifest.get("cases", ())):
+        return False
+    return all((out / "train_npz" / f"{n}.npz").is_file() for n in slices) and all(
+        (out / "test_vol_h5" / f"{n}.npy.h5").is_file() for n in volumes
     )
 
 
@@ -586,21 +599,23 @@ def prepare_brain_demo(
     train_dir, test_dir, list_dir = out / "train_npz", out / "test_vol_h5", out / "lists"
     for folder in (train_dir, test_dir, list_dir):
         folder.mkdir(parents=True, exist_ok=True)
+    # Every slab as a volume and as slices: the fixed split lists a part of them, the folds
+    # of the synapse layout (lists/all*.txt) test each slab once.
+    slice_names: list[str] = []
     train_names: list[str] = []
-    test_names: list[str] = []
     for slab in slabs:
         zs = list(slab.z)
-        if slab.split == "test":
-            _save_h5(test_dir / f"{slab.name}.npy.h5", image[zs], label[zs], spacing)
-            test_names.append(slab.name)
-        else:
-            for j, z in enumerate(zs):
-                name = f"{slab.name}_slice{j:03d}"
-                _save_npz(train_dir / f"{name}.npz", image[z], label[z])
+        _save_h5(test_dir / f"{slab.name}.npy.h5", image[zs], label[zs], spacing)
+        for j, z in enumerate(zs):
+            name = f"{slab.name}_slice{j:03d}"
+            _save_npz(train_dir / f"{name}.npz", image[z], label[z])
+            slice_names.append(name)
+            if slab.split == "train":
                 train_names.append(name)
+    test_names = [slab.name for slab in slabs if slab.split == "test"]
 
     # Remove slices of an older preparation that this one no longer lists.
-    keep = {f"{n}.npz" for n in train_names} | {f"{n}.npy.h5" for n in test_names}
+    keep = {f"{n}.npz" for n in slice_names} | {f"{s.name}.npy.h5" for s in slabs}
     for folder in (train_dir, test_dir):
         for p in folder.iterdir():
             if p.name.startswith(CASE_PREFIX) and p.name not in keep:
@@ -608,6 +623,8 @@ def prepare_brain_demo(
 
     _write_text_atomic(list_dir / "train.txt", "".join(f"{n}\n" for n in train_names))
     _write_text_atomic(list_dir / "test_vol.txt", "".join(f"{n}\n" for n in test_names))
+    _write_text_atomic(list_dir / f"{ALL_SLICES_LIST}.txt", "".join(f"{n}\n" for n in slice_names))
+    _write_text_atomic(list_dir / f"{ALL_VOLUMES_LIST}.txt", "".join(f"{s.name}\n" for s in slabs))
     manifest = {
         "name": DATASET_NAME,
         "task": "brain lobes",
@@ -628,6 +645,11 @@ def prepare_brain_demo(
             f"labelled axial slices in z order cut into blocks of {SLAB_SIZE}; block i is one case; "
             f"test when i % {TEST_EVERY} == {TEST_REMAINDER}, else train"
         ),
+        "folds": (
+            f"every slab is also written as slices and as a volume (lists/{ALL_SLICES_LIST}.txt, "
+            f"lists/{ALL_VOLUMES_LIST}.txt): the synapse layout options fold / n_folds test slab i in fold "
+            "i % n_folds; all slabs come from one subject, so folds vary the brain region, not the patient"
+        ),
         "intensity": {
             "rule": ("clip at the 0.5 / 99.5 percentiles of the brain voxels (AAL-labelled voxels, closed "
                      "and hole-filled per axial slice) of the whole volume, scale to [0, 1]"),
@@ -639,6 +661,7 @@ def prepare_brain_demo(
         ],
         "n_train_slices": len(train_names),
         "n_test_cases": len(test_names),
+        "n_slices": len(slice_names),
         "fingerprint": _fingerprint(),
     }
     _write_text_atomic(out / "dataset.json", json.dumps(manifest, indent=2) + "\n")

@@ -11,6 +11,14 @@ Layout under a root folder::
 
 Every file is validated when it is read; problems raise `simmpnet.errors.InputError`
 with a one-line message that names the file.
+
+Folds (layout options ``fold`` and ``n_folds``, e.g. ``layout_options: {fold: 1, n_folds: 5}``):
+a dataset that holds every case both as a volume, listed in ``lists/all_vol.txt``, and as
+slices ``<case>_slice<k>``, listed in ``lists/all.txt`` (the brain demo writes both), is cut
+into ``n_folds`` folds of cases: the case at position ``i`` of ``all_vol.txt`` is tested in fold
+``i % n_folds``.  In fold ``f`` the split ``test_vol`` is fold ``f``'s cases and ``train`` the
+slices of every other case, so over the folds every case is tested exactly once and never
+trained on in the fold that tests it.  Other list names are read as they are.
 """
 from __future__ import annotations
 
@@ -32,6 +40,12 @@ from ..io import MIN_SIDE, escapes_folder, path_exists
 from .registry import Layout, register_layout
 
 logger = logging.getLogger(__name__)
+
+#: The lists that folds cut: the slices and the volumes of every case.
+FOLD_SLICES_LIST = "all"
+FOLD_CASES_LIST = "all_vol"
+#: Folds when only ``fold`` is given (as the nnunet layout).
+DEFAULT_N_FOLDS = 5
 
 #: Keys accepted for the image, in order of preference (``img``: ACDC variant).
 IMAGE_KEYS = ("image", "img")
@@ -323,6 +337,41 @@ class SynapseVolumeDataset(_ListedFiles):
         return {"image": image, "label": label, "name": name, "spacing": spacing}
 
 
+def case_of_slice(name: str) -> str:
+    """The case a slice belongs to: its name before the last ``_slice``
+    (``brain_slab03_slice004`` -> ``brain_slab03``)."""
+    return name.rsplit("_slice", 1)[0]
+
+
+def fold_of_cases(cases: list[str], n_folds: int) -> dict[str, int]:
+    """The fold that tests each case: position ``i`` in ``cases`` goes to fold ``i % n_folds``.
+
+    Interleaved rather than in blocks, so that every fold's test cases spread over the whole
+    list (for the brain demo, from the bottom to the top of the brain) and every fold trains on
+    cases from everywhere else."""
+    return {case: i % n_folds for i, case in enumerate(cases)}
+
+
+def _check_fold_options(root: Path, options: dict[str, Any]) -> tuple[int, int]:
+    """``(fold, n_folds)`` from the layout options, or an `InputError` naming the option."""
+    values = {"fold": options.get("fold", 0), "n_folds": options.get("n_folds", DEFAULT_N_FOLDS)}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{root}: synapse layout option {key} must be an integer, got {value!r}")
+    fold, n_folds = values["fold"], values["n_folds"]
+    if n_folds < 2:
+        raise InputError(f"{root}: synapse layout option n_folds must be at least 2, got {n_folds}")
+    if not 0 <= fold < n_folds:
+        raise InputError(f"{root}: synapse layout option fold must lie in 0..{n_folds - 1} (n_folds {n_folds}), got {fold}")
+    return fold, n_folds
+
+
+def _only(dataset: _ListedFiles, keep: Callable[[str], bool]) -> _ListedFiles:
+    """``dataset`` with only the entries whose name ``keep`` accepts, in list order."""
+    dataset.entries = [(name, path) for name, path in dataset.entries if keep(name)]
+    return dataset
+
+
 def _problems(load: Callable[[], Any]) -> list[str]:
     try:
         load()
@@ -335,21 +384,82 @@ def _problems(load: Callable[[], Any]) -> list[str]:
 class SynapseLayout(Layout):
     """The layout of the paper's Synapse and ACDC data: ``train_npz/`` slices listed in
     ``lists/train.txt``, ``test_vol_h5/`` volumes listed in ``lists/test_vol.txt``.  A list
-    whose name contains ``vol`` names volumes, any other names slices."""
+    whose name contains ``vol`` names volumes, any other names slices.  Options ``fold`` and
+    ``n_folds`` make ``train`` and ``test_vol`` a fold's (see the module docstring)."""
 
     name = "synapse"
     splits = ("train", "test_vol")
 
+    def __init__(self, root: str | os.PathLike, n_classes: int | None = None, **options: Any) -> None:
+        super().__init__(root, n_classes, **options)
+        unknown = sorted(set(options) - {"fold", "n_folds"})
+        if unknown:
+            raise InputError(f"{self.root}: unknown synapse layout options {unknown}; known: fold, n_folds")
+        #: ``(fold, n_folds)`` when the splits train / test_vol are a fold's (see the module docstring)
+        self.fold: tuple[int, int] | None = _check_fold_options(self.root, options) if options else None
+
+    def _fold_lists(self) -> tuple[list[str], list[str]]:
+        """The names in ``lists/all_vol.txt`` and ``lists/all.txt``, which the folds cut."""
+        try:
+            cases = SynapseVolumeDataset(self.root, split=FOLD_CASES_LIST).names
+            slices = SynapseSliceDataset(self.root, split=FOLD_SLICES_LIST).names
+        except InputError as err:
+            raise InputError(
+                f"{err} (the synapse layout's fold and n_folds options read lists/{FOLD_CASES_LIST}.txt and "
+                f"lists/{FOLD_SLICES_LIST}.txt: every case as a volume and as slices)"
+            ) from err
+        return cases, slices
+
+    def _test_cases(self, fold: int, n_folds: int) -> set[str]:
+        """The cases fold ``fold`` tests (`fold_of_cases` over ``lists/all_vol.txt``)."""
+        cases, _ = self._fold_lists()
+        if len(cases) < n_folds:
+            raise InputError(
+                f"{self.root / 'lists' / f'{FOLD_CASES_LIST}.txt'}: {len(cases)} case(s) for n_folds {n_folds}; "
+                "every fold needs at least one case"
+            )
+        return {case for case, k in fold_of_cases(cases, n_folds).items() if k == fold}
+
     def slices(self, split: str) -> Dataset:
+        if self.fold is not None and split == "train":
+            test = self._test_cases(*self.fold)
+            every = SynapseSliceDataset(self.root, split=FOLD_SLICES_LIST, n_classes=self.n_classes)
+            return _only(every, lambda name: case_of_slice(name) not in test)
         return SynapseSliceDataset(self.root, split=split, n_classes=self.n_classes)
 
     def cases(self, split: str) -> Dataset:
+        if self.fold is not None and split == "test_vol":
+            test = self._test_cases(*self.fold)
+            every = SynapseVolumeDataset(self.root, split=FOLD_CASES_LIST, n_classes=self.n_classes)
+            return _only(every, lambda name: name in test)
         return SynapseVolumeDataset(self.root, split=split, n_classes=self.n_classes)
+
+    def _fold_problems(self, fold: int, n_folds: int) -> list[str]:
+        """What keeps the folds from being cut: missing lists, too few cases, slices of no case."""
+        try:
+            self._test_cases(fold, n_folds)
+            cases, slices = self._fold_lists()
+        except InputError as err:
+            return [str(err)]
+        known = set(cases)
+        orphans = [name for name in slices if case_of_slice(name) not in known]
+        if orphans:
+            return [
+                f"{self.root / 'lists' / f'{FOLD_SLICES_LIST}.txt'}: {len(orphans)} slice(s) of no case of "
+                f"{FOLD_CASES_LIST}.txt (e.g. {orphans[0]}); a slice <case>_slice<k> belongs to <case>"
+            ]
+        return []
+
+    def _split_names(self) -> list[str]:
+        """The list files' names, and with folds the fold's train and test_vol."""
+        names = {path.stem for path in (self.root / "lists").glob("*.txt")}
+        if self.fold is not None:
+            names |= {"train", "test_vol"}
+        return sorted(names)
 
     def split_sizes(self) -> dict[str, str]:
         sizes = {}
-        for list_file in sorted((self.root / "lists").glob("*.txt")):
-            split = list_file.stem
+        for split in self._split_names():
             try:
                 sizes[split] = f"{len(self.cases(split))} volumes" if "vol" in split else f"{len(self.slices(split))} slices"
             except InputError:
@@ -357,19 +467,22 @@ class SynapseLayout(Layout):
         return sizes
 
     def verify(self) -> list[str]:
-        lists = sorted((self.root / "lists").glob("*.txt"))
-        if not lists:
+        if not any((self.root / "lists").glob("*.txt")):
             return [f"{self.root / 'lists'}: no list files (train.txt, test_vol.txt)"]
-        problems: list[str] = []
-        for list_file in lists:
-            split = list_file.stem
+        problems: list[str] = self._fold_problems(*self.fold) if self.fold is not None else []
+        checked: set[Path] = set()  # lists overlap (a fold's train is part of all.txt): each file once
+        for split in self._split_names():
             volumes = "vol" in split
             try:
                 dataset = self.cases(split) if volumes else self.slices(split)
             except InputError as err:
-                problems.append(str(err))
+                if str(err) not in problems:
+                    problems.append(str(err))
                 continue
             for _, path in dataset.entries:
+                if path in checked:
+                    continue
+                checked.add(path)
                 if volumes:
                     problems += _problems(lambda: load_h5_volume(path, self.n_classes))
                 else:
