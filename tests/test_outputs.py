@@ -34,12 +34,17 @@ def test_scoring_the_predictions_of_predict_gives_the_scores_of_evaluate(brain_d
     direct = tmp_path / "direct"
     assert main(["--quiet", "evaluate", "--checkpoint", str(trained), "--data", str(brain_data), "--output", str(direct),
                  "--max-overlays", "0"]) == 0
+    # the test split's volumes (test_vol_h5/ holds every slab, for the folds; the list names the split's)
+    volumes = tmp_path / "test_volumes"
+    volumes.mkdir()
+    for case in (brain_data / "lists" / "test_vol.txt").read_text().split():
+        (volumes / f"{case}.npy.h5").symlink_to(brain_data / "test_vol_h5" / f"{case}.npy.h5")
     predicted = tmp_path / "predicted"
-    assert main(["--quiet", "predict", "--checkpoint", str(trained), "--input", str(brain_data / "test_vol_h5"),
+    assert main(["--quiet", "predict", "--checkpoint", str(trained), "--input", str(volumes),
                  "--output", str(predicted)]) == 0
     scored = tmp_path / "scored"
     names = ["background", *json.loads((direct / "metrics.json").read_text())["classes"]]
-    assert main(["evaluate", "--predictions", str(predicted), "--labels", str(brain_data / "test_vol_h5"),
+    assert main(["evaluate", "--predictions", str(predicted), "--labels", str(volumes),
                  "--class-names", *names, "--output", str(scored)]) == 0
     err = capsys.readouterr().err
     assert "scoring" in err and "3/3" in err  # the progress of the cases
@@ -54,7 +59,7 @@ def test_scoring_the_predictions_of_predict_gives_the_scores_of_evaluate(brain_d
             assert scored_cases[case][name]["dsc"] == values["dsc"], (case, name)
     assert paper == a["conventions"]["paper"]["per_case"]
     report = (scored / "metrics.md").read_text()
-    assert f"- Predictions: {predicted}" in report and f"- Ground truth: {brain_data / 'test_vol_h5'}" in report
+    assert f"- Predictions: {predicted}" in report and f"- Ground truth: {volumes}" in report
     direct_report = (direct / "metrics.md").read_text()
     assert f"- Data: {brain_data}" in direct_report and "- Split: test_vol" in direct_report
     assert f"- Model: {trained}" in direct_report and "- Layout: synapse" in direct_report

@@ -73,7 +73,7 @@ def nifti(brain_data, tmp_path_factory):
 
 def test_save_pretrained_round_trip(model, tmp_path):
     folder = model.save_pretrained(tmp_path / "model")
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     config = json.loads((folder / "config.json").read_text())
     assert config["format"] == "simmpnet-pretrained" and config["preprocessing"]["normalisation"] == "window"
     loaded = SimMPNet.from_pretrained(folder)
