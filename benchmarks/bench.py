@@ -34,6 +34,7 @@ BENCHMARKS = {
     "predict-memory": ("predict_memory", "peak RSS of `simmpnet predict` over 200 and 2,000 slices"),
     "cuda": ("cuda", "checks and timings on a CUDA GPU (needs one)"),
     "throughput": ("throughput", "paper-scale training throughput, settings on and off, against the yardstick"),
+    "precision": ("precision", "bf16 against fp32 per FLOP against the yardstick, and a whole volume predicted"),
 }
 #: Where --quick runs write unless --out says otherwise: never among the committed results.
 QUICK_OUT = ROOT / "runs" / "bench-quick"

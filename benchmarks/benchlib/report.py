@@ -55,6 +55,12 @@ BENCHMARKS = {
         "interleaved; FLOPs counted with every attention as explicit matrix products; with "
         "`--authors-repo`, the authors' network and training step too."
     ),
+    "precision": (
+        "bf16 against fp32 on the CPU: the `paper` eval forward (B = 4) and training step (B = 2) at "
+        "256 px against the timm yardstick under the same precision, per counted FLOP; `bf16` runs "
+        "Sim-MPNet's fp32 islands in bf16 where their choices stay on fp32 values, `bf16 fp32-islands` "
+        "keeps them in fp32; and a whole 181 x 217 x 181 volume predicted by `tiny` and `paper`."
+    ),
 }
 
 #: What a table holds, where its rows need saying.
@@ -75,6 +81,10 @@ CAPTIONS = {
     ("throughput", "per FLOP"): "Our milliseconds per counted FLOP over the yardstick's, same setting and batch.",
     ("throughput", "authors"): "Our images/s over the authors' (their step as published: fp32).",
     ("throughput", "flops"): "Counted FLOPs of one training step; host syncs of one eager fp32 step of ours.",
+    ("precision", "per FLOP"): "Median milliseconds, interleaved; our milliseconds per counted FLOP over the yardstick's.",
+    ("precision", "speed-up"): "fp32 milliseconds over this precision's, for ours and for the yardstick.",
+    ("precision", "flops"): "Counted FLOPs of one eval forward and one training step (fp32, attention as explicit products).",
+    ("precision", "volume"): "One prediction of the whole volume per case, interleaved, after a warm-up on 4 slices.",
     ("throughput", "failures"): "Cases that failed to build, count or run (the traceback is in the run's output).",
 }
 
