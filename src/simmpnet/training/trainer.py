@@ -47,6 +47,7 @@ from ..evaluation.resample import check_resample
 from ..files import atomic_write
 from ..models import VARIANTS, SimMPNet, WLDSchedule
 from ..models.factory import MODEL_NAMES, build_model, model_from_payload, model_payload
+from ..precision import bf16_native
 from . import distributed
 from .losses import DICE_DENOMINATORS, DeepSupervisionLoss
 from .plan import plan_run
@@ -306,9 +307,7 @@ def _resolve_amp(amp: str, device: torch.device) -> str:
     than fp32), else none."""
     if amp != "auto":
         return amp
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "none"
-    return "bf16" if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "none"
+    return "bf16" if bf16_native(device) else "none"
 
 
 
