@@ -120,7 +120,7 @@ def test_checkpoint_benchmarks_skip_without_a_trained_network(tmp_path, capsys):
 
 def test_all_runs_what_it_can_and_writes_the_page(tmp_path, capsys):
     # Only the benchmarks that skip here: the sequence and the page, in seconds.
-    skip = ["model", "dmwla", "onnx", "predict-memory", "throughput"] + (["cuda"] if torch.cuda.is_available() else [])
+    skip = ["model", "dmwla", "onnx", "predict-memory", "throughput", "precision"] + (["cuda"] if torch.cuda.is_available() else [])
     code = bench.main(["all", "--quick", "--out", str(tmp_path), "--checkpoint", str(tmp_path / "none.pt"), "--skip", *skip])
     assert code == 0
     assert "skipped resample" in capsys.readouterr().err
@@ -235,3 +235,15 @@ def test_trained_network_benchmarks_quick(tmp_path, trained):
     _assert_context(rows, "onnx")
     assert {row["table"] for row in rows} == {"demo"}
     assert {row["metric"] for row in rows if row["unit"] == "%"} == {"same label, batch 1", "same label, batch 2"}
+
+
+@pytest.mark.slow
+def test_precision_quick(tmp_path):
+    code, rows = _run(tmp_path, "precision", "--quick")
+    assert code == 0
+    ratios = [r for r in rows if r["table"] == "per FLOP" and r["metric"] == "ours / yardstick, time per FLOP"]
+    assert {r["case"].split(",")[0] for r in ratios} == {"fp32", "bf16", "bf16 fp32-islands"}
+    assert all(float(r["value"]) > 0 for r in ratios)
+    volumes = [r for r in rows if r["table"] == "volume"]
+    assert sorted(r["case"].split(",")[0] for r in volumes) == ["paper bf16", "paper fp32", "tiny bf16", "tiny fp32"]
+

@@ -12,7 +12,8 @@ whole 181 x 217 x 181 volume by `tiny` and `paper` (slices per second).
   matrix products (`throughput.count_flops`; torch's counter scores CPU SDPA as 0).  "per
   FLOP" is our milliseconds per counted FLOP over the yardstick's, same precision.
 - Volume: a random volume on the MNI grid of the demo's MRI (181 slices of 217 x 181) through
-  `predict_slices` (every slice resized to the input size, the labels back), batch 16.
+  `predict_slices` in fp32 and in bf16 (as ``simmpnet predict --precision``; every slice
+  resized to the input size, the labels back), batch 16.
 
 All timed cases run interleaved, round by round, after warm-up runs; the volume cases once each,
 interleaved, after a warm-up on a few slices.
@@ -96,9 +97,10 @@ def ours_train(batch: int, side: int, dtype: torch.dtype | None, islands: str) -
     return case
 
 
-def volume_case(variant: str, volume: tuple[int, int, int], side: int | None, dtype: torch.dtype | None,
-                islands: str) -> tuple[Callable[[], None], Callable[[], None]]:
-    """(a warm-up on a few slices, the whole volume) of ``variant`` at ``precision``."""
+def volume_case(variant: str, volume: tuple[int, int, int], side: int | None,
+                precision: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(a warm-up on a few slices, the whole volume) of ``variant`` predicted in ``precision``
+    (``"fp32"`` or ``"bf16"``, as ``simmpnet predict --precision``: bf16 with its islands)."""
     from simmpnet import SimMPNet
     from simmpnet.evaluation.inference import predict_slices
 
@@ -107,14 +109,10 @@ def volume_case(variant: str, volume: tuple[int, int, int], side: int | None, dt
     model = SimMPNet.from_variant(variant, n_classes=N_CLASSES, **sizes)
     model.end_warmup()
     size = model.config.img_size_a
-    precision = "fp32" if dtype is None else "bf16"
     slices = torch.rand(*volume, generator=torch.Generator().manual_seed(0)).numpy()
 
     def run(part) -> Callable[[], None]:
         def predict() -> None:
-            from simmpnet.precision import set_island_precision
-
-            set_island_precision(model, islands)
             predict_slices(model, part, size, torch.device("cpu"), batch_size=16, precision=precision)
 
         return predict
@@ -169,9 +167,9 @@ def run(args: argparse.Namespace) -> list[Row]:
         warm: dict[str, Callable[[], None]] = {}
         whole: dict[str, Callable[[], None]] = {}
         for variant in ("tiny", "paper"):
-            for name, (dtype, islands) in chosen.items():
+            for name in [p for p in ("fp32", "bf16") if p in chosen]:
                 warm[f"{variant} {name}"], whole[f"{variant} {name}"] = volume_case(
-                    variant, volume, QUICK["side"] if args.quick else None, dtype, islands
+                    variant, volume, QUICK["side"] if args.quick else None, name
                 )
         print(f"  predicting the {' x '.join(map(str, volume))} volume {len(whole)} times ...", flush=True)
         time_interleaved(warm, 1, 0)

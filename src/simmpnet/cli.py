@@ -148,6 +148,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         workers=args.workers,
         resample=args.resample,
         progress=not args.quiet,
+        precision=args.precision or "fp32",
     )
     print(format_table(summary))
     print(f"metrics: {Path(args.output) / 'metrics.json'}, {Path(args.output) / 'metrics.md'}")
@@ -182,7 +183,7 @@ def _score_folders(args: argparse.Namespace) -> dict:
         raise SimMPNetError("--predictions and --labels go together: the label maps to score and their ground truth")
     used = [flag for flag, value in (("--checkpoint", args.checkpoint), ("--data", args.data), ("--split", args.split),
                                      ("--layout", args.layout), ("--layout-option", args.layout_options),
-                                     ("--resample", args.resample)) if value]
+                                     ("--resample", args.resample), ("--precision", args.precision)) if value]
     if used:
         raise SimMPNetError(f"{', '.join(used)}: not used when scoring --predictions (no model runs)")
     out_dir = Path(args.output)
@@ -240,6 +241,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         skip_existing=args.skip_existing,
         stop_on_error=args.stop_on_error,
         command=shlex.join(["simmpnet", *args.argv]),
+        precision=args.precision,
     )
     seg = ", each with a DICOM-SEG (<name>_seg.dcm)" if args.dicom_seg or args.store else ""
     exist = sum(o.reason == OUTPUTS_EXIST for o in batch.skipped)
@@ -456,6 +458,16 @@ def build_parser() -> argparse.ArgumentParser:
             f"boundaries when the network's input size is below the image's); default: {default}",
         )
 
+    from .precision import PRECISIONS
+
+    def precision(p: argparse.ArgumentParser, default: str | None) -> None:
+        p.add_argument(
+            "--precision", choices=PRECISIONS, default=default,
+            help="fp32 (default); bf16: the network under bf16 autocast, the DMW-LA reads in their bf16 island "
+            "(for devices with bf16 units; labels agree with fp32 on all but a small share of voxels, "
+            "docs/prediction.md); auto: bf16 on a CUDA GPU or a CPU with bf16 units, else fp32",
+        )
+
     checkpoint_help = (
         "the trained model: a last.pt / best.pt of simmpnet train, a file of SimMPNet.save, or a folder of "
         "SimMPNet.save_pretrained"
@@ -605,6 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="processes computing the metrics (default 1)")
     layout_option(p, "split_file=splits.json")
     resample(p)
+    precision(p, None)
     device(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -704,6 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--overlap", type=float, default=0.5, metavar="F",
         help="fraction of a tile its neighbours share in the sliding window, in [0, 1) (default 0.5)",
     )
+    precision(p, "fp32")
     device(p)
     p.set_defaults(func=cmd_predict)
 

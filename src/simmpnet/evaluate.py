@@ -26,6 +26,7 @@ from .evaluation.resample import resolve_resample
 from .evaluation.tables import write_metrics_markdown
 from .files import check_output_folder
 from .loading import load_trained_model, resolve_device
+from .precision import check_precision
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +58,17 @@ def evaluate_checkpoint(
     workers: int = 1,
     resample: str | None = None,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> tuple[dict, list[Path]]:
     """Evaluate ``checkpoint`` on the volumes of ``split``; write metrics.json (with ``extra``
     merged in), metrics.md and overlay pictures.  ``layout_options`` override those the model
     was trained with; ``workers`` processes compute the metrics; ``resample`` is how the
-    predictions return to the slice size (None: as the model's validation did).  Returns the
-    summary and the pictures.  Nothing is written unless every case was scored."""
+    predictions return to the slice size (None: as the model's validation did); ``precision``
+    is ``"fp32"``, ``"bf16"`` or ``"auto"`` (`simmpnet.precision`; metrics.json records it,
+    resolved).  Returns the summary and the pictures.  Nothing is written unless every case
+    was scored."""
     check_output_folder(out_dir)
+    check_precision(precision)
     dev = resolve_device(device)
     model, input_size, config = load_trained_model(checkpoint, dev)
     n_classes = getattr(model, "n_classes", None) or config.get("n_classes")
@@ -85,7 +90,7 @@ def evaluate_checkpoint(
     with ViewerCases(model, config, name, split, len(volumes)) as viewer:
         summary = evaluate_volumes(
             model, volumes, input_size, n_classes, names, dev, on_case=on_case, workers=workers,
-            resample=resolve_resample(resample, config), progress=progress,
+            resample=resolve_resample(resample, config), progress=progress, precision=precision,
         )
     summary.update(checkpoint=str(checkpoint), data=str(data), layout=name, split=split)
     summary.update(extra or {})

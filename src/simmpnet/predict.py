@@ -30,6 +30,7 @@ from .device import resolve_device
 from .evaluation.resample import check_inference, check_sliding_window, resolve_resample
 from .loading import load_trained_model
 from .models.inference import predict_array
+from .precision import check_precision, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,9 @@ class InputOutcome:
 @dataclass
 class PredictionBatch:
     """The result of `predict_paths`: the model that made the outputs (checkpoint,
-    SHA-256, variant, classes, package version, command), the outcome of every input, and for
-    a DICOMweb study its ``source`` (`simmpnet.data.dicomweb.DicomWebStudy.record`)."""
+    SHA-256, variant, classes, package version, command, precision), the outcome of every
+    input, and for a DICOMweb study its ``source``
+    (`simmpnet.data.dicomweb.DicomWebStudy.record`)."""
 
     model: dict[str, Any]
     outcomes: list[InputOutcome]
@@ -103,10 +105,13 @@ class PredictionBatch:
         return {"model": self.model, **source, **counts, "inputs": inputs}
 
 
-def model_record(checkpoint: str | os.PathLike, model: torch.nn.Module, config: dict, command: str | None) -> dict:
+def model_record(
+    checkpoint: str | os.PathLike, model: torch.nn.Module, config: dict, command: str | None, precision: str
+) -> dict:
     """What identifies a trained model in the outputs it makes: the SHA-256 of its weights file
     (a ``save_pretrained`` folder: of its ``model.safetensors``), its variant, classes and the
-    package version, and the command that ran it."""
+    package version, the command that ran it, and the precision it ran in (``"fp32"`` or
+    ``"bf16"``, ``auto`` resolved)."""
     from . import __version__
     from .pretrained import WEIGHTS_NAME
 
@@ -123,6 +128,7 @@ def model_record(checkpoint: str | os.PathLike, model: torch.nn.Module, config: 
         "class_names": list(config["class_names"]) if config.get("class_names") else None,
         "simmpnet_version": __version__,
         "command": command,
+        "precision": precision,
     }
 
 
@@ -142,6 +148,7 @@ def predict_paths(
     skip_existing: bool = False,
     stop_on_error: bool = False,
     command: str | None = None,
+    precision: str = "fp32",
 ) -> PredictionBatch:
     """Predict every supported file at ``input_path`` (a file or a folder) into ``output_dir``.
 
@@ -167,16 +174,18 @@ def predict_paths(
     the training config's, "labels" unless it was set.  ``inference`` is ``"resize"`` (the
     paper's: every slice resized to the input size) or ``"sliding-window"`` (tiles of the input
     size at the image's own resolution, neighbours sharing ``overlap`` of a tile; ``resample``
-    does not apply).
+    does not apply).  ``precision`` is ``"fp32"`` (default), ``"bf16"`` (bf16 autocast with the
+    network's islands in bf16) or ``"auto"`` (bf16 where the device has bf16 units), see
+    `simmpnet.precision`.
 
     The output folder holds the label maps (and DICOM-SEGs) only, so that ``simmpnet evaluate
     --predictions`` reads it as it is; ``overlay`` pictures go to ``overlays/``, and
     ``save_probabilities`` writes ``probabilities/<name>.npz`` (key ``probabilities``: float32,
     class-first, in the label map's axis order; ``class_names``).  Every file is written
     atomically.  `SUMMARY_NAME` records the model (the SHA-256 of its weights, variant,
-    classes, package version, ``command``) and the outcome of every input (for a DICOMweb
-    study also the server's URL, the study and series UIDs, and whether each SEG was stored);
-    NIfTI label maps and DICOM-SEGs carry the SHA-256 too.
+    classes, package version, ``command``, the precision) and the outcome of every input (for
+    a DICOMweb study also the server's URL, the study and series UIDs, and whether each SEG
+    was stored); NIfTI label maps and DICOM-SEGs carry the SHA-256 too.
 
     A batch goes on past an input it cannot read or write (``stop_on_error`` stops at the first)
     and reports it in the summary; ``skip_existing`` skips inputs whose outputs exist (a batch
@@ -189,6 +198,7 @@ def predict_paths(
     Files are read, predicted and written one at a time, so memory stays flat over long folders.
     """
     check_inference(inference, overlap, resample)
+    check_precision(precision)
     remote = input_path if isinstance(input_path, DicomWebStudy) else None
     storing = remote is not None and remote.store
     if storing:
@@ -212,6 +222,7 @@ def predict_paths(
             if other is not None:
                 raise InputError(f"{other}: DICOM-SEG output needs DICOM series as input, and this is not one")
         dev = resolve_device(device)
+        precision = resolve_precision(precision, dev)
         model, input_size, config = load_trained_model(checkpoint, dev)
         if inference == "sliding-window":
             check_sliding_window(getattr(model, "preprocessing", None), str(checkpoint))
@@ -224,7 +235,7 @@ def predict_paths(
             if not n_classes:
                 raise CheckpointError(f"{checkpoint}: the checkpoint does not record its number of classes")
             segment_names = list(names or ["background", *(f"class_{i}" for i in range(1, n_classes))])
-        record = model_record(checkpoint, model, config, command)
+        record = model_record(checkpoint, model, config, command, precision)
         description = f"simmpnet {record['simmpnet_version']} sha256:{record['sha256'][:16]}"
         outcomes: list[InputOutcome] = []
         errors: list[BaseException] = []
@@ -248,7 +259,7 @@ def predict_paths(
                 with torch.no_grad():
                     result = predict_slices(
                         model, slices, input_size, dev, resample=resample, inference=inference, overlap=overlap,
-                        probabilities=save_probabilities,
+                        probabilities=save_probabilities, precision=precision,
                     )
                 labels, probs = result if save_probabilities else (result, None)
                 if loaded.kind == "image2d":

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, SimMPNetError
+from ..precision import resolve_precision
 from .inference import predict_slices
 from .resample import check_resample
 from .metrics import evaluate_case, summarize
@@ -44,6 +45,7 @@ def evaluate_volumes(
     workers: int = 1,
     resample: str = "labels",
     progress: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Predict and score every volume.
 
@@ -68,21 +70,24 @@ def evaluate_volumes(
             (`RESAMPLE_MODES`): ``"labels"`` (the paper's
             nearest resize of the label map) or ``"logits"``.
         progress: show a progress bar of the cases on stderr.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (`simmpnet.precision`).
 
     Returns:
-        the `score_cases` summary, with ``"resample"``.
+        the `score_cases` summary, with ``"resample"`` and ``"precision"`` (resolved: ``"fp32"``
+        or ``"bf16"``).
 
     Raises:
         InputError: ``workers`` below 1, or a case the metrics refuse.
         SimMPNetError: a worker process died (e.g. killed for lack of memory).
     """
     check_resample(resample)
+    precision = resolve_precision(precision, device)
 
     def predicted() -> Iterator[tuple[str, np.ndarray, np.ndarray, Any]]:
         for item in volumes:
             name = item["name"]
             image, truth = np.asarray(item["image"]), np.asarray(item["label"])
-            prediction = predict_slices(model, image, input_size, device, resample=resample)
+            prediction = predict_slices(model, image, input_size, device, resample=resample, precision=precision)
             if on_case is not None:
                 on_case(name, image, truth, prediction)
             yield name, prediction, truth, item.get("spacing")
@@ -90,6 +95,7 @@ def evaluate_volumes(
     total = len(volumes) if isinstance(volumes, Sized) else None
     summary = score_cases(predicted(), n_classes, class_names, workers, progress=progress, total=total)
     summary["resample"] = resample
+    summary["precision"] = precision
     return summary
 
 

@@ -15,6 +15,10 @@ Both map pixel centres the way the input resize does (corners aligned, as
 
 With ``inference="sliding-window"``, overlapping tiles of the input size are predicted at the
 slice's own resolution and their logits blended (`simmpnet.evaluation.sliding_window`).
+
+``precision="bf16"`` runs the forwards under bf16 autocast with the network's islands in bf16
+(`simmpnet.precision.inference_precision`); the logits are upcast to fp32 before anything
+else (interpolation, softmax, argmax), so only the forward changes.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from torch import nn
 
 from ..data.transforms import resize_image, resize_slice
 from ..errors import InputError
+from ..precision import inference_precision, resolve_precision
 from .resample import check_inference, check_resample, check_sliding_window
 
 __all__ = ["predict_slices"]
@@ -43,6 +48,7 @@ def predict_slices(
     inference: str = "resize",
     overlap: float = 0.5,
     preprocessing: Any = None,
+    precision: str = "fp32",
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Predict a stack of 2D slices.
 
@@ -69,6 +75,8 @@ def predict_slices(
         preprocessing: the `simmpnet.Preprocessing` the model was trained with
             (default: ``model.preprocessing``, when it has one); the sliding window is refused
             for a model trained on resized slices (`simmpnet.evaluation.resample.check_sliding_window`).
+        precision: ``"fp32"`` (default), ``"bf16"`` (bf16 autocast, the islands in bf16) or
+            ``"auto"`` (bf16 where ``device`` has bf16 units), see `simmpnet.precision`.
 
     Returns:
         ``(D, H, W)`` uint8 label map; with ``probabilities``, ``(labels, probabilities)``
@@ -76,6 +84,7 @@ def predict_slices(
     """
     check_resample(resample)
     check_inference(inference, overlap)
+    precision = resolve_precision(precision, device)
     if slices.ndim not in (3, 4) or slices.shape[0] == 0:
         raise InputError(f"expected (D, H, W) or (D, H, W, C) slices, got shape {slices.shape}")
     if not np.isfinite(slices).all():
@@ -90,7 +99,8 @@ def predict_slices(
         # imported here: MONAI takes seconds to import, and the resize does not need it
         from .sliding_window import sliding_window_slices
 
-        labels, probs = sliding_window_slices(model, slices, input_size, device, batch_size, overlap, probabilities)
+        with inference_precision(model, device, precision):
+            labels, probs = sliding_window_slices(model, slices, input_size, device, batch_size, overlap, probabilities)
         return (labels, probs) if probabilities else labels
     depth, height, width = slices.shape[:3]
     labels = np.empty((depth, height, width), dtype=np.uint8)
@@ -99,7 +109,8 @@ def predict_slices(
         chunk = slices[start : start + batch_size].astype(np.float32, copy=False)
         resized = np.stack([resize_image(s, (input_size, input_size)) for s in chunk])  # (b, S, S[, C])
         resized = resized[:, None] if resized.ndim == 3 else np.moveaxis(resized, -1, 1)  # (b, C, S, S)
-        logits = model(torch.from_numpy(resized).to(device))  # eval mode: one tensor
+        with inference_precision(model, device, precision):
+            logits = model(torch.from_numpy(resized).to(device)).float()  # eval mode: one tensor
         if probabilities and probs is None:
             probs = np.empty((logits.shape[1], depth, height, width), dtype=np.float32)
         if resample == "logits":
@@ -107,7 +118,7 @@ def predict_slices(
             # argmax runs over a contiguous (H, W, classes) copy: over the strided class axis of
             # a (classes, H, W) tensor it costs several times the interpolation itself.
             for offset, slice_logits in enumerate(logits):
-                small = slice_logits[None].float().contiguous()
+                small = slice_logits[None].contiguous()
                 full = F.interpolate(small, size=(height, width), mode="bilinear", align_corners=True)[0]
                 best = full.permute(1, 2, 0).contiguous().argmax(-1)
                 labels[start + offset] = best.to(torch.uint8).cpu().numpy()
@@ -120,7 +131,7 @@ def predict_slices(
             if probs is not None:
                 # the same nearest resize per class: each pixel takes the probabilities of
                 # the network pixel its label comes from
-                soft = torch.softmax(logits.float(), 1).cpu().numpy()
+                soft = torch.softmax(logits, 1).cpu().numpy()
                 for offset, slice_probs in enumerate(soft):
                     for c, plane in enumerate(slice_probs):
                         probs[c, start + offset] = resize_slice(plane, (height, width), order=0)

@@ -17,6 +17,9 @@ it learnt.  MONAI's `monai.inferers.sliding_window_inference` does the tiling:
   `PAD_VALUE` (0: the bottom of the normalised ``[0, 1]`` intensity range, the
   background of the training images) and the prediction cropped back.
 
+The logits of each forward are upcast to fp32 (those of bf16 inference come out in bf16) before
+they are weighted and blended.
+
 The tiles of consecutive slices share forward batches, so that small slices still fill them.
 The Gaussian weights are computed once on the CPU and moved to the device, and the tiles are
 summed in a fixed order, so one device gives the same result on every run and devices differ
@@ -98,7 +101,7 @@ def sliding_window_slices(
             torch.from_numpy(np.ascontiguousarray(chunk)).to(device),
             roi_size=(tile, tile),
             sw_batch_size=batch_size,
-            predictor=model,
+            predictor=lambda tiles: model(tiles).float(),  # bf16 logits of bf16 inference upcast
             overlap=overlap,
             mode="gaussian",
             sigma_scale=SIGMA_SCALE,

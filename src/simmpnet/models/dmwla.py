@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..precision import PrecisionIslands
 from .memory import PrototypeMemory
 
 logger = logging.getLogger(__name__)
@@ -36,11 +37,13 @@ __all__ = ["DMWLA", "Gather", "NonLocalAttention"]
 Gather = Callable[[torch.Tensor], torch.Tensor]
 
 
-class NonLocalAttention(nn.Module):
+class NonLocalAttention(PrecisionIslands, nn.Module):
     """Non-local attention block ``x + o(softmax(scale t q^T) v)``: DMW-LA without its memory.
 
     ``t``, ``q``, ``v`` are the ``theta``, ``phi``, ``g`` projections of ``x`` to
-    ``feature_dim`` channels; ``o`` projects the read back to ``channels``.
+    ``feature_dim`` channels; ``o`` projects the read back to ``channels``.  In half precision
+    the read is an fp32 island; ``island_precision`` (`simmpnet.precision`) says how it runs
+    under bf16.
 
     Args:
         channels: input/output channels ``ch``.
@@ -74,7 +77,7 @@ class NonLocalAttention(nn.Module):
         return t, q, v
 
     def _attend(self, x: torch.Tensor, t: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``x + o(read)``, the read computed by `_read` in at least fp32."""
+        """``x + o(read)``, the read's logits and softmax computed by `_read` in at least fp32."""
         b, _, h, w = x.shape
         if t.dtype in (torch.float16, torch.bfloat16):
             # The read logits t.q (and t.M) of trained blocks reach 1e5-1e6: the input of the
@@ -82,10 +85,19 @@ class NonLocalAttention(nn.Module):
             # scale.  fp16 overflows there (it ends at 65504), and bf16 keeps 8 bits of
             # mantissa, so logits that differ by less than ~2000 become equal, the softmax is
             # noise and training can collapse (docs/training.md, "Mixed precision").  The reads
-            # therefore run in fp32, under autocast and in a block cast to half precision alike;
-            # the result goes back to the block's dtype for `o`.
+            # therefore run as an fp32 island, under autocast and in a block cast to half
+            # precision alike; the result goes back to the block's dtype for `o`.  The bf16
+            # island keeps the inputs in bf16: scaled_dot_product_attention accumulates the
+            # logits and takes their softmax in fp32 (its fused kernels do, and its math
+            # fallback upcasts), so only the weights and the weighted sum are rounded to bf16;
+            # the memory read chooses its category in fp32 and keeps the logits of the fp32 bank
+            # (`PrototypeMemory.read`).  Autocast is off inside either island, so that its
+            # operator lists cannot change the dtypes chosen here.
             with torch.autocast(x.device.type, enabled=False):
-                read = self._read(t.float(), q.float(), v.float()).to(t.dtype)
+                if t.dtype == torch.bfloat16 and self.island_precision == "bf16":
+                    read = self._read(t, q, v)
+                else:
+                    read = self._read(t.float(), q.float(), v.float()).to(t.dtype)
         else:
             read = self._read(t, q, v)
         return x + self.o(read.transpose(1, 2).reshape(b, -1, h, w))

@@ -50,6 +50,9 @@ def coherent_window_mask(x: torch.Tensor, window: int, top: int) -> torch.Tensor
     """
     b, c, h, w = x.shape
     pad_h, pad_w = (-h) % window, (-w) % window
+    # In at least fp32 whatever the network's precision (the bf16 islands of
+    # `simmpnet.precision` included): windows of alike tokens have close scores, and unit
+    # vectors rounded to bf16 reorder them (docs/method.md, "Mixed precision").
     padded = F.pad(x.detach().to(torch.promote_types(x.dtype, torch.float32)), (0, pad_w, 0, pad_h))
     rows, cols = (h + pad_h) // window, (w + pad_w) // window
     tokens = padded.view(b, c, rows, window, cols, window).permute(0, 2, 4, 3, 5, 1)

@@ -13,6 +13,7 @@ from ..device import resolve_device
 from ..errors import InputError
 from ..evaluation.inference import predict_slices
 from ..evaluation.resample import check_inference, check_sliding_window
+from ..precision import check_precision
 from ..pretrained import Preprocessing
 
 __all__ = ["predict_array"]
@@ -31,6 +32,7 @@ def predict_array(
     volume: bool | None = None,
     inference: str = "resize",
     overlap: float = 0.5,
+    precision: str = "fp32",
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Predict one image or volume, exactly as `predict_paths` predicts a file holding the
     same content (the same conversion of the input, normalisation, channel handling, resizing
@@ -63,6 +65,10 @@ def predict_array(
             `simmpnet.evaluation.inference.predict_slices`.
         overlap: fraction of a tile its neighbours share with the sliding window, in
             ``[0, 1)`` (as ``predict --overlap``).
+        precision: ``"fp32"`` (default), ``"bf16"`` (bf16 autocast with the network's islands
+            in bf16; softmax and argmax of the fp32-upcast logits) or ``"auto"`` (bf16 where the
+            device has bf16 units, else fp32), as ``predict --precision``; see
+            `simmpnet.precision` and docs/prediction.md for how far bf16 labels agree with fp32.
 
     Returns:
         uint8 labels of the input's spatial shape (``(H, W)`` or ``(D, H, W)``); with
@@ -74,6 +80,7 @@ def predict_array(
     device.
     """
     check_inference(inference, overlap, resample)
+    check_precision(precision)
     prep = preprocessing if preprocessing is not None else getattr(model, "preprocessing", None)
     if not isinstance(prep, Preprocessing):
         raise InputError("the model has no preprocessing; pass preprocessing=simmpnet.Preprocessing(...)")
@@ -93,7 +100,7 @@ def predict_array(
             model.to(target)
         result = predict_slices(
             model, slices, prep.input_size, target, batch_size=batch_size, resample=mode, probabilities=probabilities,
-            inference=inference, overlap=overlap, preprocessing=prep,
+            inference=inference, overlap=overlap, preprocessing=prep, precision=precision,
         )
     finally:
         model.train(was_training)

@@ -310,7 +310,8 @@ class PrototypeMemory(nn.Module):
     def assign(self, queries: torch.Tensor) -> torch.Tensor:
         """Category of each query: ``argmax_c cos(query, prototype_c)``.  ``(R, d) -> (R,)``."""
         with torch.no_grad(), torch.autocast(queries.device.type, enabled=False):
-            # at least fp32 (fp64 stays fp64): near-ties between two prototypes are common
+            # at least fp32 (fp64 stays fp64), bf16 queries of the bf16 island included: near-ties
+            # between two prototypes are common, and this choice is what must not change
             dtype = torch.promote_types(queries.dtype, torch.float32)
             protos = F.normalize(self.prototypes.to(dtype), dim=0)
             return (queries.detach().to(dtype) @ protos).argmax(1)
@@ -327,7 +328,12 @@ class PrototypeMemory(nn.Module):
                 read's shapes follow from the input's shape alone).
 
         Returns:
-            ``(R, d)``: ``softmax(q . M_c) M_c^T`` row by row; differentiable w.r.t. ``queries``.
+            ``(R, d)``: ``softmax(q . M_c) M_c^T`` row by row, in the queries' dtype;
+            differentiable w.r.t. ``queries``.
+
+        The category is chosen in at least fp32 (`assign`).  fp32 and fp64 queries read in
+        their own dtype.  Half-precision queries (DMW-LA's bf16 island) read in their dtype
+        with the logits and their softmax in fp32 (`_read_half`).
         """
         if dense is None:
             dense = _exporting()
@@ -359,9 +365,36 @@ class PrototypeMemory(nn.Module):
             torch.cumsum(chunks_per_cat, 0), torch.arange(n_chunks, device=queries.device), right=True
         ).clamp(max=self.num_k - 1)
         blocks = self.bank.view(d, self.num_k, self.pool_size).permute(1, 2, 0)  # (num_k, P, d)
-        slots = blocks[chunk_cat].to(queries.dtype)  # (n_chunks, P, d)
-        weights = torch.softmax(padded.view(n_chunks, chunk, d) @ slots.transpose(1, 2), dim=-1)
-        return (weights @ slots).reshape(n_chunks * chunk, d)[destination]
+        padded = padded.view(n_chunks, chunk, d)
+        if queries.dtype in (torch.float16, torch.bfloat16):
+            read = self._read_half(padded, blocks, chunk_cat)
+        else:
+            slots = blocks[chunk_cat].to(queries.dtype)  # (n_chunks, P, d)
+            read = torch.softmax(padded @ slots.transpose(1, 2), dim=-1) @ slots
+        return read.reshape(n_chunks * chunk, d)[destination]
+
+    @staticmethod
+    def _read_half(padded: torch.Tensor, blocks: torch.Tensor, chunk_cat: torch.Tensor) -> torch.Tensor:
+        """The chunked read of half-precision queries (DMW-LA's bf16 island): ``padded``
+        ``(n_chunks, chunk, d)`` queries, ``blocks`` ``(num_k, P, d)`` the bank, ``chunk_cat``
+        the category of each chunk; returns ``(n_chunks, chunk, d)`` in the queries' dtype.
+
+        A half-precision matmul would round the logits ``t.M``, which reach 1e5 in trained
+        networks, to 8 bits of mantissa.  scaled_dot_product_attention accumulates the logits
+        and takes their softmax in fp32 (its fused kernels do, and its math fallback upcasts).
+        Rounding the fp32 bank to bf16 would still move the logits by about ``|t.M| 2^-9 /
+        sqrt(d)``, enough to reorder the slots of a block at 1e5.  The bank therefore enters
+        as two bf16 terms, its rounding and the remainder, against the query repeated: the
+        logits are those of the fp32 bank to about 16 bits of mantissa (the queries are bf16
+        values already, so nothing of them is lost).  The weighted sum takes the rounded bank:
+        only the weights and the sum are rounded to bf16.
+        """
+        dtype = padded.dtype
+        high = blocks.to(dtype)
+        low = (blocks - high.to(blocks.dtype)).to(dtype)
+        keys = torch.cat([high, low], dim=-1)[chunk_cat]  # (n_chunks, P, 2d)
+        query = torch.cat([padded, padded], dim=-1)  # (n_chunks, chunk, 2d)
+        return F.scaled_dot_product_attention(query[:, None], keys[:, None], high[chunk_cat][:, None], scale=1.0)[:, 0]
 
     def read_dense(self, queries: torch.Tensor) -> torch.Tensor:
         """The same read as `read` with no data-dependent indexing, for exporters.
@@ -373,12 +406,14 @@ class PrototypeMemory(nn.Module):
         """
         rows, d = queries.shape
         category = self.assign(queries)
-        bank = self.bank.to(queries.dtype)  # (d, num_k * P)
-        scores = (queries @ bank).view(rows, self.num_k, self.pool_size)
+        # At least fp32 (half-precision queries come from the bf16 island): the logits reach 1e5.
+        dtype = torch.promote_types(queries.dtype, torch.float32)
+        bank = self.bank.to(dtype)  # (d, num_k * P)
+        scores = (queries.to(dtype) @ bank).view(rows, self.num_k, self.pool_size)
         categories = torch.arange(self.num_k, device=queries.device)
-        mask = (category[:, None] == categories).to(queries.dtype).unsqueeze(-1)  # (R, num_k, 1)
+        mask = (category[:, None] == categories).to(dtype).unsqueeze(-1)  # (R, num_k, 1)
         weights = torch.softmax(scores, dim=-1) * mask
-        return weights.view(rows, self.num_k * self.pool_size) @ bank.t()
+        return (weights.view(rows, self.num_k * self.pool_size) @ bank.t()).to(queries.dtype)
 
     # ------------------------------------------------------------------- update
     @torch.no_grad()

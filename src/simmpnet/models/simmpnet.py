@@ -541,6 +541,7 @@ class SimMPNet(nn.Module):
         volume: bool | None = None,
         inference: str = "resize",
         overlap: float = 0.5,
+        precision: str = "fp32",
     ) -> Any:
         """Label map of a raw image or volume, as ``simmpnet predict`` computes it.
 
@@ -551,7 +552,9 @@ class SimMPNet(nn.Module):
         softmax probabilities class-first (``(C, H, W)`` or ``(C, D, H, W)``, float32).
         ``inference="sliding-window"`` predicts tiles of the input size at the image's own
         resolution (neighbours sharing ``overlap`` of a tile) instead of the paper's resize.
-        The model is left as it was (mode, device, weights, memory banks).
+        ``precision="bf16"`` predicts under bf16 autocast with the islands in bf16, ``"auto"``
+        where the device has bf16 units (`simmpnet.precision`; default ``"fp32"``).
+        The model is left as it was (mode, device, weights, memory banks, island precision).
         """
         from .inference import predict_array
 
@@ -566,6 +569,7 @@ class SimMPNet(nn.Module):
             volume=volume,
             inference=inference,
             overlap=overlap,
+            precision=precision,
         )
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], source: str = "state_dict") -> None:

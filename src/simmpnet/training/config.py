@@ -17,6 +17,7 @@ from ..errors import InputError
 from ..evaluation.resample import check_resample
 from ..models import VARIANTS
 from ..models.factory import MODEL_NAMES
+from ..precision import bf16_native
 from .losses import DICE_DENOMINATORS
 from .tensorboard import check_tensorboard
 
@@ -268,6 +269,4 @@ def _resolve_amp(amp: str, device: torch.device) -> str:
     than fp32), else none."""
     if amp != "auto":
         return amp
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "none"
-    return "bf16" if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "none"
+    return "bf16" if bf16_native(device) else "none"

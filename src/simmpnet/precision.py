@@ -1,0 +1,121 @@
+"""The numeric precision of a forward: of inference (``fp32``, ``bf16`` or ``auto``), and of
+Sim-MPNet's fp32 islands under bf16 autocast (docs/method.md, "Mixed precision: the fp32
+islands").
+
+Under autocast some parts of Sim-MPNet run in fp32 whatever the surrounding precision, the
+*fp32 islands*: the DMW-LA reads (global and memory), DS-GIM's window scores, and in training
+the loss and the memory update.  Modules whose islands can also run in bf16 (the DMW-LA
+blocks) derive from `PrecisionIslands`; their ``island_precision`` says how the island
+computes under bf16 (``"fp32"``: as in a full-precision network; ``"bf16"``: in bf16 with its
+choices made on fp32 values, docs/method.md).  Nothing changes for fp32, fp64 or fp16 inputs.
+The other islands stay in fp32 always.
+
+torch is imported by the functions that use it: the command line lists `PRECISIONS` without
+importing it.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = [
+    "ISLAND_PRECISIONS",
+    "PRECISIONS",
+    "PrecisionIslands",
+    "bf16_native",
+    "check_precision",
+    "inference_precision",
+    "resolve_precision",
+    "set_island_precision",
+]
+
+#: What ``--precision`` and ``precision=`` accept: fp32, bf16 autocast, or bf16 where the device
+#: has bf16 units.
+PRECISIONS = ("fp32", "bf16", "auto")
+
+#: How the fp32 islands compute under bf16 autocast (`PrecisionIslands`).
+ISLAND_PRECISIONS = ("fp32", "bf16")
+
+
+class PrecisionIslands:
+    """Base of the modules whose fp32 island can also run in bf16.
+
+    ``island_precision`` (``"fp32"``, the default, or ``"bf16"``) only matters for bf16 inputs:
+    with ``"bf16"`` the island runs in bf16 where its decisions are still made on fp32 values.
+    It is not state (not saved): `set_island_precision` sets it on every such module of a model.
+    """
+
+    island_precision: str = "fp32"
+
+
+def _check(value: str, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise InputError(f"{what} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` when it is one of `PRECISIONS`; an `InputError` naming them otherwise."""
+    return _check(precision, PRECISIONS, "precision")
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 in hardware: a CUDA GPU that torch says supports it, or a
+    CPU with bf16 instructions (AVX512-BF16 or AMX).  Elsewhere bf16 is emulated, and slower than
+    fp32."""
+    import torch
+
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``"fp32"`` or ``"bf16"``: ``precision`` itself, or for ``"auto"`` bf16 where ``device``
+    has bf16 units (`bf16_native`) and fp32 elsewhere."""
+    import torch
+
+    check_precision(precision)
+    if precision != "auto":
+        return precision
+    return "bf16" if bf16_native(torch.device(device)) else "fp32"
+
+
+def set_island_precision(model: nn.Module, precision: str) -> None:
+    """Set ``island_precision`` (one of `ISLAND_PRECISIONS`) on every `PrecisionIslands`
+    module of ``model``; models without islands are left as they are."""
+    _check(precision, ISLAND_PRECISIONS, "island precision")
+    for module in model.modules():
+        if isinstance(module, PrecisionIslands):
+            module.island_precision = precision
+
+
+@contextmanager
+def inference_precision(model: nn.Module, device: torch.device | str, precision: str) -> Iterator[None]:
+    """Run the forwards inside in ``precision`` (``"fp32"`` or ``"bf16"``, resolved).
+
+    ``"fp32"`` changes nothing.  ``"bf16"``: bf16 autocast on ``device``, and the model's islands
+    in bf16 (`set_island_precision`); their settings are restored on exit.  The logits then come
+    out in bf16: callers take the softmax and argmax of their fp32 copy.
+    """
+    import torch
+
+    _check(precision, ISLAND_PRECISIONS, "inference precision (resolved)")
+    if precision == "fp32":
+        yield
+        return
+    islands = [(m, m.island_precision) for m in model.modules() if isinstance(m, PrecisionIslands)]
+    set_island_precision(model, "bf16")
+    try:
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            yield
+    finally:
+        for module, previous in islands:
+            module.island_precision = previous
