@@ -5,9 +5,10 @@ whole 181 x 217 x 181 volume by `tiny` and `paper` (slices per second).
 - Precisions: ``fp32``; ``bf16`` (autocast, Sim-MPNet's fp32 islands in bf16 where their
   choices stay on fp32 values: `simmpnet.precision`); ``bf16 fp32-islands`` (autocast with the
   islands in fp32).  The yardstick runs under the same autocast (it has no islands).
-- Eval forward: the network in eval mode after the memory warm-up, under
-  ``torch.inference_mode``; the yardstick's feature maps.  Training step: as the `throughput`
-  benchmark takes it (forward, deep-supervision loss, backward, fused AdamW, memory commit).
+- Eval forward: the network in eval mode after the memory warm-up, under ``torch.no_grad``
+  (as prediction runs it; the FLOP counter sees nothing under inference mode); the yardstick's
+  feature maps.  Training step: as the `throughput` benchmark takes it (forward,
+  deep-supervision loss, backward, fused AdamW, memory commit).
 - FLOPs: counted once per network and mode on an fp32 run with every attention as explicit
   matrix products (`throughput.count_flops`; torch's counter scores CPU SDPA as 0).  "per
   FLOP" is our milliseconds per counted FLOP over the yardstick's, same precision.
@@ -69,7 +70,7 @@ def ours_eval(batch: int, side: int, dtype: torch.dtype | None, islands: str) ->
     x = torch.rand(batch, 1, side, side)
 
     def step() -> None:
-        with torch.inference_mode(), _autocast(dtype):
+        with torch.no_grad(), _autocast(dtype):
             model(x)
 
     return Case(step, model, None)  # type: ignore[arg-type]
@@ -83,7 +84,7 @@ def yardstick_eval(batch: int, side: int, dtype: torch.dtype | None) -> Case:
     x = torch.rand(batch, 3, side, side)
 
     def step() -> None:
-        with torch.inference_mode(), _autocast(dtype):
+        with torch.no_grad(), _autocast(dtype):
             model(x)
 
     return Case(step, model, None)  # type: ignore[arg-type]
