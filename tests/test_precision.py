@@ -76,17 +76,13 @@ def test_fp32_is_the_default_and_ignores_the_island_setting(model):
     assert np.array_equal(predict_slices(model, slices, SIDE), predict_slices(model, slices, SIDE, precision="fp32"))
 
 
-def test_bf16_inference_is_autocast_with_the_bf16_islands_and_restores_them(model):
+def test_bf16_inference_is_autocast_with_the_fp32_islands_and_restores_the_setting(model):
     x = _phantom(2, 6)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        set_island_precision(model, "bf16")
-        try:
-            expected = model(x).float().argmax(1).to(torch.uint8).numpy()
-        finally:
-            set_island_precision(model, "fp32")
+        expected = model(x).float().argmax(1).to(torch.uint8).numpy()
     assert np.array_equal(predict_slices(model, x[:, 0].numpy(), SIDE, precision="bf16"), expected)
     assert _islands(model) == {"fp32"}
-    with pytest.raises(RuntimeError), inference_precision(model, "cpu", "bf16"):
+    with pytest.raises(RuntimeError), inference_precision(model, "cpu", "bf16", islands="bf16"):
         assert _islands(model) == {"bf16"} and torch.is_autocast_enabled("cpu")
         raise RuntimeError("a failing forward")
     assert _islands(model) == {"fp32"} and not torch.is_autocast_enabled("cpu")

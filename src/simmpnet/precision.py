@@ -98,12 +98,16 @@ def set_island_precision(model: nn.Module, precision: str) -> None:
 
 
 @contextmanager
-def inference_precision(model: nn.Module, device: torch.device | str, precision: str) -> Iterator[None]:
+def inference_precision(
+    model: nn.Module, device: torch.device | str, precision: str, islands: str = "fp32"
+) -> Iterator[None]:
     """Run the forwards inside in ``precision`` (``"fp32"`` or ``"bf16"``, resolved).
 
-    ``"fp32"`` changes nothing.  ``"bf16"``: bf16 autocast on ``device``, and the model's islands
-    in bf16 (`set_island_precision`); their settings are restored on exit.  The logits then come
-    out in bf16: callers take the softmax and argmax of their fp32 copy.
+    ``"fp32"`` changes nothing.  ``"bf16"``: bf16 autocast on ``device``, the model's islands
+    in ``islands`` (`set_island_precision`; restored on exit).  The islands stay fp32 by
+    default: on a CPU with AVX512-BF16 the bf16 islands made the forward slower, not faster,
+    and their choices agree less with fp32 (docs/method.md, "Mixed precision").  The logits
+    then come out in bf16: callers take the softmax and argmax of their fp32 copy.
     """
     import torch
 
@@ -111,11 +115,11 @@ def inference_precision(model: nn.Module, device: torch.device | str, precision:
     if precision == "fp32":
         yield
         return
-    islands = [(m, m.island_precision) for m in model.modules() if isinstance(m, PrecisionIslands)]
-    set_island_precision(model, "bf16")
+    saved = [(m, m.island_precision) for m in model.modules() if isinstance(m, PrecisionIslands)]
+    set_island_precision(model, islands)
     try:
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
             yield
     finally:
-        for module, previous in islands:
+        for module, previous in saved:
             module.island_precision = previous
