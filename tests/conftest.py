@@ -143,7 +143,7 @@ def pytest_sessionfinish(session, exitstatus):
 
     def run(*args):
         try:
-            return subprocess.run(args, capture_output=True, text=True, check=False).stdout.strip()
+            return subprocess.run(args, capture_output=True, text=True, encoding="utf-8", errors="replace", check=False).stdout.strip()
         except OSError:
             return ""
 

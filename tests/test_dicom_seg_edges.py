@@ -322,7 +322,7 @@ def _dciodvfy() -> str:
         pytest.skip("dciodvfy cannot be installed here: no apt-get (install dicom3tools)")
     log = []
     for command in ([apt, "install", "-y", "dicom3tools"], [apt, "update"], [apt, "install", "-y", "dicom3tools"]):
-        done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+        done = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=900, check=False)
         log.append(f"{' '.join(command[1:])}: exit {done.returncode} {done.stderr.strip()[-300:]}")
         found = shutil.which("dciodvfy")
         if found:

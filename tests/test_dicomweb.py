@@ -89,7 +89,7 @@ def test_failures_without_a_server_are_one_line_before_the_model_is_loaded(tmp_p
 def _plugin() -> Path | None:
     """The DICOMweb plugin of the orthanc-dicomweb package, where dpkg says it put it."""
     try:
-        listed = subprocess.run(["dpkg", "-L", "orthanc-dicomweb"], capture_output=True, text=True, check=False)
+        listed = subprocess.run(["dpkg", "-L", "orthanc-dicomweb"], capture_output=True, text=True, encoding="utf-8", errors="replace", check=False)
     except OSError:
         return None
     return next((Path(line) for line in listed.stdout.splitlines() if line.endswith(".so")), None)

@@ -336,7 +336,7 @@ def test_a_killed_experiment_resumes_without_redoing_a_finished_run(brain_data, 
     done = first / DONE_FILE
     before = (done.read_bytes(), done.stat().st_mtime_ns, (first / "last.pt").stat().st_mtime_ns)
 
-    rerun = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(command, env=cli_env(), capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert (done.read_bytes(), done.stat().st_mtime_ns, (first / "last.pt").stat().st_mtime_ns) == before
     assert "run 1/2 first seed 1 fold 0: finished earlier" in rerun.stderr
