@@ -1,7 +1,11 @@
 import logging
 import os
+import shutil
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
@@ -164,3 +168,37 @@ def pytest_sessionfinish(session, exitstatus):
         shown_diff = "" if diff is None else f"{diff:.1e}"
         lines.append(f"| {model} | {path} | {reference} | {100 * equal:.4f} % | {shown_diff} | {rule} |")
     Path(target).write_text("\n".join(lines) + "\n")
+
+
+Found = TypeVar("Found")
+
+
+def debian_tool(packages: list[str], find: Callable[[], Found | None], required: bool = False) -> Found:
+    """What ``find`` returns once Debian's ``packages`` are installed, with apt-get when missing
+    (CI runs as root; an update and a second try when the first install fails).  Without
+    apt-get the test is skipped; when the install fails it is skipped too, or failed when the
+    tool is ``required`` (a check that must really run)."""
+    found = find()
+    if found:
+        return found
+    apt = shutil.which("apt-get")
+    if apt is None:
+        pytest.skip(f"cannot be installed here: no apt-get (install {' '.join(packages)})")
+    log = []
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for command in ([apt, "install", "-y", *packages], [apt, "update"], [apt, "install", "-y", *packages]):
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace",
+                                  timeout=900, check=False, env=env)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.append(f"{' '.join(command[1:])}: {exc}")
+            break
+        log.append(f"{' '.join(command[1:])}: exit {done.returncode} {done.stderr.strip()[-300:]}")
+        found = find()
+        if found:
+            return found
+    message = f"apt-get install {' '.join(packages)} failed (not root, or no package source): " + " | ".join(log)
+    if required:
+        pytest.fail(message)
+    pytest.skip(message)
+

@@ -123,11 +123,11 @@ def read_series(folder: Path) -> sitk.Image:
     return reader.Execute()
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A `tiny` Sim-MPNet saved with save_pretrained (a valid --checkpoint). Untrained, it would
-    predict one class everywhere; heads with large random weights make the label map vary, so
-    that the per-class checks compare something."""
+def save_varied_model(folder: Path, bias: dict[int, float] | None = None) -> Path:
+    """A `tiny` Sim-MPNet saved with save_pretrained in ``folder/model`` (a valid --checkpoint).
+    Untrained, it would predict one class everywhere; heads with large random weights make the
+    label map vary, so that the per-class checks compare something.  ``bias``: per class, added
+    to every head (summed over the heads: a large one wins or loses everywhere)."""
     torch.manual_seed(0)
     net = SimMPNet.from_variant("tiny", n_classes=len(CLASS_NAMES), img_size_a=64, img_size_b=56, warmup_iters=1)
     generator = torch.Generator().manual_seed(3)
@@ -135,8 +135,15 @@ def model_dir(tmp_path_factory) -> Path:
         for head in net.heads:
             head.bias.zero_()
             head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 5)
+            for c, value in (bias or {}).items():
+                head.bias[c] = value
     net.preprocessing = Preprocessing(64, 1, (-125.0, 275.0), CLASS_NAMES, "labels")
-    return net.save_pretrained(tmp_path_factory.mktemp("dicom_model") / "model")
+    return net.save_pretrained(folder / "model")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_varied_model(tmp_path_factory.mktemp("dicom_model"))
 
 
 def _expect_clean_error(capfd: pytest.CaptureFixture, args: list[str], *needles: str) -> None:

@@ -7,16 +7,14 @@ series these tests build."""
 import json
 import logging
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import check_dicom_seg, dciodvfy_findings
-from test_dicom import CLASS_NAMES, MODEL_ID, _expect_clean_error, _uid, phantom, write_series
+from conftest import check_dicom_seg, dciodvfy_findings, debian_tool
+from test_dicom import CLASS_NAMES, MODEL_ID, _expect_clean_error, _uid, phantom, save_varied_model, write_series
 
-from simmpnet import Preprocessing, SimMPNet, __version__
+from simmpnet import __version__
 from simmpnet.cli import main
 from simmpnet.data.dicom_seg import segment_classes, write_dicom_seg
 from simmpnet.data.io import list_inputs, read_image
@@ -29,32 +27,16 @@ hd = pytest.importorskip("highdicom")
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
 
-def _model(folder: Path, bias: dict[int, float]) -> Path:
-    """A `tiny` Sim-MPNet whose heads have large random weights (a label map that varies) and
-    the given bias per class (summed over the heads: a large one wins or loses everywhere)."""
-    torch.manual_seed(0)
-    net = SimMPNet.from_variant("tiny", n_classes=len(CLASS_NAMES), img_size_a=64, img_size_b=56, warmup_iters=1)
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for head in net.heads:
-            head.bias.zero_()
-            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 5)
-            for c, value in bias.items():
-                head.bias[c] = value
-    net.preprocessing = Preprocessing(64, 1, (-125.0, 275.0), CLASS_NAMES, "labels")
-    return net.save_pretrained(folder / "model")
-
-
 @pytest.fixture(scope="module")
 def background_model(tmp_path_factory) -> Path:
     """Predicts background everywhere."""
-    return _model(tmp_path_factory.mktemp("background_model"), {0: 1e4})
+    return save_varied_model(tmp_path_factory.mktemp("background_model"), {0: 1e4})
 
 
 @pytest.fixture(scope="module")
 def partial_model(tmp_path_factory) -> Path:
     """Never predicts class 2 (kidney)."""
-    return _model(tmp_path_factory.mktemp("partial_model"), {2: -1e4})
+    return save_varied_model(tmp_path_factory.mktemp("partial_model"), {2: -1e4})
 
 
 def _predict(model: Path, source: Path, out: Path, *extra: str) -> int:
@@ -313,21 +295,8 @@ def test_text_file_named_dcm_is_not_dicom(tmp_path: Path, capfd, caplog) -> None
 # dciodvfy on a SEG of every kind of series
 # ---------------------------------------------------------------------------------------------
 def _dciodvfy() -> str:
-    """dicom3tools' dciodvfy, installed with apt-get when missing (CI runs as root)."""
-    found = shutil.which("dciodvfy")
-    if found:
-        return found
-    apt = shutil.which("apt-get")
-    if apt is None:
-        pytest.skip("dciodvfy cannot be installed here: no apt-get (install dicom3tools)")
-    log = []
-    for command in ([apt, "install", "-y", "dicom3tools"], [apt, "update"], [apt, "install", "-y", "dicom3tools"]):
-        done = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=900, check=False)
-        log.append(f"{' '.join(command[1:])}: exit {done.returncode} {done.stderr.strip()[-300:]}")
-        found = shutil.which("dciodvfy")
-        if found:
-            return found
-    pytest.fail("apt-get install dicom3tools failed (not root, or no package source): " + " | ".join(log))
+    """dicom3tools' dciodvfy, installed with apt-get when missing: the check must run in CI."""
+    return debian_tool(["dicom3tools"], lambda: shutil.which("dciodvfy"), required=True)
 
 
 @pytest.mark.slow

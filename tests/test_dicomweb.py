@@ -5,7 +5,6 @@ before a model is loaded."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -18,7 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import check_dicom_seg, cli_env
+from conftest import check_dicom_seg, cli_env, debian_tool
 from simmpnet.cli import main
 from simmpnet.data.dicom_seg import segment_classes
 from simmpnet.data.dicomweb import PASSWORD_VARIABLE, TOKEN_VARIABLE, DicomWebServer
@@ -102,23 +101,8 @@ def _installed() -> tuple[str, Path] | None:
 
 
 def _orthanc_with_dicomweb() -> tuple[str, Path]:
-    """Debian's Orthanc and its DICOMweb plugin, installed with apt-get when missing (CI runs as root)."""
-    found = _installed()
-    if found:
-        return found
-    apt = shutil.which("apt-get")
-    if apt is None:
-        pytest.skip("Orthanc cannot be installed here: no apt-get (install orthanc and orthanc-dicomweb)")
-    for command in ([apt, "install", "-y", "orthanc", "orthanc-dicomweb"],
-                    [apt, "update"], [apt, "install", "-y", "orthanc", "orthanc-dicomweb"]):
-        try:
-            subprocess.run(command, capture_output=True, timeout=900, check=False, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
-        except (OSError, subprocess.SubprocessError) as exc:
-            pytest.skip(f"Orthanc cannot be installed here: {command[:2]} failed ({exc})")
-        found = _installed()
-        if found:
-            return found
-    pytest.skip("Orthanc cannot be installed here: apt-get install orthanc orthanc-dicomweb failed (not root, or no package source)")
+    """Debian's Orthanc and its DICOMweb plugin, installed with apt-get when missing."""
+    return debian_tool(["orthanc", "orthanc-dicomweb"], _installed)
 
 
 @pytest.fixture(scope="module")

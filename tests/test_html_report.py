@@ -6,14 +6,13 @@ import io
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from conftest import small_train_config
+from conftest import debian_tool, small_train_config
 from simmpnet.cli import main
 from simmpnet.errors import InputError
 from simmpnet.evaluate import write_report
@@ -208,23 +207,8 @@ def test_report_from_metrics_and_log_alone(tmp_path):
 
 # ------------------------------------------------------------------------------ the browser
 def _chromedriver() -> str:
-    """Debian's chromedriver, installed with apt-get when missing (CI runs as root)."""
-    found = shutil.which("chromedriver")
-    if found:
-        return found
-    apt = shutil.which("apt-get")
-    if apt is None:
-        pytest.skip("headless Chromium cannot be installed here: no apt-get (install chromium and chromium-driver)")
-    for command in ([apt, "install", "-y", "chromium", "chromium-driver"],
-                    [apt, "update"], [apt, "install", "-y", "chromium", "chromium-driver"]):
-        try:
-            subprocess.run(command, capture_output=True, timeout=900, check=False)
-        except (OSError, subprocess.SubprocessError) as exc:
-            pytest.skip(f"headless Chromium cannot be installed here: {command[:2]} failed ({exc})")
-        found = shutil.which("chromedriver")
-        if found:
-            return found
-    pytest.skip("headless Chromium cannot be installed here: apt-get install chromium chromium-driver failed (not root, or no package source)")
+    """Debian's chromedriver, installed with apt-get when missing."""
+    return debian_tool(["chromium", "chromium-driver"], lambda: shutil.which("chromedriver"))
 
 
 @pytest.fixture(scope="module")

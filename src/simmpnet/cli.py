@@ -377,7 +377,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     layout, data, n_classes, in_channels, options = args.layout, args.data, args.n_classes, args.in_channels, {}
     if args.config:  # the dataset a training config names, as `train --config` would open it
-        config = _train_config(argparse.Namespace(), Path(args.config))
+        from .training import TrainConfig
+
+        config = TrainConfig.from_yaml(Path(args.config))
         layout, data = layout or config.layout, data or config.data_root
         n_classes = n_classes or config.n_classes
         in_channels = in_channels or config.in_channels
