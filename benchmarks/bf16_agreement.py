@@ -11,8 +11,7 @@ open).  Forward hooks record, in each forward, the choices that the islands make
 - the memory's category of every position of every DMW-LA block past its warm-up
   (`PrototypeMemory.assign` of the block's ``theta`` output, as the read computes it);
 - the memory slot each position weighs most (the largest logit of its category's block), from
-  the logits as the island computes them (`slot_logits`): the fp32 bank for fp32 islands, the
-  bank as two bf16 terms (fp32 accumulation) for bf16 islands;
+  the fp32 logits that the memory read computes in either island (`slot_logits`);
 - DS-GIM's coherent windows (`coherent_window_mask` of the module's input: fp32 scores in every
   forward), per position and per call (the whole set of windows alike);
 - the label of every pixel (argmax of the logits, at the network's size).
@@ -22,7 +21,7 @@ differ because an earlier layer computed differently.  Table 1b makes each islan
 ways on the same inputs (those of the autocast forward with fp32 islands): what the island's
 own arithmetic changes; for DS-GIM's window scores, which stay fp32, it measures the bf16
 variant that was rejected (`bf16_window_mask`), and for the memory slot the bank rounded to
-bf16 that the split avoids.  Table 2 predicts the held-out volumes
+bf16 that the fp32 memory read avoids.  Table 2 predicts the held-out volumes
 with ``predict_slices(precision="fp32")`` and ``precision="bf16"`` (original size, the model's
 ``resample``) and compares the label maps and their Dice scores.  At the demo's 96 px DS-GIM's
 map is a single window, so it chooses nothing; tables 3 and 3b repeat tables 1 and 1b with a
@@ -79,17 +78,9 @@ COMPARISONS = [
 
 
 def slot_logits(queries: torch.Tensor, bank: torch.Tensor, how: str) -> torch.Tensor:
-    """``(R, num_k * P)`` fp32 logits of the memory read: ``"fp32"`` from the fp32 bank (the fp32
-    island), ``"split"`` from the bank as two bf16 terms (the bf16 island), ``"rounded"`` from the
-    bank rounded to bf16 (what the split avoids)."""
-    queries = queries.float()
-    if how == "fp32":
-        return queries @ bank.float()
-    high = bank.bfloat16()
-    logits = queries @ high.float()
-    if how == "split":
-        logits = logits + queries @ (bank - high.float()).bfloat16().float()
-    return logits
+    """``(R, num_k * P)`` fp32 logits of the memory read: ``"fp32"`` from the fp32 bank (the read
+    of either island), ``"rounded"`` from the bank rounded to bf16 (what the fp32 read avoids)."""
+    return queries.float() @ (bank.float() if how == "fp32" else bank.bfloat16().float())
 
 
 class Choices:
@@ -121,9 +112,8 @@ class Choices:
         queries = theta.flatten(2).transpose(1, 2).reshape(-1, block.feature_dim)
         memory = block.memory
         category = memory.assign(queries)
-        how = "split" if queries.dtype == torch.bfloat16 and block.island_precision == "bf16" else "fp32"
         with torch.autocast(queries.device.type, enabled=False):
-            logits = slot_logits(queries, memory.bank, how).view(-1, memory.num_k, memory.pool_size)
+            logits = slot_logits(queries, memory.bank, "fp32").view(-1, memory.num_k, memory.pool_size)
         self.current[f"category {name}"].append(category)
         self.current[f"slot {name}"].append(logits[torch.arange(len(category)), category].argmax(1))
         if self.inputs is not None:
@@ -264,16 +254,14 @@ def same_input_table(modules: dict[str, torch.nn.Module], inputs: dict[str, list
                 rows = torch.arange(len(category))
                 best = {
                     how: slot_logits(x, memory.bank, how).view(-1, memory.num_k, memory.pool_size)[rows, category].argmax(1)
-                    for how in ("fp32", "split", "rounded")
+                    for how in ("fp32", "rounded")
                 }
-                for how in ("split", "rounded"):
-                    counts[f"slot {how}"][0] += int((best[how] == best["fp32"]).sum())
-                    counts[f"slot {how}"][1] += len(category)
+                counts["slot rounded"][0] += int((best["rounded"] == best["fp32"]).sum())
+                counts["slot rounded"][1] += len(category)
     labels = {
         "windows": "DS-GIM coherent windows from bf16 unit vectors, not used (positions)",
         "window sets": "DS-GIM coherent windows from bf16 unit vectors, not used (sets, per sample and call)",
-        "slot split": "memory slot weighed most, bf16 island: the bank as two bf16 terms (positions)",
-        "slot rounded": "memory slot weighed most, the bank rounded to bf16 instead (positions)",
+        "slot rounded": "memory slot weighed most, the bank rounded to bf16, not used (positions)",
     }
     lines = ["| choice | compared | same as the fp32 island (%) |", "|---|---:|---:|"]
     for key, label in labels.items():

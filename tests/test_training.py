@@ -186,5 +186,10 @@ def test_bf16_training_on_cpu_keeps_memory_in_fp32(brain_data, tmp_path):
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss"]) for r in log if r["event"] == "step")
+    assert {block.island_precision for block in trainer.model.dmwla_blocks()} == {"bf16"}
+    fp32_islands = Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "y", amp="bf16", amp_islands="fp32")))
+    assert {block.island_precision for block in fp32_islands.model.dmwla_blocks()} == {"fp32"}
+    with pytest.raises(InputError, match="amp_islands must be one of fp32, bf16, got 'fp16'"):
+        TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "z", amp_islands="fp16"))
     with pytest.raises(InputError, match="fp16 needs CUDA"):
         Trainer(TrainConfig.from_dict(small_train_config(brain_data, tmp_path / "x", amp="fp16")))

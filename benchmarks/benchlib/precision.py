@@ -2,16 +2,17 @@
 against the timm yardstick under the same precision, per counted FLOP, and the prediction of a
 whole 181 x 217 x 181 volume by `tiny` and `paper` (slices per second).
 
-- Precisions: ``fp32``; ``bf16`` (autocast, Sim-MPNet's fp32 islands in bf16 where their
-  choices stay on fp32 values: `simmpnet.precision`); ``bf16 fp32-islands`` (autocast with the
-  islands in fp32).  The yardstick runs under the same autocast (it has no islands).
+- Precisions: ``fp32``; ``bf16`` (autocast with the default islands: the DMW-LA global reads
+  in bf16, `simmpnet.precision`); ``bf16 fp32-islands`` (autocast with every island in fp32).  The yardstick runs under the same autocast (it has no islands).
 - Eval forward: the network in eval mode after the memory warm-up, under ``torch.no_grad``
   (as prediction runs it; the FLOP counter sees nothing under inference mode); the yardstick's
   feature maps.  Training step: as the `throughput` benchmark takes it (forward,
   deep-supervision loss, backward, fused AdamW, memory commit).
 - FLOPs: counted once per network and mode on an fp32 run with every attention as explicit
   matrix products (`throughput.count_flops`; torch's counter scores CPU SDPA as 0).  "per
-  FLOP" is our milliseconds per counted FLOP over the yardstick's, same precision.
+  FLOP" is our time per counted FLOP over the yardstick's, same precision, in each round (the
+  two run back to back), and its median over the rounds: slow drifts of a shared machine, which
+  move both alike, cancel; the lowest and highest round show what is left of the noise.
 - Volume: a random volume on the MNI grid of the demo's MRI (181 slices of 217 x 181) through
   `predict_slices` in fp32 and in bf16 (as ``simmpnet predict --precision``; every slice
   resized to the input size, the labels back), batch 16.
@@ -22,6 +23,7 @@ interleaved, after a warm-up on a few slices.
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections.abc import Callable
 
 import torch
@@ -142,18 +144,22 @@ def run(args: argparse.Namespace) -> list[Row]:
         "yardstick train": count_flops(yardstick_step(train_batch, side, SETTINGS["fp32"], "cpu")),
     }
     print(f"  timing {len(cases)} cases, {args.repeats} rounds ...", flush=True)
-    ms = {name: median_ms(samples) for name, samples in time_interleaved(cases, args.repeats, args.warmup).items()}
+    samples = time_interleaved(cases, args.repeats, args.warmup)
+    ms = {name: median_ms(values) for name, values in samples.items()}
 
     rows: list[Row] = []
     for mode, words, batch in (("eval", "eval forward", eval_batch), ("train", "training step", train_batch)):
         for name in chosen:
             label = f"{name}, {words}, B={batch}, {side} px"
             ours, yard = ms[f"ours {mode} {name}"], ms[f"yardstick {mode} {name}"]
-            per_flop = (ours / flops[f"ours {mode}"]) / (yard / flops[f"yardstick {mode}"])
+            flop_ratio = flops[f"yardstick {mode}"] / flops[f"ours {mode}"]
+            rounds = [o / y * flop_ratio for o, y in zip(samples[f"ours {mode} {name}"], samples[f"yardstick {mode} {name}"])]
             rows += [
                 Row("per FLOP", label, "ours, ms", fmt(ours), "ms"),
                 Row("per FLOP", label, "yardstick, ms", fmt(yard), "ms"),
-                Row("per FLOP", label, "ours / yardstick, time per FLOP", fmt(per_flop), "ratio"),
+                Row("per FLOP", label, "ours / yardstick, time per FLOP", fmt(statistics.median(rounds)), "ratio"),
+                Row("per FLOP", label, "lowest round", fmt(min(rounds)), "ratio"),
+                Row("per FLOP", label, "highest round", fmt(max(rounds)), "ratio"),
             ]
         if "fp32" in chosen:
             for name in chosen:

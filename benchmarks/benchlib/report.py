@@ -58,8 +58,9 @@ BENCHMARKS = {
     "precision": (
         "bf16 against fp32 on the CPU: the `paper` eval forward (B = 4) and training step (B = 2) at "
         "256 px against the timm yardstick under the same precision, per counted FLOP; `bf16` runs "
-        "Sim-MPNet's fp32 islands in bf16 where their choices stay on fp32 values, `bf16 fp32-islands` "
-        "keeps them in fp32; and a whole 181 x 217 x 181 volume predicted by `tiny` and `paper`."
+        "the default islands (the DMW-LA global reads in bf16; in the run of 08:19 the memory reads "
+        "too, an island since dropped), `bf16 fp32-islands` keeps every island in fp32; and a whole "
+        "181 x 217 x 181 volume predicted by `tiny` and `paper`."
     ),
 }
 
@@ -81,7 +82,11 @@ CAPTIONS = {
     ("throughput", "per FLOP"): "Our milliseconds per counted FLOP over the yardstick's, same setting and batch.",
     ("throughput", "authors"): "Our images/s over the authors' (their step as published: fp32).",
     ("throughput", "flops"): "Counted FLOPs of one training step; host syncs of one eager fp32 step of ours.",
-    ("precision", "per FLOP"): "Median milliseconds, interleaved; our milliseconds per counted FLOP over the yardstick's.",
+    ("precision", "per FLOP"): (
+        "Median milliseconds, interleaved; our time per counted FLOP over the yardstick's: the median over "
+        "the rounds of the ratio within a round, and (from 10:37 on) its lowest and highest round "
+        "(until 10:26: the ratio of the medians)."
+    ),
     ("precision", "speed-up"): "fp32 milliseconds over this precision's, for ours and for the yardstick.",
     ("precision", "flops"): "Counted FLOPs of one eval forward and one training step (fp32, attention as explicit products).",
     ("precision", "volume"): "One prediction of the whole volume per case, interleaved, after a warm-up on 4 slices.",

@@ -465,8 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     def precision(p: argparse.ArgumentParser, default: str | None) -> None:
         p.add_argument(
             "--precision", choices=PRECISIONS, default=default,
-            help="fp32 (default); bf16: the network under bf16 autocast, its fp32 islands kept "
-            "(for devices with bf16 units; labels agree with fp32 on all but a small share of voxels, "
+            help="fp32 (default); bf16: the network under bf16 autocast, the DMW-LA global reads in bf16 "
+            "and the other fp32 islands kept (for devices with bf16 units; labels agree with fp32 on all "
+            "but a small share of voxels, "
             "docs/prediction.md); auto: bf16 on a CUDA GPU or a CPU with bf16 units, else fp32",
         )
 

@@ -4,11 +4,12 @@ islands").
 
 Under autocast some parts of Sim-MPNet run in fp32 whatever the surrounding precision, the
 *fp32 islands*: the DMW-LA reads (global and memory), DS-GIM's window scores, and in training
-the loss and the memory update.  Modules whose islands can also run in bf16 (the DMW-LA
-blocks) derive from `PrecisionIslands`; their ``island_precision`` says how the island
-computes under bf16 (``"fp32"``: as in a full-precision network; ``"bf16"``: in bf16 with its
-choices made on fp32 values, docs/method.md).  Nothing changes for fp32, fp64 or fp16 inputs.
-The other islands stay in fp32 always.
+the loss and the memory update.  The one island that makes no choice, DMW-LA's global read,
+can also run in bf16: its modules derive from `PrecisionIslands`, and their
+``island_precision`` says how it computes under bf16 (``"bf16"``, the default: bf16 inputs into
+an attention kernel that keeps the logits and their softmax in fp32; ``"fp32"``: all islands
+as in a full-precision network, docs/method.md).  Nothing changes for fp32, fp64 or fp16
+inputs.  The other islands stay in fp32 always.
 
 torch is imported by the functions that use it: the command line lists `PRECISIONS` without
 importing it.
@@ -47,12 +48,13 @@ ISLAND_PRECISIONS = ("fp32", "bf16")
 class PrecisionIslands:
     """Base of the modules whose fp32 island can also run in bf16.
 
-    ``island_precision`` (``"fp32"``, the default, or ``"bf16"``) only matters for bf16 inputs:
-    with ``"bf16"`` the island runs in bf16 where its decisions are still made on fp32 values.
-    It is not state (not saved): `set_island_precision` sets it on every such module of a model.
+    ``island_precision`` (``"bf16"``, the default, or ``"fp32"``) only matters for bf16 inputs:
+    with ``"bf16"`` the island runs in bf16 where it makes no choice (the DMW-LA global read),
+    with ``"fp32"`` every island computes as in a full-precision network.  It is not state (not
+    saved): `set_island_precision` sets it on every such module of a model.
     """
 
-    island_precision: str = "fp32"
+    island_precision: str = "bf16"
 
 
 def _check(value: str, allowed: tuple[str, ...], what: str) -> str:
@@ -99,15 +101,14 @@ def set_island_precision(model: nn.Module, precision: str) -> None:
 
 @contextmanager
 def inference_precision(
-    model: nn.Module, device: torch.device | str, precision: str, islands: str = "fp32"
+    model: nn.Module, device: torch.device | str, precision: str, islands: str = "bf16"
 ) -> Iterator[None]:
     """Run the forwards inside in ``precision`` (``"fp32"`` or ``"bf16"``, resolved).
 
     ``"fp32"`` changes nothing.  ``"bf16"``: bf16 autocast on ``device``, the model's islands
-    in ``islands`` (`set_island_precision`; restored on exit).  The islands stay fp32 by
-    default: on a CPU with AVX512-BF16 the bf16 islands made the forward slower, not faster,
-    and their choices agree less with fp32 (docs/method.md, "Mixed precision").  The logits
-    then come out in bf16: callers take the softmax and argmax of their fp32 copy.
+    in ``islands`` (`set_island_precision`; restored on exit): ``"bf16"`` (default) the global
+    reads in bf16, ``"fp32"`` all islands in fp32 (docs/method.md, "Mixed precision").  The
+    logits then come out in bf16: callers take the softmax and argmax of their fp32 copy.
     """
     import torch
 

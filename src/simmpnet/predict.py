@@ -175,7 +175,7 @@ def predict_paths(
     paper's: every slice resized to the input size) or ``"sliding-window"`` (tiles of the input
     size at the image's own resolution, neighbours sharing ``overlap`` of a tile; ``resample``
     does not apply).  ``precision`` is ``"fp32"`` (default), ``"bf16"`` (bf16 autocast with the
-    network's islands in bf16) or ``"auto"`` (bf16 where the device has bf16 units), see
+    network's global reads in bf16) or ``"auto"`` (bf16 where the device has bf16 units), see
     `simmpnet.precision`.
 
     The output folder holds the label maps (and DICOM-SEGs) only, so that ``simmpnet evaluate

@@ -16,7 +16,7 @@ Both map pixel centres the way the input resize does (corners aligned, as
 With ``inference="sliding-window"``, overlapping tiles of the input size are predicted at the
 slice's own resolution and their logits blended (`simmpnet.evaluation.sliding_window`).
 
-``precision="bf16"`` runs the forwards under bf16 autocast with the network's islands in bf16
+``precision="bf16"`` runs the forwards under bf16 autocast with the network's global reads in bf16
 (`simmpnet.precision.inference_precision`); the logits are upcast to fp32 before anything
 else (interpolation, softmax, argmax), so only the forward changes.
 """
@@ -75,7 +75,7 @@ def predict_slices(
         preprocessing: the `simmpnet.Preprocessing` the model was trained with
             (default: ``model.preprocessing``, when it has one); the sliding window is refused
             for a model trained on resized slices (`simmpnet.evaluation.resample.check_sliding_window`).
-        precision: ``"fp32"`` (default), ``"bf16"`` (bf16 autocast, the islands in bf16) or
+        precision: ``"fp32"`` (default), ``"bf16"`` (bf16 autocast, the global reads in bf16) or
             ``"auto"`` (bf16 where ``device`` has bf16 units), see `simmpnet.precision`.
 
     Returns:

@@ -184,7 +184,10 @@ def metrics_markdown(summary: Mapping[str, Any]) -> str:
     if resample in RESAMPLE_WORDS:
         lines.append(f"- Predictions return to the image size by {RESAMPLE_WORDS[resample]}.")
     if summary.get("precision") == "bf16":
-        lines.append("- The network ran under bf16 autocast, its fp32 islands kept (precision bf16).")
+        lines.append(
+            "- The network ran under bf16 autocast, the DMW-LA global reads in bf16 and its other fp32 islands "
+            "kept (precision bf16)."
+        )
     lines.append("")
     tables = [(1, headline)] + ([(2, other)] if other is not None else [])
     for number, conv in tables:

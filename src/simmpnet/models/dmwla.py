@@ -87,12 +87,13 @@ class NonLocalAttention(PrecisionIslands, nn.Module):
             # noise and training can collapse (docs/training.md, "Mixed precision").  The reads
             # therefore run as an fp32 island, under autocast and in a block cast to half
             # precision alike; the result goes back to the block's dtype for `o`.  The bf16
-            # island keeps the inputs in bf16: scaled_dot_product_attention accumulates the
-            # logits and takes their softmax in fp32 (its fused kernels do, and its math
-            # fallback upcasts), so only the weights and the weighted sum are rounded to bf16;
-            # the memory read chooses its category in fp32 and keeps the logits of the fp32 bank
-            # (`PrototypeMemory.read`).  Autocast is off inside either island, so that its
-            # operator lists cannot change the dtypes chosen here.
+            # island keeps the global read's inputs in bf16: scaled_dot_product_attention
+            # accumulates the logits and takes their softmax in fp32 (its fused kernels do, and
+            # its math fallback upcasts), and t, q are bf16 values already, so only the weights
+            # and the weighted sum are rounded to bf16.  The memory read, which chooses a
+            # category and weighs alike slots, stays fp32 in both (`DMWLA._read`).  Autocast is
+            # off inside either island, so that its operator lists cannot change the dtypes
+            # chosen here.
             with torch.autocast(x.device.type, enabled=False):
                 if t.dtype == torch.bfloat16 and self.island_precision == "bf16":
                     read = self._read(t, q, v)
@@ -201,7 +202,10 @@ class DMWLA(NonLocalAttention):
         ``q`` ``(B, d, N)``."""
         read = super()._read(t, q, v)
         if not self.memory.in_warmup:
-            read = read + self.memory.read(t.flatten(0, 1)).view_as(read)
+            # In at least fp32 (the bf16 island's queries included), and summed before the one
+            # rounding back to the queries' dtype.
+            memory = self.memory.read(t.flatten(0, 1).to(torch.promote_types(t.dtype, torch.float32)))
+            read = (read + memory.view_as(read)).to(t.dtype)
         return read
 
     # ------------------------------------------------------------ memory commit

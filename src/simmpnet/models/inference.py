@@ -65,8 +65,8 @@ def predict_array(
             `simmpnet.evaluation.inference.predict_slices`.
         overlap: fraction of a tile its neighbours share with the sliding window, in
             ``[0, 1)`` (as ``predict --overlap``).
-        precision: ``"fp32"`` (default), ``"bf16"`` (bf16 autocast with the network's islands
-            in bf16; softmax and argmax of the fp32-upcast logits) or ``"auto"`` (bf16 where the
+        precision: ``"fp32"`` (default), ``"bf16"`` (bf16 autocast with the network's global
+            reads in bf16; softmax and argmax of the fp32-upcast logits) or ``"auto"`` (bf16 where the
             device has bf16 units, else fp32), as ``predict --precision``; see
             `simmpnet.precision` and docs/prediction.md for how far bf16 labels agree with fp32.
 

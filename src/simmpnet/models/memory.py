@@ -331,9 +331,10 @@ class PrototypeMemory(nn.Module):
             ``(R, d)``: ``softmax(q . M_c) M_c^T`` row by row, in the queries' dtype;
             differentiable w.r.t. ``queries``.
 
-        The category is chosen in at least fp32 (`assign`).  fp32 and fp64 queries read in
-        their own dtype.  Half-precision queries (DMW-LA's bf16 island) read in their dtype
-        with the logits and their softmax in fp32 (`_read_half`).
+        The category is chosen and the read computed in at least fp32 (fp64 stays fp64):
+        half-precision queries (DMW-LA's bf16 island) are bf16 values already, so only the
+        result is rounded, once.  The slots of a category are alike (one k-means cluster) and
+        their logits reach 1e5 in trained networks: the bank rounded to bf16 would reorder them.
         """
         if dense is None:
             dense = _exporting()
@@ -360,41 +361,16 @@ class PrototypeMemory(nn.Module):
         destination = torch.empty_like(padded_row)
         destination[order] = padded_row
 
-        padded = queries.new_zeros(n_chunks * chunk, d).index_copy(0, destination, queries)
+        dtype = torch.promote_types(queries.dtype, torch.float32)
+        padded = queries.new_zeros(n_chunks * chunk, d, dtype=dtype).index_copy(0, destination, queries.to(dtype))
         chunk_cat = torch.searchsorted(
             torch.cumsum(chunks_per_cat, 0), torch.arange(n_chunks, device=queries.device), right=True
         ).clamp(max=self.num_k - 1)
         blocks = self.bank.view(d, self.num_k, self.pool_size).permute(1, 2, 0)  # (num_k, P, d)
         padded = padded.view(n_chunks, chunk, d)
-        if queries.dtype in (torch.float16, torch.bfloat16):
-            read = self._read_half(padded, blocks, chunk_cat)
-        else:
-            slots = blocks[chunk_cat].to(queries.dtype)  # (n_chunks, P, d)
-            read = torch.softmax(padded @ slots.transpose(1, 2), dim=-1) @ slots
-        return read.reshape(n_chunks * chunk, d)[destination]
-
-    @staticmethod
-    def _read_half(padded: torch.Tensor, blocks: torch.Tensor, chunk_cat: torch.Tensor) -> torch.Tensor:
-        """The chunked read of half-precision queries (DMW-LA's bf16 island): ``padded``
-        ``(n_chunks, chunk, d)`` queries, ``blocks`` ``(num_k, P, d)`` the bank, ``chunk_cat``
-        the category of each chunk; returns ``(n_chunks, chunk, d)`` in the queries' dtype.
-
-        A half-precision matmul would round the logits ``t.M``, which reach 1e5 in trained
-        networks, to 8 bits of mantissa.  scaled_dot_product_attention accumulates the logits
-        and takes their softmax in fp32 (its fused kernels do, and its math fallback upcasts).
-        Rounding the fp32 bank to bf16 would still move the logits by about ``|t.M| 2^-9 /
-        sqrt(d)``, enough to reorder the slots of a block at 1e5.  The bank therefore enters
-        as two bf16 terms, its rounding and the remainder, against the query repeated: the
-        logits are those of the fp32 bank to about 16 bits of mantissa (the queries are bf16
-        values already, so nothing of them is lost).  The weighted sum takes the rounded bank:
-        only the weights and the sum are rounded to bf16.
-        """
-        dtype = padded.dtype
-        high = blocks.to(dtype)
-        low = (blocks - high.to(blocks.dtype)).to(dtype)
-        keys = torch.cat([high, low], dim=-1)[chunk_cat]  # (n_chunks, P, 2d)
-        query = torch.cat([padded, padded], dim=-1)  # (n_chunks, chunk, 2d)
-        return F.scaled_dot_product_attention(query[:, None], keys[:, None], high[chunk_cat][:, None], scale=1.0)[:, 0]
+        slots = blocks[chunk_cat].to(dtype)  # (n_chunks, P, d)
+        read = torch.softmax(padded @ slots.transpose(1, 2), dim=-1) @ slots
+        return read.reshape(n_chunks * chunk, d)[destination].to(queries.dtype)
 
     def read_dense(self, queries: torch.Tensor) -> torch.Tensor:
         """The same read as `read` with no data-dependent indexing, for exporters.
@@ -406,7 +382,7 @@ class PrototypeMemory(nn.Module):
         """
         rows, d = queries.shape
         category = self.assign(queries)
-        # At least fp32 (half-precision queries come from the bf16 island): the logits reach 1e5.
+        # At least fp32, as `read`: the logits reach 1e5.
         dtype = torch.promote_types(queries.dtype, torch.float32)
         bank = self.bank.to(dtype)  # (d, num_k * P)
         scores = (queries.to(dtype) @ bank).view(rows, self.num_k, self.pool_size)

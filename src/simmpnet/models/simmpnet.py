@@ -552,7 +552,7 @@ class SimMPNet(nn.Module):
         softmax probabilities class-first (``(C, H, W)`` or ``(C, D, H, W)``, float32).
         ``inference="sliding-window"`` predicts tiles of the input size at the image's own
         resolution (neighbours sharing ``overlap`` of a tile) instead of the paper's resize.
-        ``precision="bf16"`` predicts under bf16 autocast with the islands in bf16, ``"auto"``
+        ``precision="bf16"`` predicts under bf16 autocast with the global reads in bf16, ``"auto"``
         where the device has bf16 units (`simmpnet.precision`; default ``"fp32"``).
         The model is left as it was (mode, device, weights, memory banks, island precision).
         """

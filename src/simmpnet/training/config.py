@@ -17,7 +17,7 @@ from ..errors import InputError
 from ..evaluation.resample import check_resample
 from ..models import VARIANTS
 from ..models.factory import MODEL_NAMES
-from ..precision import bf16_native
+from ..precision import ISLAND_PRECISIONS, bf16_native
 from .losses import DICE_DENOMINATORS
 from .tensorboard import check_tensorboard
 
@@ -57,7 +57,9 @@ class TrainConfig:
     Budget: ``time_budget_s`` (wall clock of the whole run, across resumes), ``max_steps``.
     Mixed precision: ``amp`` "none", "bf16" (CPU or CUDA), "fp16" (CUDA, with gradient
     scaling) or "auto" (bf16 where the hardware computes it natively, else none); the memory
-    banks, their k-means and their update stay in fp32.
+    banks, their k-means and their update stay in fp32.  ``amp_islands`` "bf16" (the DMW-LA
+    global reads in bf16 under bf16 autocast, their logits and softmax in fp32) or "fp32" (all
+    of Sim-MPNet's fp32 islands in fp32; `simmpnet.precision`).
     Robustness: ``max_nonfinite_losses`` skipped steps before training stops; ``check_data``
     reads and checks every file once before training starts, so that a bad file stops the run
     before anything is written.
@@ -104,6 +106,7 @@ class TrainConfig:
     time_budget_s: float | None = None
     max_steps: int | None = None
     amp: str = "none"
+    amp_islands: str = "bf16"
     max_nonfinite_losses: int = 5
     check_data: bool = True
     device: str = "auto"
@@ -159,6 +162,8 @@ class TrainConfig:
                 raise InputError(f"{name} must be an integer of at least {least} (or left out), got {value!r}")
         if self.amp not in ("none", "bf16", "fp16", "auto"):
             raise InputError(f"amp must be none, bf16, fp16 or auto, got {self.amp!r}")
+        if self.amp_islands not in ISLAND_PRECISIONS:
+            raise InputError(f"amp_islands must be one of {', '.join(ISLAND_PRECISIONS)}, got {self.amp_islands!r}")
         if self.lr_schedule not in ("constant", "poly"):
             raise InputError(f"lr_schedule must be constant or poly, got {self.lr_schedule!r}")
         if self.wld_blocks not in ("encoder", "decoder", "all", "none"):

@@ -47,6 +47,7 @@ from ..evaluation.evaluate import evaluate_volumes
 from ..files import atomic_write
 from ..models import SimMPNet, WLDSchedule
 from ..models.factory import build_model, model_from_payload, model_payload
+from ..precision import set_island_precision
 from . import distributed
 from .checkpointing import (
     RUN_FILES,
@@ -178,6 +179,7 @@ class Trainer:
             raise InputError("amp fp16 needs CUDA; use bf16 on the CPU")
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
+        set_island_precision(self.model, config.amp_islands)
         self.criterion = DeepSupervisionLoss(
             reduce=distributed.all_reduce_sum if self.dist.enabled else None, dice_denominator=config.dice_denominator
         )
@@ -590,7 +592,7 @@ class Trainer:
         cfg, plan = self.config, self.plan
         params = sum(p.numel() for p in self.model.parameters())
         network = f"{cfg.model} {cfg.variant}" if cfg.model == "simmpnet" else cfg.model
-        amp = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[self.amp_dtype]
+        amp = {None: "fp32", torch.bfloat16: f"bf16 autocast ({cfg.amp_islands} islands)", torch.float16: "fp16 autocast"}[self.amp_dtype]
         procs = f", {self.dist.world_size} processes" if self.dist.enabled else ""
         logger.info(
             "run: %s, %.2f M parameters, %d px input, %d channel(s), %d classes; %s on %s, %d torch thread(s)%s",
