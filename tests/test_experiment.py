@@ -24,7 +24,15 @@ from simmpnet.demo import DEMO_CONFIG
 from simmpnet.errors import InputError
 from simmpnet.evaluation.metrics import METRIC_NAMES, summarize
 from simmpnet.evaluation.report import write_json
-from simmpnet.experiment import DONE_FILE, SPEC_FILE, load_spec, run_config, run_experiment, summarize_experiment
+from simmpnet.experiment import (
+    DONE_FILE,
+    SPEC_FILE,
+    _check_finished,
+    load_spec,
+    run_config,
+    run_experiment,
+    summarize_experiment,
+)
 
 
 # ---------------------------------------------------------------------------------- folds
@@ -146,7 +154,7 @@ def test_the_shipped_ablation_spec_is_valid(tmp_path):
         ({"configurations": [{"name": "a"}, {"name": "a"}]}, "configurations[1] (a).name: used twice"),
         ({"configurations": [{"name": "a", "seed": 3}]}, "configurations[0] (a): seed set by the experiment"),
         ({"configurations": [{"name": "a", "lr_x": 3}]}, "configurations[0] (a): unknown training config keys ['lr_x']"),
-        ({"configurations": [{"name": "a", "model": "nnunet"}]}, "configurations[0] (a).model: 'nnunet' is not one of"),
+        ({"configurations": [{"name": "a", "model": "nnformer"}]}, "configurations[0] (a).model: 'nnformer' is not one of simmpnet, unet, nnunet"),
         ({"train": {"layout_options": {"fold": 1}}}, "train.layout_options: fold set by the experiment"),
         ({"dataset": {"root": "x"}}, "dataset: unknown keys ['root']"),
     ],
@@ -183,6 +191,23 @@ def test_a_finished_run_of_another_configuration_is_refused(tmp_path):
     with pytest.raises(InputError, match=f"^{done}: the run finished with another configuration \\(lr differ"):
         run_experiment(path, out)
     assert not (out / SPEC_FILE).exists()
+
+
+def test_a_finished_run_of_an_older_version_counts_with_the_defaults_of_newer_keys(tmp_path):
+    """A key added since the run finished (e.g. amp_islands) held its default then: the run is
+    the spec's run, unless the spec now sets that key to something else."""
+    path = _spec(tmp_path)
+    out = tmp_path / "out"
+    spec = load_spec(path)
+    config = run_config(spec, spec.runs()[0], tmp_path / "data", out, "cpu")
+    saved = json.loads(json.dumps(dataclasses.asdict(config)))
+    del saved["amp_islands"]
+    folder = spec.runs()[0].folder(out)
+    folder.mkdir(parents=True)
+    (folder / DONE_FILE).write_text(json.dumps({"train_config": saved}))
+    _check_finished(folder, config)
+    with pytest.raises(InputError, match="amp_islands differ"):
+        _check_finished(folder, dataclasses.replace(config, amp_islands="fp32"))
 
 
 # ---------------------------------------------------------------------------------- summary

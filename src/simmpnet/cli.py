@@ -19,6 +19,9 @@ import yaml
 
 from .errors import SimMPNetError, one_line
 
+#: `simmpnet.models.factory.MODEL_NAMES`, spelled out so that the parser imports no torch.
+NETWORKS = ("simmpnet", "unet", "nnunet")
+
 if TYPE_CHECKING:  # the commands import the heavy modules only when they run
     from .data.dicomweb import DicomWebStudy
 
@@ -494,8 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a training config key")
         if name == "demo":
             p.add_argument(
-                "--model", default="simmpnet", choices=["simmpnet", "unet"],
-                help="the network: Sim-MPNet (default) or MONAI's U-Net",
+                "--model", default="simmpnet", choices=NETWORKS,
+                help="the network: Sim-MPNet (default), MONAI's U-Net or nnU-Net's 2d U-Net (nnunet extra)",
             )
         device(p)
         p.set_defaults(func=func)
@@ -532,7 +535,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset folder")
     p.add_argument("--layout", help="dataset layout (default synapse: train_npz/, test_vol_h5/, lists/)")
     p.add_argument("--output", help="output folder for checkpoints, log and curves")
-    p.add_argument("--model", choices=["simmpnet", "unet"], help="the network: Sim-MPNet or MONAI's U-Net (config key model)")
+    p.add_argument(
+        "--model", choices=NETWORKS,
+        help="the network: Sim-MPNet, MONAI's U-Net or nnU-Net's 2d U-Net (nnunet extra) (config key model)",
+    )
     p.add_argument("--epochs", type=int, help="epochs to train (config key epochs)")
     p.add_argument("--batch-size", type=int, help="slices per step, over all processes (config key batch_size)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimisation steps (config key max_steps)")

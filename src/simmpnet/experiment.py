@@ -225,7 +225,7 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     Keys (docs/experiments.md):
 
     - ``configurations`` (required): a list of mappings, each with a ``name`` (letters, digits,
-      ``_ . -``; its folder), a ``model`` (``simmpnet``, the default, or ``unet``) and any other
+      ``_ . -``; its folder), a ``model`` (``simmpnet``, the default, ``unet`` or ``nnunet``) and any other
       training config keys (e.g. ``variant``, ``model_overrides`` with the ablation switches,
       ``wld_blocks``, ``lr``);
     - ``seeds`` (required): the seeds, one run per seed, fold and configuration;
@@ -370,6 +370,17 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return values
 
 
+def _defaults() -> dict[str, Any]:
+    """The defaults of the training config's keys, as JSON holds them."""
+    values = {}
+    for field in dataclasses.fields(TrainConfig):
+        if field.default is not dataclasses.MISSING:
+            values[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            values[field.name] = field.default_factory()
+    return json.loads(json.dumps(values))
+
+
 def _check_finished(folder: Path, config: TrainConfig) -> None:
     """A finished run must be the run the spec asks for now: its training config may differ
     only in `RUNTIME_KEYS`."""
@@ -380,6 +391,9 @@ def _check_finished(folder: Path, config: TrainConfig) -> None:
     if not isinstance(saved, dict):
         raise InputError(f"{done}: no train_config (not a completion file of simmpnet experiment)")
     now = _saved_config(config)
+    # A key the run's version did not have yet held its default then (newer keys come with
+    # the default that keeps the old behaviour).
+    saved = {**_defaults(), **saved}
     differ = sorted(k for k in set(saved) | set(now) if k not in RUNTIME_KEYS and saved.get(k) != now.get(k))
     if differ:
         raise InputError(

@@ -17,6 +17,7 @@ from ..errors import InputError
 from ..evaluation.resample import check_resample
 from ..models import VARIANTS
 from ..models.factory import MODEL_NAMES
+from ..models.nnunet_unet import NNUNET_NAME, nnunet_unet_kwargs
 from ..precision import ISLAND_PRECISIONS, bf16_native
 from .losses import DICE_DENOMINATORS
 from .tensorboard import check_tensorboard
@@ -25,6 +26,8 @@ __all__ = ["COMPILE_MODES", "TrainConfig"]
 
 #: Values of the ``compile`` key: none; inductor's modes; a backend that traces without compiling.
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "aot_eager")
+#: The slice side of the peer networks when ``input_size`` is left out.
+DEFAULT_PEER_SIZE = 128
 
 
 @dataclass
@@ -35,11 +38,13 @@ class TrainConfig:
     ``test_vol_h5/``, ``lists/``; see `simmpnet.data.layouts`) with its ``layout_options``
     (e.g. ``{seed: 7}`` or ``{split_file: splits.json}``), ``train_list`` /
     ``val_list`` split names (``val_list`` None: no validation), ``n_classes`` with background, ``class_names`` (background first).
-    Model: ``model`` ("simmpnet" or "unet"), ``variant``, ``model_overrides`` (config keys of
-    the network), ``pretrained``, ``input_size`` (slice side, a multiple of 32 for Sim-MPNet
-    and of 16 for the U-Net; Sim-MPNet's encoders then run at ``input_size`` and 7/8 of it
-    unless ``model_overrides`` sets ``img_size_a`` / ``img_size_b``; default the variant's
-    encoder-A size, 128 for the U-Net), ``warmup_iters`` (DMW-LA warm-up).
+    Model: ``model`` ("simmpnet", "unet": MONAI's U-Net, or "nnunet": nnU-Net's 2d U-Net,
+    `simmpnet.models.nnunet_unet`), ``variant``, ``model_overrides`` (config keys of the
+    network), ``pretrained``, ``input_size`` (slice side, a multiple of 32 for Sim-MPNet, of 16
+    for the U-Net, of the product of nnU-Net's strides for its U-Net; Sim-MPNet's encoders then
+    run at ``input_size`` and 7/8 of it unless ``model_overrides`` sets ``img_size_a`` /
+    ``img_size_b``; default the variant's encoder-A size, 128 for the peers), ``warmup_iters``
+    (DMW-LA warm-up).
     Left unset, ``eval_start_epoch``, ``wld_start_epoch`` and ``warmup_iters`` scale with the run
     (a third of it, as the paper's 100 of 300 epochs; the warm-up at most the variant's 2000);
     set beyond the run's ``epochs`` they are refused (`simmpnet.training.plan`).
@@ -183,6 +188,11 @@ class TrainConfig:
             check_tensorboard()
 
     def _check_input_size(self) -> None:
+        if self.model == NNUNET_NAME:
+            # nnU-Net's topology follows the slice size: it checks the side and the overrides.
+            overrides = self.model_overrides_sized()
+            nnunet_unet_kwargs(self.n_classes, self.in_channels, **overrides)
+            return
         if self.input_size is None:
             return
         step = _size_step(self.model, self.model_overrides)
@@ -220,6 +230,8 @@ class TrainConfig:
         if self.model == "simmpnet" and self.input_size is not None:
             overrides.setdefault("img_size_a", self.input_size)
             overrides.setdefault("img_size_b", self.input_size * 7 // 8)
+        if self.model == NNUNET_NAME:
+            overrides["patch_size"] = self.input_size or DEFAULT_PEER_SIZE
         return overrides
 
     def model_identity(self) -> dict[str, Any]:

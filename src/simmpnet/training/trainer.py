@@ -58,7 +58,7 @@ from .checkpointing import (
     rewind_log,
     rng_state,
 )
-from .config import TrainConfig, _memory_parts, _resolve_amp, _variant_warmup
+from .config import DEFAULT_PEER_SIZE, TrainConfig, _memory_parts, _resolve_amp, _variant_warmup
 from .losses import DeepSupervisionLoss
 from .plan import plan_run
 from .samples import _AugmentedSlices, epoch_batches
@@ -158,7 +158,7 @@ class Trainer:
         elif isinstance(self.model, SimMPNet):
             self.input_size = self.model.config.img_size_a
         else:
-            self.input_size = 128
+            self.input_size = DEFAULT_PEER_SIZE
         self._norm_buffers = [
             buffer
             for module in self.model.modules()
