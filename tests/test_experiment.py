@@ -317,6 +317,19 @@ def test_the_summary_is_reproducible(synthetic):
     assert "Colin27" in table  # the brain demo is the spec's dataset: the one-subject caveat
 
 
+def test_cpu_hours_count_the_runs_trained_in_one_process(synthetic):
+    folder, _ = synthetic
+    for seed, cpu_s, continued in ((1, 1800.0, False), (2, 5400.0, False), (3, 60.0, True)):
+        done = folder / "base" / f"seed{seed}" / "fold0" / DONE_FILE
+        record = json.loads(done.read_text())
+        done.write_text(json.dumps(record | {"cpu_s": cpu_s, "continued": continued}))
+    summary = summarize_experiment(folder)
+    assert summary["cpu_hours"] == {"runs": 2, "total": pytest.approx(2.0), "per_run": pytest.approx(1.0)}
+    assert "2.00 CPU hours over the 2 run(s) trained in one process from the start, 60.0 CPU minutes a run" in (
+        folder / "summary.md"
+    ).read_text()
+
+
 def test_summarize_on_the_command_line(synthetic, tmp_path, capsys):
     folder, _ = synthetic
     assert main(["experiment", "summarize", str(folder)]) == 0
@@ -368,8 +381,10 @@ def test_a_killed_experiment_resumes_without_redoing_a_finished_run(brain_data, 
     assert "run 2/2 second seed 1 fold 0: DSC" in rerun.stderr
     record = json.loads((second / DONE_FILE).read_text())
     assert record["steps"] == 2 and record["fold"] == 0
+    assert record["cpu_s"] > 0 and isinstance(record["continued"], bool)
     metrics = json.loads((second / "metrics.json").read_text())
     held_out = open_layout("synapse", brain_data, 9, fold=0, n_folds=5).cases("test_vol").names
     assert sorted(metrics["per_case"]) == sorted(held_out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["runs"]["finished"] == 2 and summary["differences"]["second"]["excluded"]["units"] == 3
+    assert summary["cpu_hours"]["runs"] == 1 + (not record["continued"])

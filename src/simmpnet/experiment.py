@@ -437,6 +437,8 @@ def _train_and_evaluate(run: Run, config: TrainConfig, data: Path, device: str) 
     """Train (or continue) the run, evaluate its last checkpoint on the fold's test cases, and
     write ``done.json`` last; returns its content."""
     folder = Path(config.output_dir)
+    cpu_started = time.process_time()
+    resumed = (folder / "last.pt").is_file()
     trainer = _trainer(config, folder)
     try:
         result = trainer.fit()
@@ -463,6 +465,11 @@ def _train_and_evaluate(run: Run, config: TrainConfig, data: Path, device: str) 
         "steps": result["steps"],
         "train_s": result["elapsed_s"],
         "evaluate_s": time.monotonic() - started,
+        # CPU seconds of this process (all its threads) on the run: what the run cost, whatever
+        # else shared the machine; a run continued from an earlier process's last.pt counts
+        # this process only.
+        "cpu_s": time.process_time() - cpu_started,
+        "continued": resumed,
         "train_config": _saved_config(config),
     }
     write_json(record, folder / DONE_FILE)
@@ -697,9 +704,13 @@ def summarize_experiment(folder: str | Path) -> dict[str, Any]:
     classes: list[str] | None = None
     runs: dict[Run, _Scores] = {}
     expected = spec.runs()
+    cpu: list[float] = []
     for run in expected:
         if (run.folder(folder) / DONE_FILE).is_file():
             classes, runs[run] = _read_scores(run.folder(folder) / "metrics.json", classes)
+            record = _read_json(run.folder(folder) / DONE_FILE, "a completion file of simmpnet experiment")
+            if isinstance(record.get("cpu_s"), (int, float)) and not record.get("continued"):
+                cpu.append(float(record["cpu_s"]))
     if classes is None:
         raise InputError(f"{folder}: no finished run (no {DONE_FILE} in any run folder) to summarize")
 
@@ -739,6 +750,8 @@ def summarize_experiment(folder: str | Path) -> dict[str, Any]:
             "finished": len(runs),
             "missing": [str(run.folder(Path())) for run in expected if run not in runs],
         },
+        # Over the runs trained in one process from the start (the others' CPU time is partial).
+        "cpu_hours": {"runs": len(cpu), "total": sum(cpu) / 3600, "per_run": (sum(cpu) / len(cpu) / 3600) if cpu else None},
         "bootstrap": {"samples": BOOTSTRAP_SAMPLES, "seed": BOOTSTRAP_SEED, "interval": INTERVAL},
         "configurations": configurations,
         "differences": differences,
@@ -789,6 +802,13 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         "DSC in %. A table cell is the mean ± sd over the finished runs (seeds x folds) of the run's "
         "value, each run scored on its fold's test cases with its last checkpoint.",
     ]
+    cpu = summary.get("cpu_hours") or {}
+    if cpu.get("runs"):
+        lines += [
+            "",
+            f"CPU time: {cpu['total']:.2f} CPU hours over the {cpu['runs']} run(s) trained in one process "
+            f"from the start, {60 * cpu['per_run']:.1f} CPU minutes a run (process time, all threads).",
+        ]
     if summary["dataset"] == "brain demo":
         lines += ["", ONE_SUBJECT]
     header = f"| configuration | runs | mean | {' | '.join(classes)} |"
