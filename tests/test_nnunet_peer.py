@@ -61,6 +61,10 @@ def test_trains_and_its_checkpoint_predicts_the_same_labels(brain_data, tmp_path
     payload = model_payload(model, 64)
     assert payload["name"] == "nnunet"
     assert np.array_equal(predict_slices(model_from_payload(payload), slices, size), labels)
+    from simmpnet.models import SimMPNet
+
+    with pytest.raises(CheckpointError, match="holds nnU-Net's 2d U-Net \\(model: nnunet\\), not a Sim-MPNet"):
+        SimMPNet.from_pretrained(tmp_path / "run" / "last.pt")
     payload["name"] = "segformer"
     with pytest.raises(CheckpointError, match="unknown peer network 'segformer'"):
         model_from_payload(payload, "x.pt")

@@ -340,9 +340,11 @@ def model_from_checkpoint(payload: dict[str, Any], source: str, cls: type[Model]
     kind = payload.get("format")
     part, train_config = split_training_checkpoint(payload)
     if isinstance(part, dict) and part.get("format") == PEER_FORMAT:
+        name = part.get("name", "unet")
+        network = {"unet": "MONAI's U-Net", "nnunet": "nnU-Net's 2d U-Net"}.get(name, "a peer network")
         raise CheckpointError(
-            f"{source}: holds a MONAI U-Net (model: unet), not a Sim-MPNet; load it with "
-            "simmpnet.training.load_trained_model"
+            f"{source}: holds {network} (model: {name}), not a Sim-MPNet; load it with "
+            "simmpnet.loading.load_trained_model"
         )
     if not isinstance(part, dict) or part.get("format") != MODEL_FORMAT:
         raise CheckpointError(
