@@ -61,3 +61,14 @@ def test_dice_denominator_is_checked_and_reaches_the_training_loss():
 
     with pytest.raises(InputError, match="dice_denominator must be one of"):
         TrainConfig.from_dict({"dice_denominator": "cubic"})
+
+
+def test_deep_supervision_sums_half_precision_heads_in_fp32():
+    """bf16 heads (a bf16 autocast forward) are scored as their fp32 values: the subset sums are
+    not rounded to bf16 on the way (three bf16 additions would move the logits by up to 2^-8)."""
+    generator = torch.Generator().manual_seed(0)
+    heads = [(8 * torch.randn(2, 4, 16, 16, generator=generator)).bfloat16() for _ in range(4)]
+    target = torch.randint(0, 4, (2, 16, 16), generator=generator)
+    loss = DeepSupervisionLoss()
+    assert loss(heads, target).dtype == torch.float32
+    assert torch.equal(loss(heads, target), loss([h.float() for h in heads], target))

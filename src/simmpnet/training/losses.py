@@ -155,7 +155,9 @@ class DeepSupervisionLoss(nn.Module):
     def forward(self, heads: Sequence[torch.Tensor] | torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if isinstance(heads, torch.Tensor):
             return self.criterion(heads, target)
-        heads = list(heads)
+        # Half-precision heads are cast once, here, rather than each subset sum twice (its CE
+        # and its Dice): the subsets are then summed in fp32 too, as the loss island computes.
+        heads = [_at_least_fp32(head) for head in heads]
         subsets = (
             # a running sum, not torch.stack: no copy of all the heads per subset
             functools.reduce(torch.add, subset)
