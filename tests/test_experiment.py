@@ -327,7 +327,7 @@ def test_cpu_hours_count_the_runs_trained_in_one_process(synthetic):
     assert summary["cpu_hours"] == {"runs": 2, "total": pytest.approx(2.0), "per_run": pytest.approx(1.0)}
     assert "2.00 CPU hours over the 2 run(s) trained in one process from the start, 60.0 CPU minutes a run" in (
         folder / "summary.md"
-    ).read_text()
+    ).read_text(encoding="utf-8")
 
 
 def test_summarize_on_the_command_line(synthetic, tmp_path, capsys):
