@@ -18,9 +18,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .errors import SimMPNetError, one_line
-
-#: `simmpnet.models.factory.MODEL_NAMES`, spelled out so that the parser imports no torch.
-NETWORKS = ("simmpnet", "unet", "nnunet")
+from .networks import MODEL_NAMES
 
 if TYPE_CHECKING:  # the commands import the heavy modules only when they run
     from .data.dicomweb import DicomWebStudy
@@ -497,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a training config key")
         if name == "demo":
             p.add_argument(
-                "--model", default="simmpnet", choices=NETWORKS,
+                "--model", default="simmpnet", choices=MODEL_NAMES,
                 help="the network: Sim-MPNet (default), MONAI's U-Net or nnU-Net's 2d U-Net (nnunet extra)",
             )
         device(p)
@@ -536,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", help="dataset layout (default synapse: train_npz/, test_vol_h5/, lists/)")
     p.add_argument("--output", help="output folder for checkpoints, log and curves")
     p.add_argument(
-        "--model", choices=NETWORKS,
+        "--model", choices=MODEL_NAMES,
         help="the network: Sim-MPNet, MONAI's U-Net or nnU-Net's 2d U-Net (nnunet extra) (config key model)",
     )
     p.add_argument("--epochs", type=int, help="epochs to train (config key epochs)")

@@ -13,6 +13,7 @@ the tables from the run folders alone: ``summary.md``, ``summary.json`` and ``su
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -370,6 +371,7 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return values
 
 
+@functools.cache
 def _defaults() -> dict[str, Any]:
     """The defaults of the training config's keys, as JSON holds them."""
     values = {}
@@ -393,7 +395,7 @@ def _check_finished(folder: Path, config: TrainConfig) -> None:
     now = _saved_config(config)
     # A key the run's version did not have yet held its default then (newer keys come with
     # the default that keeps the old behaviour).
-    saved = {**_defaults(), **saved}
+    saved = {**_defaults(), **saved}  # (a new dict: the cached defaults stay as they are)
     differ = sorted(k for k in set(saved) | set(now) if k not in RUNTIME_KEYS and saved.get(k) != now.get(k))
     if differ:
         raise InputError(

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import CheckpointError, InputError, one_line
 from .evaluation.resample import RESAMPLE_MODES, TRAINED_ON, check_sliding_window
+from .networks import NETWORK_TITLES
 
 logger = logging.getLogger(__name__)
 
@@ -341,7 +342,7 @@ def model_from_checkpoint(payload: dict[str, Any], source: str, cls: type[Model]
     part, train_config = split_training_checkpoint(payload)
     if isinstance(part, dict) and part.get("format") == PEER_FORMAT:
         name = part.get("name", "unet")
-        network = {"unet": "MONAI's U-Net", "nnunet": "nnU-Net's 2d U-Net"}.get(name, "a peer network")
+        network = NETWORK_TITLES.get(name, "a peer network")
         raise CheckpointError(
             f"{source}: holds {network} (model: {name}), not a Sim-MPNet; load it with "
             "simmpnet.loading.load_trained_model"

@@ -10,12 +10,11 @@ from torch import nn
 
 from ..checkpoint import PEER_FORMAT
 from ..errors import CheckpointError, InputError
+from ..networks import MODEL_NAMES
 from .nnunet_unet import NNUNET_NAME, build_nnunet_unet, nnunet_unet_kwargs
 from .simmpnet import SimMPNet
 
 __all__ = ["MODEL_NAMES", "build_model", "model_payload", "model_from_payload", "input_size_of"]
-
-MODEL_NAMES = ("simmpnet", "unet", NNUNET_NAME)
 
 
 def _unet_kwargs(n_classes: int, in_channels: int, overrides: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ Needs the ``nnunet`` extra (``pip install simmpnet[nnunet]``).
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import nn
@@ -32,14 +33,15 @@ _ARCHITECTURE = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 _IMPORTED = ("conv_op", "norm_op", "dropout_op", "nonlin")
 
 
+_NEEDS_NNUNET = "model nnunet (nnU-Net's 2d U-Net) needs nnU-Net v2: pip install 'simmpnet[nnunet]'"
+
+
 def _topology(size: int) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...], int]:
     """(strides, kernel sizes, the side nnU-Net would pad the patch to) for ``size`` px slices."""
     try:
         from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
     except ImportError as err:
-        raise InputError(
-            "model nnunet (nnU-Net's 2d U-Net) needs nnU-Net v2: pip install 'simmpnet[nnunet]'"
-        ) from err
+        raise InputError(_NEEDS_NNUNET) from err
     _, strides, kernels, patch, _ = get_pool_and_conv_props([1.0, 1.0], [size, size], _MIN_EDGE, 999999)
     return _pairs(strides), _pairs(kernels), int(patch[0])
 
@@ -51,11 +53,11 @@ def _pairs(values: Any) -> tuple[tuple[int, int], ...]:
 def nnunet_size_step(size: int) -> int:
     """The multiple of which the slice side must be for nnU-Net's topology at ``size`` px: the
     product of its strides (16 at 96 px, 32 at 128 px)."""
-    strides, _, _ = _topology(size)
-    step = 1
-    for pair in strides:
-        step *= pair[0]
-    return step
+    return _stride_product(_topology(size)[0])
+
+
+def _stride_product(strides: tuple[tuple[int, int], ...]) -> int:
+    return math.prod(pair[0] for pair in strides)
 
 
 def nnunet_unet_kwargs(n_classes: int, in_channels: int, patch_size: int, **overrides: Any) -> dict[str, Any]:
@@ -69,7 +71,7 @@ def nnunet_unet_kwargs(n_classes: int, in_channels: int, patch_size: int, **over
     if padded != patch_size:
         raise InputError(
             f"input_size {patch_size} is not a side nnU-Net's 2d U-Net takes as is (it would pad the patch to "
-            f"{padded}); use a multiple of {nnunet_size_step(int(patch_size))}"
+            f"{padded}); use a multiple of {_stride_product(strides)}"
         )
     stages = len(strides)
     architecture = {
@@ -105,7 +107,7 @@ def build_nnunet_unet(kwargs: dict[str, Any]) -> nn.Module:
     try:
         from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     except ImportError as err:
-        raise InputError("model nnunet (nnU-Net's 2d U-Net) needs nnU-Net v2: pip install 'simmpnet[nnunet]'") from err
+        raise InputError(_NEEDS_NNUNET) from err
     model = get_network_from_plans(
         _ARCHITECTURE, dict(kwargs["architecture"]), _IMPORTED, kwargs["in_channels"], kwargs["n_classes"],
         allow_init=True, deep_supervision=False,
