@@ -150,13 +150,20 @@ def test_predict_memory_quick(tmp_path):
 
 @pytest.mark.slow
 def test_model_quick(tmp_path):
-    code, rows = _run(tmp_path, "model", "--quick")
+    code, rows = _run(tmp_path, "model", "--quick", "--precision", "bf16")
     assert code == 0
     _assert_context(rows, "model")
-    assert {row["table"] for row in rows} == {"steps", "yardstick", "floor", "rate"}
+    assert {row["table"] for row in rows} == {"steps", "yardstick", "per FLOP", "flops", "floor", "rate"}
     cases = {row["case"] for row in rows if row["table"] == "steps"}
-    assert cases == {"`tiny`, B=2, 64 px", "yardstick, B=2, 64 px"}
+    assert cases == {"`tiny`, B=2, 64 px, bf16", "yardstick, B=2, 64 px, bf16"}
     assert any(row["metric"] == "peak RSS, training step" for row in rows)
+    assert {row["case"] for row in rows if row["table"] == "rate"} >= {"matmul 256 x 256 bf16"}
+    counted = {row["case"]: float(row["value"]) for row in rows if row["table"] == "flops"}
+    assert len(counted) == 4 and min(counted.values()) > 0  # the eval forwards are counted too
+    per_flop = {row["metric"]: float(row["value"]) for row in rows if row["table"] == "per FLOP"}
+    for mode in ("training step", "eval forward, B=1"):
+        low, mid, high = (per_flop[f"{mode}, {what}"] for what in ("lowest round", "time per FLOP", "highest round"))
+        assert 0 < low <= mid <= high
 
 
 @pytest.mark.slow

@@ -17,17 +17,28 @@ a timm MaxxViT yardstick, their peak memory, and the floor under them with the s
   reaches.  Encoder A is the yardstick itself, so "yardstick + global reads" is a lower bound
   on Sim-MPNet's time.
 
+- Precision (``--precision``): ``fp32``, or ``bf16``, where every step of ours and of the
+  yardstick runs under CPU bf16 autocast (ours with its default islands, `simmpnet.precision`),
+  the global reads are replayed on bf16 tensors and the matrix product is a bf16 one.
+- Per FLOP: our time per counted FLOP over the yardstick's, for the first variant, as the
+  median over the rounds of the ratio within a round.  FLOPs are counted on the steps
+  themselves with every attention as explicit matrix products (``throughput.count_flops``;
+  torch's counter scores CPU SDPA as 0), the eval forward under ``torch.no_grad`` because the
+  counter sees nothing under inference mode.
+
 All timed cases run interleaved, round by round, after warm-up runs.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections.abc import Callable
 
 import torch
 
 from .harness import child_peak_rss, median_ms, report_rss, time_interleaved
 from .results import Row, fmt
+from .throughput import Case, count_flops
 
 N_CLASSES = 9
 YARDSTICK = "maxxvit_rmlp_small_rw_256"
@@ -38,11 +49,15 @@ QUICK_SIZES = {"paper": (1, 64), "tiny": (2, 64)}
 #: Targets of issue 5 for `paper` against the yardstick (training step, eval forward).
 TARGETS = {"train": 1.5, "eval": 1.75}
 REPEATS, WARMUP = 7, 2
+#: The autocast dtype of each ``--precision``.
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", nargs="+", choices=list(SIZES),
                         help="default: paper tiny (--quick: tiny); the yardstick and the floor follow the first")
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                        help="fp32, or bf16: every step of ours and of the yardstick under CPU bf16 autocast")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child processes")
     parser.add_argument("--profile", action="store_true",
                         help="only print the top operators of one training step (writes no CSV)")
@@ -52,8 +67,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ----------------------------------------------------------------------------- cases
-def ours(variant: str, batch: int, side: int) -> tuple[torch.nn.Module, Callable[[], None], Callable[[], None]]:
-    """``variant`` after warm-up: (model, training step at (batch, side), eval forward at B=1)."""
+def _autocast(dtype: torch.dtype | None) -> torch.autocast:
+    return torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def _eval_forward(model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None,
+                  grad_mode: Callable[[], object]) -> Callable[[], None]:
+    def eval_forward() -> None:
+        model.eval()
+        with grad_mode(), _autocast(dtype):
+            model(x)
+
+    return eval_forward
+
+
+def ours(variant: str, batch: int, side: int, dtype: torch.dtype | None = None,
+         grad_mode: Callable[[], object] = torch.inference_mode,
+         ) -> tuple[torch.nn.Module, Callable[[], None], Callable[[], None]]:
+    """``variant`` after warm-up: (model, training step at (batch, side), eval forward at B=1),
+    under autocast to ``dtype`` (None: fp32), the eval forward under ``grad_mode``."""
     from simmpnet import SimMPNet
     from simmpnet.training.losses import DeepSupervisionLoss
 
@@ -69,20 +101,18 @@ def ours(variant: str, batch: int, side: int) -> tuple[torch.nn.Module, Callable
     def train_step() -> None:
         model.train()
         optimiser.zero_grad(set_to_none=True)
-        loss = criterion(model(x), y)
+        with _autocast(dtype):
+            loss = criterion(model(x), y)
         loss.backward()
         optimiser.step()
         model.commit_memory()  # the memory change this step recorded
 
-    def eval_forward() -> None:
-        model.eval()
-        with torch.inference_mode():
-            model(x1)
-
-    return model, train_step, eval_forward
+    return model, train_step, _eval_forward(model, x1, dtype, grad_mode)
 
 
-def yardstick(batch: int, side: int) -> tuple[Callable[[], None], Callable[[], None]]:
+def yardstick(batch: int, side: int, dtype: torch.dtype | None = None,
+              grad_mode: Callable[[], object] = torch.inference_mode,
+              ) -> tuple[Callable[[], None], Callable[[], None]]:
     import timm
 
     torch.manual_seed(0)
@@ -94,22 +124,20 @@ def yardstick(batch: int, side: int) -> tuple[Callable[[], None], Callable[[], N
     def train_step() -> None:
         model.train()
         optimiser.zero_grad(set_to_none=True)
-        loss = sum(f.mean() for f in model(x))
+        with _autocast(dtype):
+            loss = sum(f.float().mean() for f in model(x))
         loss.backward()
         optimiser.step()
 
-    def eval_forward() -> None:
-        model.eval()
-        with torch.inference_mode():
-            model(x1)
-
-    return train_step, eval_forward
+    return train_step, _eval_forward(model, x1, dtype, grad_mode)
 
 
-def global_reads(model: torch.nn.Module, batch: int, side: int) -> tuple[Callable[[], None], Callable[[], None], float]:
+def global_reads(model: torch.nn.Module, batch: int, side: int, dtype: torch.dtype | None = None,
+                 ) -> tuple[Callable[[], None], Callable[[], None], float]:
     """The scaled-dot-product attentions one training forward of ``model`` at (batch, side) and
-    one eval forward at B=1 call, replayed on random tensors: (forward + backward of the
-    training ones, eval forwards, multiply-adds x 2 of the eval forwards)."""
+    one eval forward at B=1 call, replayed on random tensors of ``dtype`` (None: fp32):
+    (forward + backward of the training ones, eval forwards, multiply-adds x 2 of the eval
+    forwards)."""
     import torch.nn.functional as F
 
     shapes: dict[str, list[tuple[torch.Size, torch.Size, torch.Size, float | None]]] = {"train": [], "eval": []}
@@ -131,13 +159,14 @@ def global_reads(model: torch.nn.Module, batch: int, side: int) -> tuple[Callabl
         F.scaled_dot_product_attention = original
 
     def tensors(mode: str, grad: bool) -> list[tuple[torch.Tensor, ...]]:
-        return [tuple(torch.randn(s, requires_grad=grad) for s in call[:3]) for call in shapes[mode]]
+        return [tuple(torch.randn(s, dtype=dtype or torch.float32, requires_grad=grad) for s in call[:3])
+                for call in shapes[mode]]
 
     train_inputs, eval_inputs = tensors("train", True), tensors("eval", False)
     scales = {mode: [call[3] for call in shapes[mode]] for mode in shapes}
 
     def train_reads() -> None:
-        total = sum(original(q, k, v, scale=s).sum() for (q, k, v), s in zip(train_inputs, scales["train"]))
+        total = sum(original(q, k, v, scale=s).float().sum() for (q, k, v), s in zip(train_inputs, scales["train"]))
         total.backward()
 
     def eval_reads() -> None:
@@ -149,18 +178,20 @@ def global_reads(model: torch.nn.Module, batch: int, side: int) -> tuple[Callabl
     return train_reads, eval_reads, flops
 
 
-def matmul_case(n: int) -> Callable[[], None]:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_case(n: int, dtype: torch.dtype | None = None) -> Callable[[], None]:
+    a, b = torch.randn(n, n, dtype=dtype or torch.float32), torch.randn(n, n, dtype=dtype or torch.float32)
     return lambda: torch.mm(a, b)
 
 
 def rss_case(case: str) -> None:
-    """Child side of the peak-RSS figures: ``name:mode:batch:side``, name a variant or ``yardstick``."""
-    name, mode, batch, side = case.split(":")
+    """Child side of the peak-RSS figures: ``name:mode:batch:side:precision``, name a variant or
+    ``yardstick``."""
+    name, mode, batch, side, precision = case.split(":")
+    dtype = PRECISIONS[precision]
     if name == "yardstick":
-        train_step, eval_forward = yardstick(int(batch), int(side))
+        train_step, eval_forward = yardstick(int(batch), int(side), dtype)
     else:
-        _, train_step, eval_forward = ours(name, int(batch), int(side))
+        _, train_step, eval_forward = ours(name, int(batch), int(side), dtype)
     report_rss(train_step if mode == "train" else eval_forward)
 
 
@@ -182,6 +213,15 @@ def profile(variant: str, rows: int, shapes: bool) -> None:
     print(averages.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=60))
 
 
+def counted_flops(variant: str, batch: int, side: int) -> dict[str, float]:
+    """Counted FLOPs of one training step and one B=1 eval forward of ``variant`` and of the
+    yardstick at (batch, side), fp32, attention as explicit products."""
+    _, ours_train, ours_eval = ours(variant, batch, side, grad_mode=torch.no_grad)
+    yard_train, yard_eval = yardstick(batch, side, grad_mode=torch.no_grad)
+    steps = {"ours:train": ours_train, "ours:eval": ours_eval, "yardstick:train": yard_train, "yardstick:eval": yard_eval}
+    return {name: count_flops(Case(step, None, None)) for name, step in steps.items()}  # type: ignore[arg-type]
+
+
 def run(args: argparse.Namespace) -> list[Row]:
     if args.profile:
         profile(args.profile_variant, args.profile_rows, args.profile_shapes)
@@ -190,6 +230,7 @@ def run(args: argparse.Namespace) -> list[Row]:
     variants = args.variants or (["tiny"] if args.quick else list(SIZES))
     first = variants[0]
     batch, side = sizes[first]
+    precision, dtype = args.precision, PRECISIONS[args.precision]
 
     # The children first, while this process is still small.
     rss: dict[str, tuple[float, float]] = {}
@@ -197,22 +238,25 @@ def run(args: argparse.Namespace) -> list[Row]:
         for name in [*variants, "yardstick"]:
             b, s = sizes[first] if name == "yardstick" else sizes[name]
             for mode in ("train", "eval"):
-                rss[f"{name}:{mode}"] = child_peak_rss("model", f"{name}:{mode}:{b}:{s}", args.threads)
+                rss[f"{name}:{mode}"] = child_peak_rss("model", f"{name}:{mode}:{b}:{s}:{precision}", args.threads)
+    print("  counting FLOPs ...", flush=True)
+    flops = counted_flops(first, batch, side)
 
     cases: dict[str, Callable[[], None]] = {}
     models = {}
     for name in variants:
-        models[name], cases[f"{name}:train"], cases[f"{name}:eval"] = ours(name, *sizes[name])
-    cases["yardstick:train"], cases["yardstick:eval"] = yardstick(batch, side)
-    reads_train, reads_eval, reads_flops = global_reads(models[first], batch, side)
+        models[name], cases[f"{name}:train"], cases[f"{name}:eval"] = ours(name, *sizes[name], dtype)
+    cases["yardstick:train"], cases["yardstick:eval"] = yardstick(batch, side, dtype)
+    reads_train, reads_eval, reads_flops = global_reads(models[first], batch, side, dtype)
     matmul = 256 if args.quick else 2048
-    cases.update({"reads:train": reads_train, "reads:eval": reads_eval, "matmul": matmul_case(matmul)})
+    cases.update({"reads:train": reads_train, "reads:eval": reads_eval, "matmul": matmul_case(matmul, dtype)})
     print(f"  timing {len(cases)} cases, {args.repeats} rounds ...", flush=True)
-    ms = {name: median_ms(samples) for name, samples in time_interleaved(cases, args.repeats, args.warmup).items()}
+    samples = time_interleaved(cases, args.repeats, args.warmup)
+    ms = {name: median_ms(values) for name, values in samples.items()}
 
     rows: list[Row] = []
-    labels = {name: f"`{name}`, B={sizes[name][0]}, {sizes[name][1]} px" for name in variants}
-    labels["yardstick"] = f"yardstick, B={batch}, {side} px"
+    labels = {name: f"`{name}`, B={sizes[name][0]}, {sizes[name][1]} px, {precision}" for name in variants}
+    labels["yardstick"] = f"yardstick, B={batch}, {side} px, {precision}"
     for name, label in labels.items():
         rows += [
             Row("steps", label, "training step", fmt(ms[f"{name}:train"]), "ms"),
@@ -226,7 +270,7 @@ def run(args: argparse.Namespace) -> list[Row]:
                     Row("steps", label, f"+ over idle, {words}", fmt(growth), "MB"),
                 ]
 
-    ratio_case = f"`{first}` / yardstick"
+    ratio_case = f"`{first}` / yardstick, {precision}"
     rows += [
         Row("yardstick", ratio_case, "training step", fmt(ms[f"{first}:train"] / ms["yardstick:train"]), "ratio"),
         Row("yardstick", ratio_case, "eval forward, B=1", fmt(ms[f"{first}:eval"] / ms["yardstick:eval"]), "ratio"),
@@ -234,6 +278,17 @@ def run(args: argparse.Namespace) -> list[Row]:
     if rss:
         rows.append(Row("yardstick", ratio_case, "peak RSS, training step",
                         fmt(rss[f"{first}:train"][0] / rss["yardstick:train"][0]), "ratio"))
+    for mode, words in (("train", "training step"), ("eval", "eval forward, B=1")):
+        flop_ratio = flops[f"yardstick:{mode}"] / flops[f"ours:{mode}"]
+        rounds = [o / y * flop_ratio for o, y in zip(samples[f"{first}:{mode}"], samples[f"yardstick:{mode}"])]
+        rows += [
+            Row("per FLOP", ratio_case, f"{words}, time per FLOP", fmt(statistics.median(rounds)), "ratio"),
+            Row("per FLOP", ratio_case, f"{words}, lowest round", fmt(min(rounds)), "ratio"),
+            Row("per FLOP", ratio_case, f"{words}, highest round", fmt(max(rounds)), "ratio"),
+        ]
+    for network, words in (("ours", f"`{first}`"), ("yardstick", "yardstick")):
+        for mode, mode_words in (("train", f"training step, B={batch}"), ("eval", "eval forward, B=1")):
+            rows.append(Row("flops", f"{words}, {mode_words}", "counted", fmt(flops[f"{network}:{mode}"] / 1e9), "GFLOP"))
 
     for mode, label in (("train", f"training step, B={batch} (forward + backward)"), ("eval", "eval forward, B=1")):
         reads, yard = ms[f"reads:{mode}"], ms[f"yardstick:{mode}"]
@@ -242,10 +297,10 @@ def run(args: argparse.Namespace) -> list[Row]:
             Row("floor", label, "yardstick + global reads", fmt(yard + reads), "ms"),
             Row("floor", label, "floor ratio", fmt((yard + reads) / yard), "ratio"),
         ]
-        if first == "paper" and not args.quick:
+        if first == "paper" and precision == "fp32" and not args.quick:
             rows.append(Row("floor", label, "target", fmt(TARGETS[mode]), "ratio"))
     rows += [
         Row("rate", "global reads, eval forward", "rate", fmt(reads_flops / ms["reads:eval"] / 1e6), "GFLOP/s"),
-        Row("rate", f"matmul {matmul} x {matmul} fp32", "rate", fmt(2.0 * matmul**3 / ms["matmul"] / 1e6), "GFLOP/s"),
+        Row("rate", f"matmul {matmul} x {matmul} {precision}", "rate", fmt(2.0 * matmul**3 / ms["matmul"] / 1e6), "GFLOP/s"),
     ]
     return rows

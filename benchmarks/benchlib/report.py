@@ -21,7 +21,9 @@ BENCHMARKS = {
         "AdamW) against the timm yardstick `maxxvit_rmlp_small_rw_256` (`features_only=True`, "
         "random weights: the backbone of encoder A alone), peak RSS of each in a fresh process, "
         "and the floor with the same mathematics: the global reads `softmax(t q^T) v` of the "
-        "DMW-LA blocks replayed alone, added to the yardstick."
+        "DMW-LA blocks replayed alone, added to the yardstick. From 2026-12-06 on, each run is in one "
+        "precision (`--precision fp32` or `bf16`, CPU autocast for ours and the yardstick alike) "
+        "and gives the time per counted FLOP against the yardstick."
     ),
     "dmwla": (
         "One DMW-LA block, forward + backward, at the four encoder-B stage sizes of `paper` "
@@ -73,7 +75,10 @@ CAPTIONS = {
     ("model", "yardstick"): "Ours over the yardstick.",
     ("model", "floor"): "The global reads alone, and added to the yardstick (which is our encoder A); "
                         "the targets are those of issue 5 for `paper`.",
-    ("model", "rate"): "The rate of the eval forward's global reads, and of a square fp32 matrix product on the same threads.",
+    ("model", "per FLOP"): "Our time per counted FLOP over the yardstick's, first variant, same precision: "
+                           "the median over the rounds of the ratio within a round, and its lowest and highest round.",
+    ("model", "flops"): "Counted FLOPs (fp32, attention as explicit products).",
+    ("model", "rate"): "The rate of the eval forward's global reads, and of a square matrix product in the run's precision on the same threads.",
     ("onnx", "latency"): "Eval forward, B = 1, median milliseconds.",
     ("onnx", "demo"): "Held-out slices of the demo; batch 10 is one test slab.",
     ("predict-memory", "peak"): "One run per count.",

@@ -2,8 +2,9 @@
 `paper` (256 px, 9 classes, after the memory warm-up) and of the timm yardstick at the same
 batches, for each setting of the step, in one run, interleaved; optionally the authors' network.
 
-- Settings (each one measured on and off against ``bf16``): ``fp32``; ``bf16`` (autocast, the
-  DMW-LA reads stay fp32, fused AdamW, as the trainer); ``bf16 foreach-adamw`` (the unfused
+- Settings (each one measured on and off against ``bf16``): ``fp32``; ``bf16`` (autocast with the
+  default islands, `simmpnet.precision`: the DMW-LA global reads in bf16, the memory reads,
+  DS-GIM's scores and the loss in fp32; fused AdamW, as the trainer); ``bf16 foreach-adamw`` (the unfused
   optimiser); ``bf16 channels-last``; ``bf16 compile`` (``torch.compile``, inductor);
   ``bf16 compile cuda-graphs`` (``mode="reduce-overhead"``, CUDA only).  The compiled settings
   run at ``--compile-batches`` only (each batch is a compilation).
