@@ -22,7 +22,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from benchlib.harness import Skip, cores  # noqa: E402
+from benchlib.harness import Skip  # noqa: E402
+from simmpnet.provenance import cores  # noqa: E402
 from benchlib.results import RESULTS, ROOT, context, write_csv  # noqa: E402
 
 #: Subcommand -> (module of benchlib, one line of help), in the order `all` runs them.

@@ -51,8 +51,9 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from benchlib.harness import Skip, cpu_model, held_out_volumes, trained_checkpoint  # noqa: E402
-from benchlib.results import cpu_flags, git_commit  # noqa: E402
+from benchlib.harness import Skip, held_out_volumes, trained_checkpoint  # noqa: E402
+from benchlib.results import git_commit  # noqa: E402
+from simmpnet.provenance import cpu_flags, cpu_model  # noqa: E402
 from simmpnet.data.layouts import open_layout  # noqa: E402
 from simmpnet.evaluation.evaluate import evaluate_volumes  # noqa: E402
 from simmpnet.loading import load_trained_model  # noqa: E402

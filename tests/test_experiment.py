@@ -4,6 +4,7 @@ redoing the run it had finished."""
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import cli_env
 
@@ -330,6 +332,29 @@ def test_cpu_hours_count_the_runs_trained_in_one_process(synthetic):
     ).read_text(encoding="utf-8")
 
 
+def test_the_summary_says_where_the_runs_ran(synthetic):
+    folder, _ = synthetic
+    made = {"simmpnet": "0.1.0", "commit": "abc123def456", "torch": "2.14.1", "python": "3.11.7",
+            "cpu_model": "Some CPU", "cpu_flags": "avx2 avx512_bf16", "cores": 2, "threads": 2, "device": "cpu"}
+    machines = {1: made, 2: made | {"cpu_model": "Other CPU", "cores": 64}, 3: made}
+    finished = {1: "2026-12-06T10:00:00+00:00", 2: "2026-12-07T09:30:00+00:00", 3: "2026-12-06T12:00:00+00:00"}
+    for seed in (1, 2, 3):
+        done = folder / "base" / f"seed{seed}" / "fold0" / DONE_FILE
+        record = json.loads(done.read_text())
+        done.write_text(json.dumps(record | {"provenance": machines[seed], "finished": finished[seed]}))
+    summary = summarize_experiment(folder)["provenance"]
+    assert summary["first_finished"] == finished[1] and summary["last_finished"] == finished[2]
+    # seeds 1 and 3 ran alike (the core count is not what decides a figure; the threads are)
+    assert sorted(group["runs"] for group in summary["groups"]) == [1, 2]
+    assert {group["cpu_model"] for group in summary["groups"]} == {"Some CPU", "Other CPU"}
+    assert summary["not_recorded"] == 11 - 3
+    text = (folder / "summary.md").read_text(encoding="utf-8")
+    assert "Runs finished between 2026-12-06T10:00:00+00:00 and 2026-12-07T09:30:00+00:00" in text
+    assert ("- 2 run(s): simmpnet 0.1.0 (commit abc123def456), torch 2.14.1, Python 3.11.7, on cpu; "
+            "CPU Some CPU (flags avx2 avx512_bf16), 2 torch thread(s).") in text
+    assert "- 8 run(s): software and machine not recorded" in text
+
+
 def test_summarize_on_the_command_line(synthetic, tmp_path, capsys):
     folder, _ = synthetic
     assert main(["experiment", "summarize", str(folder)]) == 0
@@ -382,6 +407,10 @@ def test_a_killed_experiment_resumes_without_redoing_a_finished_run(brain_data, 
     record = json.loads((second / DONE_FILE).read_text())
     assert record["steps"] == 2 and record["fold"] == 0
     assert record["cpu_s"] > 0 and isinstance(record["continued"], bool)
+    made = record["provenance"]  # what decides the figures besides the configuration
+    assert made["torch"] == torch.__version__ and made["device"] == "cpu" and made["threads"] == 1
+    assert made["cpu_model"] and made["cpu_flags"] and made["commit"] and made["simmpnet"]
+    assert datetime.datetime.fromisoformat(record["finished"]).tzinfo is not None
     metrics = json.loads((second / "metrics.json").read_text())
     held_out = open_layout("synapse", brain_data, 9, fold=0, n_folds=5).cases("test_vol").names
     assert sorted(metrics["per_case"]) == sorted(held_out)

@@ -3,8 +3,6 @@ peak RSS measured in a fresh child process per case, and the held-out demo slice
 from __future__ import annotations
 
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -19,23 +17,6 @@ BENCHMARKS = Path(__file__).resolve().parents[1]
 class Skip(Exception):
     """A benchmark that cannot run here (no GPU, no trained checkpoint): the command says why,
     writes no row for it and exits 0."""
-
-
-def cores() -> int:
-    """CPU cores this process may run on (its affinity mask), else the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def time_interleaved(cases: dict[str, Callable[[], None]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from .harness import BENCHMARKS, cores, cpu_model
+from simmpnet.provenance import cores, cpu_flags, cpu_model
+
+from .harness import BENCHMARKS
 
 ROOT = BENCHMARKS.parent
 RESULTS = BENCHMARKS / "results"
@@ -35,12 +37,6 @@ CONTEXT = [
 ]
 COLUMNS = MEASURE + CONTEXT
 UNKNOWN = "unknown"
-
-#: The instruction-set extensions that decide which kernels torch and ONNX Runtime run (x86
-#: and Arm names).  /proc/cpuinfo lists a hundred or more flags; these are the ones that change
-#: a time.
-SIMD_FLAGS = re.compile(r"^(sse4_2|avx|avx2|fma|f16c|avx512\w*|avx_vnni\w*|amx\w*|asimd\w*|sve\w*|bf16|i8mm)$")
-
 
 @dataclass(frozen=True)
 class Row:
@@ -65,16 +61,6 @@ def fmt(value: float | int | str | bool) -> str:
 
 
 # ----------------------------------------------------------------------------- the machine
-def cpu_flags() -> str:
-    """The :data:`SIMD_FLAGS` of the CPU, as /proc/cpuinfo (and ``lscpu``) lists them."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            line = next(line for line in handle if line.startswith(("flags", "Features")))
-    except (OSError, StopIteration):
-        return UNKNOWN
-    return " ".join(flag for flag in line.split(":", 1)[1].split() if SIMD_FLAGS.match(flag)) or "none"
-
-
 def memory_gib() -> str:
     try:
         with open("/proc/meminfo") as handle:

@@ -13,6 +13,7 @@ the tables from the run folders alone: ``summary.md``, ``summary.json`` and ``su
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import json
 import logging
@@ -35,6 +36,7 @@ from .evaluate import evaluate_checkpoint
 from .evaluation.report import write_json
 from .files import atomic_write, check_output_folder
 from .models.factory import MODEL_NAMES
+from .provenance import run_record
 from .training import TrainConfig, Trainer
 
 logger = logging.getLogger(__name__)
@@ -444,6 +446,7 @@ def _train_and_evaluate(run: Run, config: TrainConfig, data: Path, device: str) 
     trainer = _trainer(config, folder)
     try:
         result = trainer.fit()
+        made = run_record(str(trainer.device))  # before close() gives back the threads it trained on
     finally:
         trainer.close()
     if result["stop"] == "interrupted":  # a Ctrl-C: last.pt is saved and a rerun continues the run
@@ -472,6 +475,8 @@ def _train_and_evaluate(run: Run, config: TrainConfig, data: Path, device: str) 
         # this process only.
         "cpu_s": time.process_time() - cpu_started,
         "continued": resumed,
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "provenance": made,
         "train_config": _saved_config(config),
     }
     write_json(record, folder / DONE_FILE)
@@ -707,12 +712,15 @@ def summarize_experiment(folder: str | Path) -> dict[str, Any]:
     runs: dict[Run, _Scores] = {}
     expected = spec.runs()
     cpu: list[float] = []
+    records: list[dict[str, Any]] = []
     for run in expected:
-        if (run.folder(folder) / DONE_FILE).is_file():
+        done = run.folder(folder) / DONE_FILE
+        if done.is_file():
             classes, runs[run] = _read_scores(run.folder(folder) / "metrics.json", classes)
-            record = _read_json(run.folder(folder) / DONE_FILE, "a completion file of simmpnet experiment")
+            record = _read_json(done, "a completion file of simmpnet experiment")
             if isinstance(record.get("cpu_s"), (int, float)) and not record.get("continued"):
                 cpu.append(float(record["cpu_s"]))
+            records.append(record)
     if classes is None:
         raise InputError(f"{folder}: no finished run (no {DONE_FILE} in any run folder) to summarize")
 
@@ -754,6 +762,7 @@ def summarize_experiment(folder: str | Path) -> dict[str, Any]:
         },
         # Over the runs trained in one process from the start (the others' CPU time is partial).
         "cpu_hours": {"runs": len(cpu), "total": sum(cpu) / 3600, "per_run": (sum(cpu) / len(cpu) / 3600) if cpu else None},
+        "provenance": _provenance(records),
         "bootstrap": {"samples": BOOTSTRAP_SAMPLES, "seed": BOOTSTRAP_SEED, "interval": INTERVAL},
         "configurations": configurations,
         "differences": differences,
@@ -763,6 +772,49 @@ def summarize_experiment(folder: str | Path) -> dict[str, Any]:
     atomic_write(folder / "summary.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     _plot_summary(summary, folder / "summary.png")
     return summary
+
+
+#: What decides a run's figures besides its configuration: runs that agree on these ran alike.
+PROVENANCE_KEYS = ("simmpnet", "commit", "torch", "python", "cpu_model", "cpu_flags", "threads", "device", "gpu")
+
+
+def _provenance(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The dates the runs finished, and the software and machines they ran on: one group per
+    distinct :data:`PROVENANCE_KEYS`, with its number of runs; runs written before simmpnet
+    recorded this are counted apart."""
+    groups: dict[tuple[Any, ...], int] = {}
+    unrecorded = 0
+    for record in records:
+        made = record.get("provenance")
+        if not isinstance(made, dict):
+            unrecorded += 1
+            continue
+        key = tuple(made.get(name) for name in PROVENANCE_KEYS)
+        groups[key] = groups.get(key, 0) + 1
+    finished = sorted(record["finished"] for record in records if isinstance(record.get("finished"), str))
+    return {
+        "first_finished": finished[0] if finished else None,
+        "last_finished": finished[-1] if finished else None,
+        "groups": [{**dict(zip(PROVENANCE_KEYS, key)), "runs": n} for key, n in groups.items()],
+        "not_recorded": unrecorded,
+    }
+
+
+def _provenance_lines(made: Mapping[str, Any]) -> list[str]:
+    lines = []
+    if made.get("first_finished"):
+        lines.append(f"Runs finished between {made['first_finished']} and {made['last_finished']} (UTC), "
+                     "of those that record it.")
+    for group in made.get("groups", []):
+        where = f"on {group['device']}" + (f" ({group['gpu']})" if group.get("gpu") else "")
+        lines.append(
+            f"- {group['runs']} run(s): simmpnet {group['simmpnet']} (commit {group['commit']}), torch {group['torch']}, "
+            f"Python {group['python']}, {where}; CPU {group['cpu_model']} (flags {group['cpu_flags']}), "
+            f"{group['threads']} torch thread(s)."
+        )
+    if made.get("not_recorded"):
+        lines.append(f"- {made['not_recorded']} run(s): software and machine not recorded (finished before simmpnet recorded them).")
+    return lines
 
 
 ONE_SUBJECT = (
@@ -811,6 +863,9 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
             f"CPU time: {cpu['total']:.2f} CPU hours over the {cpu['runs']} run(s) trained in one process "
             f"from the start, {60 * cpu['per_run']:.1f} CPU minutes a run (process time, all threads).",
         ]
+    made = _provenance_lines(summary.get("provenance") or {})
+    if made:
+        lines += ["", *made]
     if summary["dataset"] == "brain demo":
         lines += ["", ONE_SUBJECT]
     header = f"| configuration | runs | mean | {' | '.join(classes)} |"

@@ -26,8 +26,6 @@ import json
 import logging
 import math
 import os
-import platform
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..colours import CLASS_COLORS, label_palette
+from ..provenance import software
 from ..files import atomic_write
 from ..errors import InputError
 from .resample import RESAMPLE_WORDS
@@ -73,32 +72,10 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _source_commit() -> str:
-    """The git commit of the simmpnet source, when it runs from a git checkout."""
-    folder = Path(__file__).resolve().parent
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(folder), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (git not available)"
-    return done.stdout.strip() if done.returncode == 0 else "unknown (not a git checkout)"
-
-
 def _versions() -> dict[str, str]:
-    import torch
-
-    from .. import __version__
-
-    return {
-        "simmpnet": __version__,
-        "simmpnet source commit (at report time)": _source_commit(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(terse=True),
-    }
+    versions = software()
+    commit = versions.pop("commit")
+    return {"simmpnet": versions.pop("simmpnet"), "simmpnet source commit (at report time)": commit, **versions}
 
 
 def _existing(path: Any, run_dir: Path) -> Path | None:
