@@ -803,8 +803,8 @@ def _provenance(records: list[dict[str, Any]]) -> dict[str, Any]:
 def _provenance_lines(made: Mapping[str, Any]) -> list[str]:
     lines = []
     if made.get("first_finished"):
-        lines.append(f"Runs finished between {made['first_finished']} and {made['last_finished']} (UTC), "
-                     "of those that record it.")
+        lines += [f"Runs finished between {made['first_finished']} and {made['last_finished']} (UTC), "
+                  "of those that record it.", ""]
     for group in made.get("groups", []):
         where = f"on {group['device']}" + (f" ({group['gpu']})" if group.get("gpu") else "")
         lines.append(
