@@ -10,6 +10,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1]
 
@@ -36,6 +40,20 @@ def time_interleaved(cases: dict[str, Callable[[], None]], repeats: int, warmup:
 
 def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000.0
+
+
+def per_flop_rounds(ours: list[float], yardstick: list[float], flop_ratio: float) -> tuple[float, float, float]:
+    """Our time per counted FLOP over the yardstick's in each round (the two ran back to back;
+    ``flop_ratio`` = yardstick FLOPs / ours): (median over the rounds, lowest, highest)."""
+    rounds = [o / y * flop_ratio for o, y in zip(ours, yardstick, strict=True)]
+    return statistics.median(rounds), min(rounds), max(rounds)
+
+
+def cpu_autocast(dtype: torch.dtype | None) -> torch.autocast:
+    """CPU autocast to ``dtype``; None: fp32, autocast off."""
+    import torch
+
+    return torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def sync(device: str) -> None:

@@ -31,12 +31,11 @@ All timed cases run interleaved, round by round, after warm-up runs.
 from __future__ import annotations
 
 import argparse
-import statistics
 from collections.abc import Callable
 
 import torch
 
-from .harness import child_peak_rss, median_ms, report_rss, time_interleaved
+from .harness import child_peak_rss, cpu_autocast, median_ms, per_flop_rounds, report_rss, time_interleaved
 from .results import Row, fmt
 from .throughput import Case, count_flops
 
@@ -67,15 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ----------------------------------------------------------------------------- cases
-def _autocast(dtype: torch.dtype | None) -> torch.autocast:
-    return torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
 def _eval_forward(model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None,
                   grad_mode: Callable[[], object]) -> Callable[[], None]:
     def eval_forward() -> None:
         model.eval()
-        with grad_mode(), _autocast(dtype):
+        with grad_mode(), cpu_autocast(dtype):
             model(x)
 
     return eval_forward
@@ -101,7 +96,7 @@ def ours(variant: str, batch: int, side: int, dtype: torch.dtype | None = None,
     def train_step() -> None:
         model.train()
         optimiser.zero_grad(set_to_none=True)
-        with _autocast(dtype):
+        with cpu_autocast(dtype):
             loss = criterion(model(x), y)
         loss.backward()
         optimiser.step()
@@ -124,7 +119,7 @@ def yardstick(batch: int, side: int, dtype: torch.dtype | None = None,
     def train_step() -> None:
         model.train()
         optimiser.zero_grad(set_to_none=True)
-        with _autocast(dtype):
+        with cpu_autocast(dtype):
             loss = sum(f.float().mean() for f in model(x))
         loss.backward()
         optimiser.step()
@@ -280,11 +275,11 @@ def run(args: argparse.Namespace) -> list[Row]:
                         fmt(rss[f"{first}:train"][0] / rss["yardstick:train"][0]), "ratio"))
     for mode, words in (("train", "training step"), ("eval", "eval forward, B=1")):
         flop_ratio = flops[f"yardstick:{mode}"] / flops[f"ours:{mode}"]
-        rounds = [o / y * flop_ratio for o, y in zip(samples[f"{first}:{mode}"], samples[f"yardstick:{mode}"])]
+        median, lowest, highest = per_flop_rounds(samples[f"{first}:{mode}"], samples[f"yardstick:{mode}"], flop_ratio)
         rows += [
-            Row("per FLOP", ratio_case, f"{words}, time per FLOP", fmt(statistics.median(rounds)), "ratio"),
-            Row("per FLOP", ratio_case, f"{words}, lowest round", fmt(min(rounds)), "ratio"),
-            Row("per FLOP", ratio_case, f"{words}, highest round", fmt(max(rounds)), "ratio"),
+            Row("per FLOP", ratio_case, f"{words}, time per FLOP", fmt(median), "ratio"),
+            Row("per FLOP", ratio_case, f"{words}, lowest round", fmt(lowest), "ratio"),
+            Row("per FLOP", ratio_case, f"{words}, highest round", fmt(highest), "ratio"),
         ]
     for network, words in (("ours", f"`{first}`"), ("yardstick", "yardstick")):
         for mode, mode_words in (("train", f"training step, B={batch}"), ("eval", "eval forward, B=1")):

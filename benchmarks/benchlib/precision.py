@@ -23,12 +23,11 @@ interleaved, after a warm-up on a few slices.
 from __future__ import annotations
 
 import argparse
-import statistics
 from collections.abc import Callable
 
 import torch
 
-from .harness import median_ms, time_interleaved
+from .harness import cpu_autocast, median_ms, per_flop_rounds, time_interleaved
 from .results import Row, fmt
 from .throughput import SETTINGS, YARDSTICK, Case, count_flops
 from .throughput import ours as ours_step
@@ -51,10 +50,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-volume", action="store_true", help="skip the whole-volume prediction")
 
 
-def _autocast(dtype: torch.dtype | None) -> torch.autocast:
-    return torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
 def _paper(side: int):
     from simmpnet import SimMPNet
 
@@ -72,7 +67,7 @@ def ours_eval(batch: int, side: int, dtype: torch.dtype | None, islands: str) ->
     x = torch.rand(batch, 1, side, side)
 
     def step() -> None:
-        with torch.no_grad(), _autocast(dtype):
+        with torch.no_grad(), cpu_autocast(dtype):
             model(x)
 
     return Case(step, model, None)  # type: ignore[arg-type]
@@ -86,7 +81,7 @@ def yardstick_eval(batch: int, side: int, dtype: torch.dtype | None) -> Case:
     x = torch.rand(batch, 3, side, side)
 
     def step() -> None:
-        with torch.no_grad(), _autocast(dtype):
+        with torch.no_grad(), cpu_autocast(dtype):
             model(x)
 
     return Case(step, model, None)  # type: ignore[arg-type]
@@ -153,13 +148,13 @@ def run(args: argparse.Namespace) -> list[Row]:
             label = f"{name}, {words}, B={batch}, {side} px"
             ours, yard = ms[f"ours {mode} {name}"], ms[f"yardstick {mode} {name}"]
             flop_ratio = flops[f"yardstick {mode}"] / flops[f"ours {mode}"]
-            rounds = [o / y * flop_ratio for o, y in zip(samples[f"ours {mode} {name}"], samples[f"yardstick {mode} {name}"])]
+            median, lowest, highest = per_flop_rounds(samples[f"ours {mode} {name}"], samples[f"yardstick {mode} {name}"], flop_ratio)
             rows += [
                 Row("per FLOP", label, "ours, ms", fmt(ours), "ms"),
                 Row("per FLOP", label, "yardstick, ms", fmt(yard), "ms"),
-                Row("per FLOP", label, "ours / yardstick, time per FLOP", fmt(statistics.median(rounds)), "ratio"),
-                Row("per FLOP", label, "lowest round", fmt(min(rounds)), "ratio"),
-                Row("per FLOP", label, "highest round", fmt(max(rounds)), "ratio"),
+                Row("per FLOP", label, "ours / yardstick, time per FLOP", fmt(median), "ratio"),
+                Row("per FLOP", label, "lowest round", fmt(lowest), "ratio"),
+                Row("per FLOP", label, "highest round", fmt(highest), "ratio"),
             ]
         if "fp32" in chosen:
             for name in chosen:

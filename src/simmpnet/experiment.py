@@ -12,6 +12,7 @@ the tables from the run folders alone: ``summary.md``, ``summary.json`` and ``su
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import functools
@@ -782,15 +783,9 @@ def _provenance(records: list[dict[str, Any]]) -> dict[str, Any]:
     """The dates the runs finished, and the software and machines they ran on: one group per
     distinct :data:`PROVENANCE_KEYS`, with its number of runs; runs written before simmpnet
     recorded this are counted apart."""
-    groups: dict[tuple[Any, ...], int] = {}
-    unrecorded = 0
-    for record in records:
-        made = record.get("provenance")
-        if not isinstance(made, dict):
-            unrecorded += 1
-            continue
-        key = tuple(made.get(name) for name in PROVENANCE_KEYS)
-        groups[key] = groups.get(key, 0) + 1
+    made = [record["provenance"] for record in records if isinstance(record.get("provenance"), dict)]
+    groups = collections.Counter(tuple(entry.get(name) for name in PROVENANCE_KEYS) for entry in made)
+    unrecorded = len(records) - len(made)
     finished = sorted(record["finished"] for record in records if isinstance(record.get("finished"), str))
     return {
         "first_finished": finished[0] if finished else None,
