@@ -3,6 +3,7 @@ follows the device's bf16 units, the command line takes ``--precision`` and reco
 float64 forwards ignore the island setting."""
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -15,6 +16,7 @@ from simmpnet.evaluation.inference import predict_slices
 from simmpnet.models import SimMPNet
 from simmpnet.models.dmwla import DMWLA
 from simmpnet.models.memory import PrototypeMemory
+from simmpnet import precision
 from simmpnet.precision import inference_precision, resolve_precision, set_island_precision
 
 SIDE = 64
@@ -190,6 +192,40 @@ def test_auto_follows_the_bf16_units_of_the_device(monkeypatch):
         resolve_precision("fp16", "cpu")
     with pytest.raises(InputError, match="island precision must be one of fp32, bf16"):
         set_island_precision(torch.nn.Identity(), "auto")
+
+
+@pytest.mark.parametrize("amx", [True, False], ids=["amx", "no-amx"])
+def test_attention_runs_the_math_kernel_where_the_fused_one_races(model, monkeypatch, amx):
+    """On a CPU with AMX tiles torch's fused bf16 attention kernel races between threads and can
+    end the process (pytorch/pytorch#187912): there every attention of a bf16 forward, MaxViT's
+    and the DMW-LA reads, runs on the math kernel, and so does its backward.  fp32 forwards, and
+    CPUs without tiles, keep the fused kernel; the setting is restored after the forward."""
+    monkeypatch.setattr(precision, "_cpu_has_amx_tiles", lambda: amx)
+    fused_allowed: list[bool] = []
+    attention = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        fused_allowed.append(torch.backends.cuda.flash_sdp_enabled())
+        return attention(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    x = _phantom(2, 7)
+    with torch.inference_mode():
+        model(x)
+    assert set(fused_allowed) == {True}, "an fp32 forward keeps the fused kernel"
+    fused_allowed.clear()
+    with torch.inference_mode(), inference_precision(model, "cpu", "bf16"):
+        logits = model(x)
+    assert set(fused_allowed) == {not amx}
+    assert torch.isfinite(logits.float()).all()
+    assert torch.backends.cuda.flash_sdp_enabled()
+
+    network = copy.deepcopy(model).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        heads = network(x)
+    sum(h.float().square().mean() for h in heads).backward()
+    grads = [p.grad for p in network.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
 def test_predict_and_evaluate_take_and_record_the_precision(model, brain_data, tmp_path, monkeypatch, capsys):

@@ -30,9 +30,11 @@ __all__ = [
     "ISLAND_PRECISIONS",
     "PRECISIONS",
     "PrecisionIslands",
+    "attention_kernel_races",
     "bf16_native",
     "check_precision",
     "inference_precision",
+    "race_free_attention",
     "resolve_precision",
     "set_island_precision",
 ]
@@ -77,6 +79,52 @@ def bf16_native(device: torch.device) -> bool:
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+#: Whether this CPU has AMX tiles (torch's probe, read once; `_cpu_has_amx_tiles`).
+_AMX_TILES: bool | None = None
+
+
+def _cpu_has_amx_tiles() -> bool:
+    global _AMX_TILES
+    if _AMX_TILES is None:
+        import torch
+
+        probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+        # A torch without the probe: assume tiles, the side that cannot crash.
+        _AMX_TILES = True if probe is None else bool(probe())
+    return _AMX_TILES
+
+
+def attention_kernel_races(x: torch.Tensor) -> bool:
+    """Whether a forward on ``x`` would run torch's fused bf16/fp16 attention kernel on a CPU
+    with AMX tiles.  There that kernel packs its operands for oneDNN's brgemm micro-kernel and
+    every thread sets up the same shared micro-kernel object at once: the race can fault or
+    corrupt memory and end the process (pytorch/pytorch#187912, uxlfoundation/oneDNN#5393).
+    Sim-MPNet's DMW-LA global reads (bf16 island) and MaxViT's attention at 256 px are long
+    enough to take that path."""
+    import torch
+
+    if x.device.type != "cpu":
+        return False
+    reduced = (torch.bfloat16, torch.float16)
+    autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") in reduced
+    return (x.dtype in reduced or autocast) and _cpu_has_amx_tiles()
+
+
+@contextmanager
+def race_free_attention(x: torch.Tensor) -> Iterator[None]:
+    """Run the ``scaled_dot_product_attention`` calls inside (and so their backward) on torch's
+    math kernel where the fused one races (`attention_kernel_races`); change nothing elsewhere.
+    The math kernel computes a bf16 attention in fp32 from the bf16 inputs, as the fp32 island
+    does."""
+    if not attention_kernel_races(x):
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:

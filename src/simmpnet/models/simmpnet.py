@@ -17,6 +17,7 @@ from torch import nn
 from ..checkpoint import MODEL_FORMAT as CHECKPOINT_FORMAT
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import CheckpointError, InputError
+from ..precision import race_free_attention
 from ..pretrained import (
     Preprocessing,
     load_pretrained,
@@ -351,6 +352,10 @@ class SimMPNet(nn.Module):
             )
         if not x.is_floating_point():
             raise InputError(f"Sim-MPNet expects a floating-point image, got {x.dtype}")
+        with race_free_attention(x):
+            return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         out_size = x.shape[-2:]
         if self.stem is not None:
             x = self.stem(x)
