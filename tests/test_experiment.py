@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -306,6 +307,41 @@ def test_the_summary_reports_means_sds_and_a_paired_interval(synthetic):
     assert difference["paper"]["mean"]["low"] < difference["paper"]["mean"]["estimate"] < difference["paper"]["mean"]["high"]
     for name in ("summary.md", "summary.json", "summary.png"):
         assert (folder / name).is_file()
+
+
+def test_the_seed_spread_holds_the_fold_fixed(synthetic):
+    folder, written = synthetic
+    # fold 1 scores 0.3 more on every case: a spread between folds that is not a spread between seeds
+    for seed in (1, 2, 3):
+        for name in ("base", "better"):
+            run = folder / name / f"seed{seed}" / "fold1"
+            if (name, seed, 1) not in written:
+                continue
+            cases = {case: [None if v["dsc"] is None else min(v["dsc"] + 0.3, 1.0) for v in classes.values()]
+                     for case, classes in written[name, seed, 1]["per_case"].items()}
+            shutil.rmtree(run)
+            written[name, seed, 1] = _write_run(run, cases, name, seed, 1)
+    summary = summarize_experiment(folder)
+    for name, dof in (("base", 4), ("better", 3)):  # better/seed3/fold1 is not finished
+        for convention in ("excluded", "paper"):
+            by_fold = [[written[key]["conventions"][convention]["mean"]["dsc"] for key in written
+                        if key[0] == name and key[2] == fold] for fold in (0, 1)]
+            squares = sum(((np.array(v) - np.mean(v)) ** 2).sum() for v in by_fold)
+            spread = summary["configurations"][name][convention]["seed_sd"]
+            assert spread == {"sd": pytest.approx(np.sqrt(squares / dof)), "dof": dof, "folds": 2}
+            assert spread["sd"] < summary["configurations"][name][convention]["mean"]["sd"] / 2
+    table = (folder / "summary.md").read_text(encoding="utf-8")
+    sd = summary["configurations"]["base"]["excluded"]["seed_sd"]["sd"]
+    assert f"| base | {100 * sd:.2f} |" in table
+
+
+def test_one_seed_has_no_seed_spread(tmp_path):
+    (tmp_path / SPEC_FILE).write_text(yaml.safe_dump({"configurations": [{"name": "base"}], "seeds": [1], "n_folds": 2}))
+    for fold in (0, 1):
+        _write_run(tmp_path / "base" / "seed1" / f"fold{fold}", {f"slab{fold}": [0.5, 0.7]}, "base", 1, fold)
+    summary = summarize_experiment(tmp_path)
+    assert summary["configurations"]["base"]["pooled"]["seed_sd"] == {"sd": None, "dof": 0, "folds": 0}
+    assert "| base | n/a | n/a | n/a | 0 |" in (tmp_path / "summary.md").read_text(encoding="utf-8")
 
 
 def test_the_summary_is_reproducible(synthetic):

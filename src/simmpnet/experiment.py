@@ -597,6 +597,21 @@ def _mean_sd(values: np.ndarray) -> dict[str, Any]:
     }
 
 
+def _seed_spread(by_fold: Mapping[int, list[float]]) -> dict[str, Any]:
+    """The seed-to-seed standard deviation of a run's value with the fold held fixed: the
+    within-fold variances pooled over the folds, ``sum((x - fold mean)^2) / sum(n_fold - 1)``,
+    over the folds with two or more finite values (``sd`` None where there are none).  Unlike
+    the sd over all runs, it leaves out how much the folds' test slabs differ."""
+    squares, dof, folds = 0.0, 0, 0
+    for values in by_fold.values():
+        kept = np.array([v for v in values if math.isfinite(v)])
+        if kept.size > 1:
+            squares += float(((kept - kept.mean()) ** 2).sum())
+            dof += kept.size - 1
+            folds += 1
+    return {"sd": math.sqrt(squares / dof) if dof else None, "dof": dof, "folds": folds}
+
+
 def _class_means(weights: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each row of ``weights`` (how often each unit is drawn): the per-class mean over the
     drawn units, skipping NaN (as the metrics skip excluded cases), and its mean over the
@@ -728,9 +743,12 @@ def summarize_experiment(folder: str | Path) -> dict[str, Any]:
     configurations: dict[str, Any] = {}
     for configuration in spec.configurations:
         mine = [scores for run, scores in runs.items() if run.configuration == configuration.name]
+        folds = {fold: [scores.mean for run, scores in runs.items() if run.configuration == configuration.name
+                        and run.fold == fold] for fold in spec.folds}
         configurations[configuration.name] = {"runs": len(mine)} | {
             convention: {
                 "mean": _mean_sd(np.array([s.mean[convention] for s in mine])),
+                "seed_sd": _seed_spread({fold: [m[convention] for m in means] for fold, means in folds.items()}),
                 "per_class": {
                     c: _mean_sd(np.array([s.per_class[convention][i] for s in mine])) for i, c in enumerate(classes)
                 },
@@ -871,6 +889,21 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
             block = entry[convention]
             cells = [_cell(block["mean"]), *(_cell(block["per_class"][c]) for c in classes)]
             lines.append(f"| {name} | {entry['runs']} | {' | '.join(cells)} |")
+    lines += [
+        "",
+        "## Seed-to-seed spread",
+        "",
+        "The sd of a run's mean DSC over seeds with the fold held fixed (within-fold variances pooled "
+        "over the folds that have two or more finished seeds; degrees of freedom in the last column). "
+        "The sd in the tables above also holds how much the folds' test cases differ.",
+        "",
+        f"| configuration | {' | '.join(CONVENTION_SHORT[c] for c in CONVENTION_NAMES)} | degrees of freedom |",
+        "|---|" + "---:|" * (len(CONVENTION_NAMES) + 1),
+    ]
+    for name, entry in summary["configurations"].items():
+        spreads = [entry[c]["seed_sd"] for c in CONVENTION_NAMES]
+        cells = ["n/a" if s["sd"] is None else f"{100 * s['sd']:.2f}" for s in spreads]
+        lines.append(f"| {name} | {' | '.join(cells)} | {spreads[0]['dof']} |")
     lines += [
         "",
         f"## Differences from `{reference}`",
