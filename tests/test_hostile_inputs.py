@@ -35,7 +35,7 @@ from PIL import Image, ImageFile
 from conftest import cli_env
 from simmpnet.cli import main
 from simmpnet.data.io import MAX_PIXELS
-from simmpnet.errors import SimMPNetError
+from simmpnet.errors import CheckpointError, SimMPNetError
 from simmpnet.training import TrainConfig, Trainer
 
 N_CLASSES = 3
@@ -1094,6 +1094,36 @@ def test_debug_shows_the_traceback(base, tmp_path, monkeypatch):
     hostile = predict_png_truncated(Env(tmp_path, base, monkeypatch))
     with pytest.raises(SimMPNetError, match="cut.png"):
         main(["--debug", *hostile.argv])
+
+
+def test_a_checkpoint_replaced_while_it_is_read_is_refused(base, tmp_path, monkeypatch):
+    """Training saves best.pt (an atomic replace) while predict reads it: the outputs would name
+    the new file's SHA-256 beside labels of the old weights, so predict stops before any output."""
+    import simmpnet.predict as predict_module
+
+    checkpoint = tmp_path / "best.pt"
+    shutil.copy(base.checkpoint, checkpoint)
+    newer = tmp_path / "best.pt.tmp"
+    newer.write_bytes(checkpoint.read_bytes() + b"another save")
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "a.png").write_bytes(png_bytes((_slice(0)[0] * 255).astype(np.uint8)))
+    out = tmp_path / "pred"
+    real_load = predict_module.load_trained_model
+
+    def load_while_training_saves(path, device):
+        loaded = real_load(path, device)
+        os.replace(newer, checkpoint)
+        return loaded
+
+    monkeypatch.setattr(predict_module, "load_trained_model", load_while_training_saves)
+    with pytest.raises(CheckpointError, match=r"best\.pt: the file changed while it was being read"):
+        predict_module.predict_paths(checkpoint, inputs, out)
+    assert not out.exists() or not any(out.iterdir())
+    monkeypatch.setattr(predict_module, "load_trained_model", real_load)
+    shutil.copy(base.checkpoint, checkpoint)
+    predict_module.predict_paths(checkpoint, inputs, out)  # unchanged while read: it runs
+    assert (out / "a.png").is_file()
 
 
 def test_a_batch_goes_on_past_a_bad_file_and_names_it(base, tmp_path, capsys):

@@ -113,10 +113,9 @@ def model_record(
     package version, the command that ran it, and the precision it ran in (``"fp32"`` or
     ``"bf16"``, ``auto`` resolved)."""
     from . import __version__
-    from .pretrained import WEIGHTS_NAME
 
     path = Path(checkpoint)
-    weights = path / WEIGHTS_NAME if path.is_dir() else path
+    weights = _weights_file(path)
     architecture = getattr(model, "config", None)
     n_classes = getattr(model, "n_classes", None) or config.get("n_classes")
     return {
@@ -130,6 +129,13 @@ def model_record(
         "command": command,
         "precision": precision,
     }
+
+
+def _weights_file(checkpoint: Path) -> Path:
+    """The file whose SHA-256 identifies a checkpoint (a folder's ``model.safetensors``)."""
+    from .pretrained import WEIGHTS_NAME
+
+    return checkpoint / WEIGHTS_NAME if checkpoint.is_dir() else checkpoint
 
 
 def predict_paths(
@@ -223,6 +229,10 @@ def predict_paths(
                 raise InputError(f"{other}: DICOM-SEG output needs DICOM series as input, and this is not one")
         dev = resolve_device(device)
         precision = resolve_precision(precision, dev)
+        weights = _weights_file(Path(checkpoint))
+        # Hashed before and after loading: a run that saves best.pt while this one reads it
+        # must not leave outputs naming weights other than the ones that made them.
+        loaded_from = sha256_file(weights) if weights.is_file() else None
         model, input_size, config = load_trained_model(checkpoint, dev)
         if inference == "sliding-window":
             check_sliding_window(getattr(model, "preprocessing", None), str(checkpoint))
@@ -236,6 +246,11 @@ def predict_paths(
                 raise CheckpointError(f"{checkpoint}: the checkpoint does not record its number of classes")
             segment_names = list(names or ["background", *(f"class_{i}" for i in range(1, n_classes))])
         record = model_record(checkpoint, model, config, command, precision)
+        if record["sha256"] != loaded_from:
+            raise CheckpointError(
+                f"{weights}: the file changed while it was being read (another process wrote it); "
+                "run again once it is written"
+            )
         description = f"simmpnet {record['simmpnet_version']} sha256:{record['sha256'][:16]}"
         outcomes: list[InputOutcome] = []
         errors: list[BaseException] = []
