@@ -742,13 +742,14 @@ def summarize_experiment(folder: str | Path) -> dict[str, Any]:
 
     configurations: dict[str, Any] = {}
     for configuration in spec.configurations:
-        mine = [scores for run, scores in runs.items() if run.configuration == configuration.name]
-        folds = {fold: [scores.mean for run, scores in runs.items() if run.configuration == configuration.name
-                        and run.fold == fold] for fold in spec.folds}
+        own = {run: scores for run, scores in runs.items() if run.configuration == configuration.name}
+        mine = list(own.values())
         configurations[configuration.name] = {"runs": len(mine)} | {
             convention: {
                 "mean": _mean_sd(np.array([s.mean[convention] for s in mine])),
-                "seed_sd": _seed_spread({fold: [m[convention] for m in means] for fold, means in folds.items()}),
+                "seed_sd": _seed_spread(
+                    {fold: [s.mean[convention] for run, s in own.items() if run.fold == fold] for fold in spec.folds}
+                ),
                 "per_class": {
                     c: _mean_sd(np.array([s.per_class[convention][i] for s in mine])) for i, c in enumerate(classes)
                 },
@@ -854,6 +855,14 @@ def _difference(entry: Mapping[str, Any] | None) -> str:
     return f"{100 * entry['estimate']:+.2f} [{100 * entry['low']:+.2f}, {100 * entry['high']:+.2f}]"
 
 
+def _convention_columns(last: str) -> list[str]:
+    """The header and rule of a table with a column per convention and then ``last``."""
+    return [
+        f"| configuration | {' | '.join(CONVENTION_SHORT[c] for c in CONVENTION_NAMES)} | {last} |",
+        "|---|" + "---:|" * (len(CONVENTION_NAMES) + 1),
+    ]
+
+
 def summary_markdown(summary: Mapping[str, Any]) -> str:
     """``summary.md``: the tables of a `summarize_experiment` result."""
     classes, reference = summary["classes"], summary["reference"]
@@ -897,8 +906,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         "over the folds that have two or more finished seeds; degrees of freedom in the last column). "
         "The sd in the tables above also holds how much the folds' test cases differ.",
         "",
-        f"| configuration | {' | '.join(CONVENTION_SHORT[c] for c in CONVENTION_NAMES)} | degrees of freedom |",
-        "|---|" + "---:|" * (len(CONVENTION_NAMES) + 1),
+        *_convention_columns("degrees of freedom"),
     ]
     for name, entry in summary["configurations"].items():
         spreads = [entry[c]["seed_sd"] for c in CONVENTION_NAMES]
@@ -913,8 +921,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         "the pooled DSC is stored per run, so its units are (seed, fold) pairs. The statistic is the "
         "metrics' own: per class the mean over the units, then the mean over the classes.",
         "",
-        f"| configuration | {' | '.join(CONVENTION_SHORT[c] for c in CONVENTION_NAMES)} | pairs (cases / runs) |",
-        "|---|" + "---:|" * (len(CONVENTION_NAMES) + 1),
+        *_convention_columns("pairs (cases / runs)"),
     ]
     for name, entry in summary["differences"].items():
         cells = [_difference(entry[c] and entry[c]["mean"]) for c in CONVENTION_NAMES]
