@@ -28,6 +28,7 @@ from simmpnet.errors import InputError
 from simmpnet.evaluation.metrics import METRIC_NAMES, summarize
 from simmpnet.evaluation.report import write_json
 from simmpnet.experiment import (
+    CONVENTION_NAMES,
     DONE_FILE,
     SPEC_FILE,
     _check_finished,
@@ -342,6 +343,20 @@ def test_one_seed_has_no_seed_spread(tmp_path):
     summary = summarize_experiment(tmp_path)
     assert summary["configurations"]["base"]["pooled"]["seed_sd"] == {"sd": None, "dof": 0, "folds": 0}
     assert "| base | n/a | n/a | n/a | 0 |" in (tmp_path / "summary.md").read_text(encoding="utf-8")
+
+
+def test_the_spread_counts_each_conventions_own_degrees_of_freedom(tmp_path):
+    (tmp_path / SPEC_FILE).write_text(yaml.safe_dump({"configurations": [{"name": "base"}], "seeds": [1, 2, 3], "n_folds": 2}))
+    # seed 3's one test case holds neither class on either side: no value where absent classes are
+    # excluded, a perfect one under the paper protocol
+    for seed, scores in ((1, [0.5, 0.7]), (2, [0.6, 0.6]), (3, [None, None])):
+        _write_run(tmp_path / "base" / f"seed{seed}" / "fold0", {"slab0": scores}, "base", seed, 0)
+    summary = summarize_experiment(tmp_path)
+    dofs = {c: summary["configurations"]["base"][c]["seed_sd"]["dof"] for c in ("excluded", "paper")}
+    assert dofs == {"excluded": 1, "paper": 2}
+    row = next(line for line in (tmp_path / "summary.md").read_text(encoding="utf-8").splitlines()
+               if line.startswith("| base |") and " / " in line)
+    assert row.endswith(" / ".join(str(summary["configurations"]["base"][c]["seed_sd"]["dof"]) for c in CONVENTION_NAMES) + " |")
 
 
 def test_the_summary_is_reproducible(synthetic):

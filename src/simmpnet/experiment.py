@@ -903,7 +903,8 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         "## Seed-to-seed spread",
         "",
         "The sd of a run's mean DSC over seeds with the fold held fixed (within-fold variances pooled "
-        "over the folds that have two or more finished seeds; degrees of freedom in the last column). "
+        "over the folds that have two or more finished seeds; degrees of freedom in the last column, "
+        "one count per convention where they differ). "
         "The sd in the tables above also holds how much the folds' test cases differ.",
         "",
         *_convention_columns("degrees of freedom"),
@@ -911,7 +912,11 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     for name, entry in summary["configurations"].items():
         spreads = [entry[c]["seed_sd"] for c in CONVENTION_NAMES]
         cells = ["n/a" if s["sd"] is None else f"{100 * s['sd']:.2f}" for s in spreads]
-        lines.append(f"| {name} | {' | '.join(cells)} | {spreads[0]['dof']} |")
+        # One count where the conventions agree; a run with no finite value under one
+        # convention (no class present) leaves that convention fewer degrees of freedom.
+        dofs = sorted({s["dof"] for s in spreads})
+        dof = str(dofs[0]) if len(dofs) == 1 else " / ".join(str(s["dof"]) for s in spreads)
+        lines.append(f"| {name} | {' | '.join(cells)} | {dof} |")
     lines += [
         "",
         f"## Differences from `{reference}`",
