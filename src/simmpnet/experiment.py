@@ -744,12 +744,12 @@ def summarize_experiment(folder: str | Path) -> dict[str, Any]:
     for configuration in spec.configurations:
         own = {run: scores for run, scores in runs.items() if run.configuration == configuration.name}
         mine = list(own.values())
+        by_fold = {fold: [s for run, s in own.items() if run.fold == fold] for fold in spec.folds}
         configurations[configuration.name] = {"runs": len(mine)} | {
             convention: {
                 "mean": _mean_sd(np.array([s.mean[convention] for s in mine])),
-                "seed_sd": _seed_spread(
-                    {fold: [s.mean[convention] for run, s in own.items() if run.fold == fold] for fold in spec.folds}
-                ),
+                "seed_sd": _seed_spread({fold: [s.mean[convention] for s in fold_scores]
+                                         for fold, fold_scores in by_fold.items()}),
                 "per_class": {
                     c: _mean_sd(np.array([s.per_class[convention][i] for s in mine])) for i, c in enumerate(classes)
                 },
@@ -914,8 +914,8 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         cells = ["n/a" if s["sd"] is None else f"{100 * s['sd']:.2f}" for s in spreads]
         # One count where the conventions agree; a run with no finite value under one
         # convention (no class present) leaves that convention fewer degrees of freedom.
-        dofs = sorted({s["dof"] for s in spreads})
-        dof = str(dofs[0]) if len(dofs) == 1 else " / ".join(str(s["dof"]) for s in spreads)
+        counts = [str(s["dof"]) for s in spreads]
+        dof = counts[0] if len(set(counts)) == 1 else " / ".join(counts)
         lines.append(f"| {name} | {' | '.join(cells)} | {dof} |")
     lines += [
         "",
